@@ -1,0 +1,421 @@
+"""`XLSTMFlaxConfig`: the Hugging Face config of the Flax xLSTM language model.
+
+Every field of xlstm-jax's `xlstm_parallel` configs (`xLSTMLMModelConfig`, `xLSTMBlockConfig`, `mLSTMLayerConfig`,
+`mLSTMCellConfig`, `FeedForwardConfig`, the mLSTM backend) has a flat counterpart here; `configuration.translation`
+maps the upstream nested dict and transformers' `xLSTMConfig` to and from this class. The field table lives in
+`FIELD_DOCS` below so that the README, the translations and the validation messages share one source.
+
+Upstream's `parallel` (device mesh) field is runtime state, not a saved field: meshes are passed at run time
+through `jax.sharding` (see the README, "Many devices").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence, Union
+
+from transformers import PretrainedConfig
+
+NORM_TYPES = ("layernorm", "rmsnorm")
+LAYER_TYPES = ("mlstm", "mlstm_v1")
+GATE_INPUTS = ("qkv", "x_mlstm", "x_mlstm_conv", "x_mlstm_conv_act")
+FF_TYPES = ("ffn_gated", "ffn")
+ACT_FNS = ("gelu", "relu", "relu^2", "sigmoid", "swish", "selu")
+INIT_DISTRIBUTIONS = ("normal", "truncated_normal", "uniform")
+OUTPUT_INIT_FNS = ("wang", "small")
+DTYPES = ("float32", "bfloat16", "float16")
+SEQUENCE_KERNELS = ("parallel_stabilized", "chunkwise", "recurrent")
+STEP_KERNELS = ("recurrent",)
+
+FIELD_DOCS = {
+    # language model (xLSTMLMModelConfig)
+    "vocab_size": "Number of tokens in the vocabulary.",
+    "embedding_dim": "Model width D (alias `hidden_size`).",
+    "num_blocks": "Number of residual xLSTM blocks (alias `num_hidden_layers`).",
+    "context_length": "Training context length; the recurrent model has no limit at inference (-1: unknown).",
+    "tie_word_embeddings": "Use the token embedding as LM head (upstream name `tie_weights`).",
+    "weight_decay_on_embedding": "Whether the training script applies weight decay to the embedding.",
+    "add_embedding_dropout": "Apply `dropout` to the token embeddings.",
+    "norm_eps": "Epsilon of the post-blocks norm (`out_norm`).",
+    "norm_type": "Type of the post-blocks norm: layernorm | rmsnorm.",
+    "logits_soft_cap": "Soft cap c of the logits, c * tanh(x / c); None: no cap.",
+    "lm_head_dtype": "Dtype of the LM head matmul; logits are always float32.",
+    "add_post_blocks_norm": "Normalise the last hidden state before the LM head.",
+    "bias": "Biases in the dense layers.",
+    "dropout": "Dropout rate on the outputs of the mLSTM layer and the feedforward (and embeddings if enabled).",
+    "scan_blocks": "Stack the block params on a leading axis and run the blocks with `nn.scan`.",
+    "compute_dtype": "Dtype of activations and matmuls (upstream name `dtype`); params stay float32.",
+    "init_distribution_embed": "Distribution of the embedding init: normal | truncated_normal | uniform.",
+    "init_distribution_out": "Distribution of the LM head init.",
+    "slstm_at": "Block indices that are sLSTM blocks; sLSTM is not implemented upstream in JAX, so must be [].",
+    # block (xLSTMBlockConfig)
+    "block_norm_type": "Type of the pre-norms (and post-norms) inside each block.",
+    "block_norm_eps": "Epsilon of the block norms.",
+    "add_post_norm": "Normalise the mLSTM and feedforward outputs before the residual add (Gemma-2 style).",
+    # feedforward (FeedForwardConfig)
+    "ff_type": "Feedforward after each mLSTM layer: ffn_gated | ffn | None (no feedforward).",
+    "ff_proj_factor": "Feedforward up-projection factor.",
+    "ff_act_fn": "Feedforward activation: gelu (tanh approx.) | relu | relu^2 | sigmoid | swish | selu.",
+    "ff_round_proj_up_dim_up": "Round the feedforward width up (True) or down to a multiple.",
+    "ff_round_proj_up_to_multiple_of": "Feedforward width multiple.",
+    "ff_init_distribution": "Distribution of the feedforward init.",
+    "ff_output_init_fn": "Init of the feedforward down-projection: wang | small.",
+    # mLSTM layer (mLSTMLayerConfig)
+    "layer_type": "mlstm (Mamba-style: up-projection, conv1d, headwise qkv) | mlstm_v1 (xLSTM-7B: dense qkvo).",
+    "num_heads": "Number of mLSTM heads.",
+    "conv1d_kernel_size": "Causal depthwise conv kernel size (mlstm).",
+    "qkv_proj_blocksize": "Block size of the headwise q/k/v projections (mlstm).",
+    "proj_factor": "Up-projection factor of the inner width (mlstm).",
+    "vmap_qk": "Store q and k headwise kernels stacked as one `qk_proj` param (mlstm).",
+    "init_distribution": "Distribution of the mLSTM layer init.",
+    "output_init_fn": "Init of the mLSTM down-projection: wang | small.",
+    "mlstm_norm_type": "Norm type of the mlstm out-norm and of the qk-norm (upstream layer `norm_type`).",
+    "qk_dim_factor": "q/k width as a factor of D (mlstm_v1) or of the inner width (mlstm).",
+    "v_dim_factor": "v width as a factor of D (mlstm_v1) or of the inner width (mlstm).",
+    "gate_input": "Input of the gates (mlstm): qkv | x_mlstm | x_mlstm_conv | x_mlstm_conv_act.",
+    "round_proj_up_dim_up": "Round the inner width up (True) or down (mlstm).",
+    "round_proj_up_to_multiple_of": "Inner width multiple (mlstm).",
+    "debug_cell": "Skip the mLSTM cell (the layer returns its z branch) - a debugging aid (mlstm only).",
+    # mLSTM cell (mLSTMCellConfig)
+    "gate_soft_cap": "Soft cap of the gate pre-activations; None: no cap.",
+    "gate_dtype": "Dtype of the gate projections (float32 recommended).",
+    "igate_bias_init_range": "Input gate bias init: a value, [low, high] linspace over heads, or None (normal 0.1).",
+    "fgate_bias_init_range": "Forget gate bias init: a value, [low, high] linspace over heads, or None.",
+    "add_qk_norm": "Normalise q and k per head before the cell.",
+    "gate_linear_headwise": "Gates see only their head's features (headwise projection, mlstm).",
+    "reset_at_document_boundaries": "Reset the memory where `document_borders` is True.",
+    "reset_fgate_value": "Forget gate pre-activation used at document borders.",
+    "cell_norm_type_v1": "Norm type of the multi-head out-norm of mlstm_v1 (upstream `norm_type_v1`).",
+    "cell_norm_eps": "Epsilon of the multi-head out-norm and of the qk-norm.",
+    # backend (mLSTMBackendNameAndKwargs)
+    "sequence_kernel": "mLSTM form for whole sequences: parallel_stabilized | chunkwise | recurrent.",
+    "step_kernel": "mLSTM form for single-token decoding: recurrent.",
+    "chunk_size": "Chunk length of the chunkwise form.",
+    "cell_eps": "Epsilon of the mLSTM normaliser max(|q.n|, exp(-m)) + eps.",
+}
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"XLSTMFlaxConfig.{field}={value!r} is invalid: {allowed}")
+
+
+def _check_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        _fail(field, value, f"allowed values are {list(choices)}")
+
+
+def _check_positive_int(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        _fail(field, value, "must be a positive integer")
+
+
+def _check_positive_float(field: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        _fail(field, value, "must be a positive finite number" + (" or None" if allow_none else ""))
+
+
+def _check_bool(field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(field, value, "must be true or false")
+
+
+def _check_bias_init(field: str, value: Any) -> None:
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        return
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ):
+        return
+    _fail(field, value, "must be a number, a [low, high] pair or None")
+
+
+def round_to_multiple(value: float, multiple_of: int, round_up: bool) -> int:
+    """Upstream's `UpProjConfigMixin` rounding: ceil/floor(value / multiple_of) * multiple_of."""
+    ratio = value / multiple_of
+    return int((math.ceil(ratio) if round_up else math.floor(ratio)) * multiple_of)
+
+
+class XLSTMFlaxConfig(PretrainedConfig):
+    """Configuration of the Flax xLSTM LM (see `FIELD_DOCS` for every field)."""
+
+    model_type = "xlstm_flax"
+    attribute_map = {"hidden_size": "embedding_dim", "num_hidden_layers": "num_blocks"}
+
+    def __init__(
+        self,
+        vocab_size: int = 50304,
+        embedding_dim: int = 4096,
+        num_blocks: int = 32,
+        context_length: int = -1,
+        tie_word_embeddings: bool = False,
+        weight_decay_on_embedding: bool = False,
+        add_embedding_dropout: bool = False,
+        norm_eps: float = 1e-6,
+        norm_type: str = "rmsnorm",
+        logits_soft_cap: Optional[float] = 30.0,
+        lm_head_dtype: str = "float32",
+        add_post_blocks_norm: bool = True,
+        bias: bool = False,
+        dropout: float = 0.0,
+        scan_blocks: bool = False,
+        compute_dtype: str = "bfloat16",
+        init_distribution_embed: str = "normal",
+        init_distribution_out: str = "normal",
+        slstm_at: Sequence[int] = (),
+        block_norm_type: str = "rmsnorm",
+        block_norm_eps: float = 1e-6,
+        add_post_norm: bool = False,
+        ff_type: Optional[str] = "ffn_gated",
+        ff_proj_factor: float = 2.667,
+        ff_act_fn: str = "swish",
+        ff_round_proj_up_dim_up: bool = True,
+        ff_round_proj_up_to_multiple_of: int = 64,
+        ff_init_distribution: str = "normal",
+        ff_output_init_fn: str = "wang",
+        layer_type: str = "mlstm_v1",
+        num_heads: int = 8,
+        conv1d_kernel_size: int = 4,
+        qkv_proj_blocksize: int = 4,
+        proj_factor: float = 2.0,
+        vmap_qk: bool = False,
+        init_distribution: str = "normal",
+        output_init_fn: str = "wang",
+        mlstm_norm_type: str = "rmsnorm",
+        qk_dim_factor: float = 0.5,
+        v_dim_factor: float = 1.0,
+        gate_input: str = "qkv",
+        round_proj_up_dim_up: bool = True,
+        round_proj_up_to_multiple_of: int = 64,
+        debug_cell: bool = False,
+        gate_soft_cap: Optional[float] = 15.0,
+        gate_dtype: str = "float32",
+        igate_bias_init_range: Union[float, Sequence[float], None] = -10.0,
+        fgate_bias_init_range: Union[float, Sequence[float], None] = (3.0, 6.0),
+        add_qk_norm: bool = False,
+        gate_linear_headwise: bool = False,
+        reset_at_document_boundaries: bool = False,
+        reset_fgate_value: float = -25.0,
+        cell_norm_type_v1: str = "layernorm",
+        cell_norm_eps: float = 1e-6,
+        sequence_kernel: str = "chunkwise",
+        step_kernel: str = "recurrent",
+        chunk_size: int = 64,
+        cell_eps: float = 1e-6,
+        bos_token_id: Optional[int] = 0,
+        eos_token_id: Optional[int] = 2,
+        pad_token_id: Optional[int] = 1,
+        **kwargs,
+    ):
+        if "tie_weights" in kwargs:  # upstream spelling
+            tie_word_embeddings = kwargs.pop("tie_weights")
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.num_blocks = num_blocks
+        self.context_length = context_length
+        self.weight_decay_on_embedding = weight_decay_on_embedding
+        self.add_embedding_dropout = add_embedding_dropout
+        self.norm_eps = norm_eps
+        self.norm_type = norm_type
+        self.logits_soft_cap = logits_soft_cap
+        self.lm_head_dtype = lm_head_dtype
+        self.add_post_blocks_norm = add_post_blocks_norm
+        self.bias = bias
+        self.dropout = dropout
+        self.scan_blocks = scan_blocks
+        self.compute_dtype = compute_dtype
+        self.init_distribution_embed = init_distribution_embed
+        self.init_distribution_out = init_distribution_out
+        self.slstm_at = list(slstm_at)
+        self.block_norm_type = block_norm_type
+        self.block_norm_eps = block_norm_eps
+        self.add_post_norm = add_post_norm
+        self.ff_type = ff_type
+        self.ff_proj_factor = ff_proj_factor
+        self.ff_act_fn = ff_act_fn
+        self.ff_round_proj_up_dim_up = ff_round_proj_up_dim_up
+        self.ff_round_proj_up_to_multiple_of = ff_round_proj_up_to_multiple_of
+        self.ff_init_distribution = ff_init_distribution
+        self.ff_output_init_fn = ff_output_init_fn
+        self.layer_type = layer_type
+        self.num_heads = num_heads
+        self.conv1d_kernel_size = conv1d_kernel_size
+        self.qkv_proj_blocksize = qkv_proj_blocksize
+        self.proj_factor = proj_factor
+        self.vmap_qk = vmap_qk
+        self.init_distribution = init_distribution
+        self.output_init_fn = output_init_fn
+        self.mlstm_norm_type = mlstm_norm_type
+        self.qk_dim_factor = qk_dim_factor
+        self.v_dim_factor = v_dim_factor
+        self.gate_input = gate_input
+        self.round_proj_up_dim_up = round_proj_up_dim_up
+        self.round_proj_up_to_multiple_of = round_proj_up_to_multiple_of
+        self.debug_cell = debug_cell
+        self.gate_soft_cap = gate_soft_cap
+        self.gate_dtype = gate_dtype
+        self.igate_bias_init_range = list(igate_bias_init_range) if isinstance(igate_bias_init_range, (list, tuple)) else igate_bias_init_range
+        self.fgate_bias_init_range = list(fgate_bias_init_range) if isinstance(fgate_bias_init_range, (list, tuple)) else fgate_bias_init_range
+        self.add_qk_norm = add_qk_norm
+        self.gate_linear_headwise = gate_linear_headwise
+        self.reset_at_document_boundaries = reset_at_document_boundaries
+        self.reset_fgate_value = reset_fgate_value
+        self.cell_norm_type_v1 = cell_norm_type_v1
+        self.cell_norm_eps = cell_norm_eps
+        self.sequence_kernel = sequence_kernel
+        self.step_kernel = step_kernel
+        self.chunk_size = chunk_size
+        self.cell_eps = cell_eps
+        super().__init__(
+            tie_word_embeddings=tie_word_embeddings,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            **kwargs,
+        )
+        self.validate()
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def tie_weights(self) -> bool:
+        """Upstream's name of `tie_word_embeddings`."""
+        return self.tie_word_embeddings
+
+    @property
+    def block_map(self) -> list[int]:
+        """Upstream's block map: 0 = mLSTM block, 1 = sLSTM block, one entry per block."""
+        return [1 if i in self.slstm_at else 0 for i in range(self.num_blocks)]
+
+    @property
+    def inner_dim(self) -> int:
+        """Width the mLSTM cell works in: D for mlstm_v1, the rounded up-projection for mlstm."""
+        if self.layer_type == "mlstm_v1":
+            return self.embedding_dim
+        return round_to_multiple(
+            self.proj_factor * self.embedding_dim, self.round_proj_up_to_multiple_of, self.round_proj_up_dim_up
+        )
+
+    @property
+    def qk_dim(self) -> int:
+        """Total q/k width over all heads."""
+        if self.layer_type == "mlstm_v1":
+            return int(self.embedding_dim * self.qk_dim_factor)
+        return round(self.qk_dim_factor * self.inner_dim)
+
+    @property
+    def v_dim(self) -> int:
+        """Total v width over all heads."""
+        if self.layer_type == "mlstm_v1":
+            return int(self.embedding_dim * self.v_dim_factor)
+        return round(self.v_dim_factor * self.inner_dim)
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_dim // self.num_heads
+
+    @property
+    def v_head_dim(self) -> int:
+        return self.v_dim // self.num_heads
+
+    @property
+    def num_proj_heads(self) -> int:
+        """Number of blocks of the headwise q/k/v projections (mlstm)."""
+        return self.inner_dim // self.qkv_proj_blocksize
+
+    @property
+    def ff_dim(self) -> int:
+        """Feedforward hidden width."""
+        return round_to_multiple(
+            self.ff_proj_factor * self.embedding_dim, self.ff_round_proj_up_to_multiple_of, self.ff_round_proj_up_dim_up
+        )
+
+    @property
+    def gate_input_dim(self) -> int:
+        """Features the gate projections read."""
+        if self.layer_type == "mlstm_v1":
+            return self.embedding_dim
+        if self.gate_input == "qkv":
+            return 2 * self.qk_dim + self.v_dim
+        return self.inner_dim
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise `ValueError` naming the first invalid field, its value and what is allowed."""
+        for field in ("vocab_size", "embedding_dim", "num_blocks", "num_heads", "conv1d_kernel_size",
+                      "qkv_proj_blocksize", "round_proj_up_to_multiple_of", "ff_round_proj_up_to_multiple_of",
+                      "chunk_size"):
+            _check_positive_int(field, getattr(self, field))
+        if isinstance(self.context_length, bool) or not isinstance(self.context_length, int) or (
+            self.context_length <= 0 and self.context_length != -1
+        ):
+            _fail("context_length", self.context_length, "must be a positive integer or -1 (unknown)")
+        for field in ("norm_eps", "block_norm_eps", "cell_norm_eps", "cell_eps", "proj_factor", "qk_dim_factor",
+                      "v_dim_factor", "ff_proj_factor"):
+            _check_positive_float(field, getattr(self, field))
+        for field in ("logits_soft_cap", "gate_soft_cap"):
+            _check_positive_float(field, getattr(self, field), allow_none=True)
+        for field in ("tie_word_embeddings", "weight_decay_on_embedding", "add_embedding_dropout",
+                      "add_post_blocks_norm", "bias", "scan_blocks", "add_post_norm", "ff_round_proj_up_dim_up",
+                      "vmap_qk", "round_proj_up_dim_up", "debug_cell", "add_qk_norm", "gate_linear_headwise",
+                      "reset_at_document_boundaries"):
+            _check_bool(field, getattr(self, field))
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            _fail("dropout", self.dropout, "must be a number in [0, 1)")
+        if isinstance(self.reset_fgate_value, bool) or not isinstance(self.reset_fgate_value, (int, float)):
+            _fail("reset_fgate_value", self.reset_fgate_value, "must be a number")
+        for field in ("norm_type", "block_norm_type", "mlstm_norm_type", "cell_norm_type_v1"):
+            _check_choice(field, getattr(self, field), NORM_TYPES)
+        for field in ("compute_dtype", "lm_head_dtype", "gate_dtype"):
+            _check_choice(field, getattr(self, field), DTYPES)
+        for field in ("init_distribution_embed", "init_distribution_out", "init_distribution", "ff_init_distribution"):
+            _check_choice(field, getattr(self, field), INIT_DISTRIBUTIONS)
+        for field in ("output_init_fn", "ff_output_init_fn"):
+            _check_choice(field, getattr(self, field), OUTPUT_INIT_FNS)
+        _check_choice("layer_type", self.layer_type, LAYER_TYPES)
+        _check_choice("gate_input", self.gate_input, GATE_INPUTS)
+        _check_choice("ff_type", self.ff_type, FF_TYPES + (None,))
+        _check_choice("ff_act_fn", self.ff_act_fn, ACT_FNS)
+        _check_choice("sequence_kernel", self.sequence_kernel, SEQUENCE_KERNELS)
+        _check_choice("step_kernel", self.step_kernel, STEP_KERNELS)
+        _check_bias_init("igate_bias_init_range", self.igate_bias_init_range)
+        _check_bias_init("fgate_bias_init_range", self.fgate_bias_init_range)
+        if self.slstm_at:
+            _fail("slstm_at", self.slstm_at,
+                  "sLSTM blocks are not implemented (upstream xlstm-jax has none in JAX either); use slstm_at=[]")
+        self._validate_dims()
+
+    def _validate_dims(self) -> None:
+        nh = self.num_heads
+        for name in ("qk_dim", "v_dim"):
+            dim = getattr(self, name)
+            if dim <= 0 or dim % nh:
+                factor = "qk_dim_factor" if name == "qk_dim" else "v_dim_factor"
+                _fail(factor, getattr(self, factor),
+                      f"gives {name}={dim}, which must be a positive multiple of num_heads={nh}")
+        if self.ff_type is not None and self.ff_dim <= 0:
+            _fail("ff_proj_factor", self.ff_proj_factor, f"gives a feedforward width of {self.ff_dim}; must be > 0")
+        if self.layer_type == "mlstm_v1":
+            for field, default in (("gate_linear_headwise", False), ("debug_cell", False)):
+                if getattr(self, field) != default:
+                    _fail(field, getattr(self, field), f"only layer_type='mlstm' supports it; use {default}")
+            return
+        inner = self.inner_dim
+        if inner <= 0:
+            _fail("proj_factor", self.proj_factor, f"gives an inner width of {inner}; must be > 0")
+        if inner % nh:
+            _fail("num_heads", nh, f"must divide the mlstm inner width {inner}")
+        if inner % self.qkv_proj_blocksize:
+            _fail("qkv_proj_blocksize", self.qkv_proj_blocksize, f"must divide the mlstm inner width {inner}")
+        nph = self.num_proj_heads
+        for name in ("qk_dim", "v_dim"):
+            if getattr(self, name) % nph:
+                factor = "qk_dim_factor" if name == "qk_dim" else "v_dim_factor"
+                _fail(factor, getattr(self, factor),
+                      f"gives {name}={getattr(self, name)}, not a multiple of the {nph} headwise projection blocks")
+        if self.gate_linear_headwise and self.gate_input_dim % nh:
+            _fail("gate_linear_headwise", True, f"gate input width {self.gate_input_dim} is not divisible by num_heads")
+        if self.v_dim != inner and self.v_dim % nph:
+            _fail("v_dim_factor", self.v_dim_factor, "the skip projection needs v_dim divisible by the projection blocks")

@@ -1,0 +1,305 @@
+"""Translations of `XLSTMFlaxConfig` to and from the two config layouts users arrive with.
+
+* upstream xlstm-jax: the nested `xLSTMLMModelConfig` dict its checkpoints record (`dataclasses.asdict`, see
+  `../shared/fixtures/xlstm_jax/*/config.json`, or `metadata["model"]["model_config"]` of an orbax run);
+* transformers' `xLSTMConfig` (model_type `xlstm`, the `NX-AI/xLSTM-7b` config.json layout).
+
+A setting the target side cannot express raises `ValueError` naming it; nothing is silently dropped. Fields that
+are runtime choices rather than model definition (device mesh, kernel backends, chunked inference) are mapped where
+a counterpart exists and otherwise logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .configuration_xlstm_flax import XLSTMFlaxConfig
+
+logger = logging.getLogger(__name__)
+
+# upstream mLSTM backend name -> our sequence kernel (all compute the same function)
+UPSTREAM_BACKENDS = {
+    "parallel_stabilized": "parallel_stabilized",
+    "recurrent": "recurrent",
+    "recurrent_triton": "recurrent",
+    "fwbw_stabilized": "chunkwise",
+    "triton_kernels": "chunkwise",
+}
+
+_LM_KEYS = {
+    "vocab_size", "embedding_dim", "num_blocks", "context_length", "tie_weights", "weight_decay_on_embedding",
+    "add_embedding_dropout", "norm_eps", "norm_type", "logits_soft_cap", "lm_head_dtype", "add_post_blocks_norm",
+    "bias", "dropout", "scan_blocks", "dtype", "init_distribution_embed", "init_distribution_out", "slstm_at",
+    "mlstm_block", "slstm_block", "parallel",
+}
+_BLOCK_KEYS = {"mlstm", "feedforward", "add_post_norm", "parallel", "norm_eps", "norm_type", "dtype"}
+_LAYER_KEYS = {
+    "conv1d_kernel_size", "qkv_proj_blocksize", "num_heads", "proj_factor", "vmap_qk", "init_distribution",
+    "output_init_fn", "layer_type", "norm_type", "qk_dim_factor", "v_dim_factor", "embedding_dim", "bias",
+    "dropout", "context_length", "dtype", "parallel", "debug_cell", "gate_input", "mlstm_cell",
+    "round_proj_up_dim_up", "round_proj_up_to_multiple_of",
+}
+_CELL_KEYS = {
+    "context_length", "embedding_dim", "num_heads", "backend", "norm_eps", "norm_type", "norm_type_v1", "dtype",
+    "gate_dtype", "gate_soft_cap", "gate_linear_headwise", "igate_bias_init_range", "fgate_bias_init_range",
+    "add_qk_norm", "reset_at_document_boundaries", "reset_fgate_value", "parallel",
+}
+_FF_KEYS = {
+    "proj_factor", "act_fn", "embedding_dim", "dropout", "bias", "init_distribution", "output_init_fn", "ff_type",
+    "dtype", "parallel", "round_proj_up_dim_up", "round_proj_up_to_multiple_of",
+}
+
+
+def _check_keys(where: str, d: dict, known: set) -> None:
+    unknown = sorted(k for k in d if not k.startswith("_") and k not in known)
+    if unknown:
+        raise ValueError(f"upstream config {where} has fields this port cannot express: {unknown}")
+
+
+def _range(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def from_upstream_config(upstream: dict[str, Any], **overrides) -> XLSTMFlaxConfig:
+    """Translate upstream's nested `xLSTMLMModelConfig` dict into an `XLSTMFlaxConfig`.
+
+    Upstream ignores `tie_weights` and `add_post_blocks_norm` (its LM head always has the out-norm and is never
+    tied); the result records what upstream computed and logs the difference.
+    """
+    _check_keys("(xLSTMLMModelConfig)", upstream, _LM_KEYS)
+    if upstream.get("slstm_block") is not None or upstream.get("slstm_at"):
+        raise ValueError("upstream config has sLSTM blocks (slstm_block / slstm_at); this port supports mLSTM only")
+    block = upstream.get("mlstm_block")
+    if not block or not block.get("mlstm"):
+        raise ValueError("upstream config has no mlstm_block.mlstm; cannot translate")
+    _check_keys("mlstm_block", block, _BLOCK_KEYS)
+    layer = block["mlstm"]
+    _check_keys("mlstm_block.mlstm", layer, _LAYER_KEYS)
+    cell = layer.get("mlstm_cell") or {}
+    _check_keys("mlstm_block.mlstm.mlstm_cell", cell, _CELL_KEYS)
+    ff = block.get("feedforward")
+    if ff is not None:
+        _check_keys("mlstm_block.feedforward", ff, _FF_KEYS)
+    backend = cell.get("backend") or {"name": "parallel_stabilized", "kwargs": {}}
+    backend_name = backend.get("name", "parallel_stabilized")
+    if backend_name not in UPSTREAM_BACKENDS:
+        raise ValueError(f"upstream mLSTM backend {backend_name!r} has no counterpart; known: {sorted(UPSTREAM_BACKENDS)}")
+    kwargs = backend.get("kwargs") or {}
+
+    if upstream.get("tie_weights", False):
+        logger.info("upstream config says tie_weights=True, but upstream never ties the LM head: recording False")
+    if not upstream.get("add_post_blocks_norm", True):
+        logger.info("upstream config says add_post_blocks_norm=False, but upstream always applies the LM head "
+                    "out-norm: recording True")
+    logger.info("upstream parallel config (device mesh) is runtime state; pass a mesh at run time instead")
+
+    fields = dict(
+        vocab_size=upstream["vocab_size"],
+        embedding_dim=upstream["embedding_dim"],
+        num_blocks=upstream["num_blocks"],
+        context_length=upstream.get("context_length", -1),
+        tie_word_embeddings=False,
+        weight_decay_on_embedding=upstream.get("weight_decay_on_embedding", False),
+        add_embedding_dropout=upstream.get("add_embedding_dropout", False),
+        norm_eps=upstream.get("norm_eps", 1e-6),
+        norm_type=upstream.get("norm_type", "layernorm"),
+        logits_soft_cap=upstream.get("logits_soft_cap"),
+        lm_head_dtype=upstream.get("lm_head_dtype", "float32"),
+        add_post_blocks_norm=True,
+        bias=upstream.get("bias", False),
+        dropout=upstream.get("dropout", 0.0),
+        scan_blocks=upstream.get("scan_blocks", False),
+        compute_dtype=upstream.get("dtype", "bfloat16"),
+        init_distribution_embed=upstream.get("init_distribution_embed", "normal"),
+        init_distribution_out=upstream.get("init_distribution_out", "normal"),
+        slstm_at=[],
+        # upstream's mLSTM block builds its norms from the layer's norm type and the cell's eps
+        block_norm_type=layer.get("norm_type", "layernorm"),
+        block_norm_eps=cell.get("norm_eps", 1e-6),
+        add_post_norm=block.get("add_post_norm", False),
+        ff_type=None if ff is None else ff.get("ff_type", "ffn_gated"),
+        layer_type=layer.get("layer_type", "mlstm"),
+        num_heads=layer.get("num_heads", 4),
+        conv1d_kernel_size=layer.get("conv1d_kernel_size", 4),
+        qkv_proj_blocksize=layer.get("qkv_proj_blocksize", 4),
+        proj_factor=layer.get("proj_factor", 2.0),
+        vmap_qk=layer.get("vmap_qk", False),
+        init_distribution=layer.get("init_distribution", "normal"),
+        output_init_fn=layer.get("output_init_fn", "wang"),
+        mlstm_norm_type=layer.get("norm_type", "layernorm"),
+        qk_dim_factor=layer.get("qk_dim_factor", 1.0),
+        v_dim_factor=layer.get("v_dim_factor", 1.0),
+        gate_input=layer.get("gate_input", "qkv"),
+        round_proj_up_dim_up=layer.get("round_proj_up_dim_up", True),
+        round_proj_up_to_multiple_of=layer.get("round_proj_up_to_multiple_of", 64),
+        debug_cell=layer.get("debug_cell", False),
+        gate_soft_cap=cell.get("gate_soft_cap"),
+        gate_dtype=cell.get("gate_dtype", "float32"),
+        igate_bias_init_range=_range(cell.get("igate_bias_init_range")),
+        fgate_bias_init_range=_range(cell.get("fgate_bias_init_range", [3.0, 6.0])),
+        add_qk_norm=cell.get("add_qk_norm", False),
+        gate_linear_headwise=cell.get("gate_linear_headwise", False),
+        reset_at_document_boundaries=cell.get("reset_at_document_boundaries", False),
+        reset_fgate_value=cell.get("reset_fgate_value", -25.0),
+        cell_norm_type_v1=cell.get("norm_type_v1", "layernorm"),
+        cell_norm_eps=cell.get("norm_eps", 1e-6),
+        sequence_kernel=UPSTREAM_BACKENDS[backend_name],
+        chunk_size=kwargs.get("chunk_size", 64),
+    )
+    if ff is not None:
+        fields.update(
+            ff_proj_factor=ff.get("proj_factor", 1.3),
+            ff_act_fn=ff.get("act_fn", "gelu"),
+            ff_round_proj_up_dim_up=ff.get("round_proj_up_dim_up", True),
+            ff_round_proj_up_to_multiple_of=ff.get("round_proj_up_to_multiple_of", 64),
+            ff_init_distribution=ff.get("init_distribution", "normal"),
+            ff_output_init_fn=ff.get("output_init_fn", "wang"),
+        )
+    if fields["layer_type"] == "mlstm_v1" and fields["gate_linear_headwise"]:
+        logger.info("upstream mlstm_v1 ignores gate_linear_headwise: recording False")
+        fields["gate_linear_headwise"] = False
+    fields.update(overrides)
+    return XLSTMFlaxConfig(**fields)
+
+
+def to_upstream_config(config: XLSTMFlaxConfig) -> dict[str, Any]:
+    """The nested upstream dict (constructor fields of xLSTMLMModelConfig and its sub-configs) for `config`."""
+    if config.tie_word_embeddings:
+        raise ValueError("tie_word_embeddings=True cannot be expressed upstream (xlstm-jax never ties the LM head)")
+    if not config.add_post_blocks_norm:
+        raise ValueError("add_post_blocks_norm=False cannot be expressed upstream (its LM head always normalises)")
+    if config.block_norm_type != config.mlstm_norm_type:
+        raise ValueError(f"block_norm_type={config.block_norm_type!r} differs from mlstm_norm_type="
+                         f"{config.mlstm_norm_type!r}; upstream derives both from the layer's norm_type")
+    if config.block_norm_eps != config.cell_norm_eps:
+        raise ValueError(f"block_norm_eps={config.block_norm_eps} differs from cell_norm_eps={config.cell_norm_eps};"
+                         " upstream derives both from the cell's norm_eps")
+    if config.cell_eps != 1e-6:
+        raise ValueError(f"cell_eps={config.cell_eps} cannot be expressed upstream (fixed at 1e-6)")
+    backend = {"parallel_stabilized": "parallel_stabilized", "recurrent": "recurrent",
+               "chunkwise": "parallel_stabilized"}[config.sequence_kernel]
+    if config.sequence_kernel == "chunkwise":
+        logger.info("upstream has no plain-JAX chunkwise backend; writing parallel_stabilized (same function)")
+    ff = None
+    if config.ff_type is not None:
+        ff = dict(
+            proj_factor=config.ff_proj_factor, act_fn=config.ff_act_fn, ff_type=config.ff_type, bias=config.bias,
+            dropout=config.dropout, dtype=config.compute_dtype, init_distribution=config.ff_init_distribution,
+            output_init_fn=config.ff_output_init_fn, round_proj_up_dim_up=config.ff_round_proj_up_dim_up,
+            round_proj_up_to_multiple_of=config.ff_round_proj_up_to_multiple_of,
+        )
+    cell = dict(
+        backend={"name": backend, "kwargs": {}}, norm_eps=config.cell_norm_eps, norm_type=config.mlstm_norm_type,
+        norm_type_v1=config.cell_norm_type_v1, dtype=config.compute_dtype, gate_dtype=config.gate_dtype,
+        gate_soft_cap=config.gate_soft_cap, gate_linear_headwise=config.gate_linear_headwise,
+        igate_bias_init_range=config.igate_bias_init_range, fgate_bias_init_range=config.fgate_bias_init_range,
+        add_qk_norm=config.add_qk_norm, reset_at_document_boundaries=config.reset_at_document_boundaries,
+        reset_fgate_value=config.reset_fgate_value,
+    )
+    layer = dict(
+        conv1d_kernel_size=config.conv1d_kernel_size, qkv_proj_blocksize=config.qkv_proj_blocksize,
+        num_heads=config.num_heads, proj_factor=config.proj_factor, vmap_qk=config.vmap_qk,
+        init_distribution=config.init_distribution, output_init_fn=config.output_init_fn,
+        layer_type=config.layer_type, norm_type=config.mlstm_norm_type, qk_dim_factor=config.qk_dim_factor,
+        v_dim_factor=config.v_dim_factor, embedding_dim=config.embedding_dim, bias=config.bias,
+        dropout=config.dropout, context_length=config.context_length, dtype=config.compute_dtype,
+        debug_cell=config.debug_cell, gate_input=config.gate_input, mlstm_cell=cell,
+        round_proj_up_dim_up=config.round_proj_up_dim_up,
+        round_proj_up_to_multiple_of=config.round_proj_up_to_multiple_of,
+    )
+    return dict(
+        vocab_size=config.vocab_size, embedding_dim=config.embedding_dim, num_blocks=config.num_blocks,
+        context_length=config.context_length, tie_weights=False,
+        weight_decay_on_embedding=config.weight_decay_on_embedding,
+        add_embedding_dropout=config.add_embedding_dropout, norm_eps=config.norm_eps, norm_type=config.norm_type,
+        logits_soft_cap=config.logits_soft_cap, lm_head_dtype=config.lm_head_dtype, add_post_blocks_norm=True,
+        bias=config.bias, dropout=config.dropout, scan_blocks=config.scan_blocks, dtype=config.compute_dtype,
+        init_distribution_embed=config.init_distribution_embed, init_distribution_out=config.init_distribution_out,
+        slstm_at=[], slstm_block=None, _block_map=",".join(str(b) for b in config.block_map),
+        mlstm_block=dict(mlstm=layer, feedforward=ff, add_post_norm=config.add_post_norm),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- transformers
+_PT_KERNELS = {"parallel--native_autograd": "parallel_stabilized", "chunkwise--native_autograd": "chunkwise"}
+_PT_FIXED = dict(
+    layer_type="mlstm_v1", norm_type="rmsnorm", block_norm_type="rmsnorm", cell_norm_type_v1="layernorm",
+    ff_type="ffn_gated", ff_act_fn="swish", ff_round_proj_up_dim_up=True, add_qk_norm=False, add_post_norm=False,
+    reset_at_document_boundaries=False, dropout=0.0, add_embedding_dropout=False, bias=False,
+    lm_head_dtype="float32", gate_dtype="float32",
+)
+
+
+def from_transformers_config(pt_config, **overrides) -> XLSTMFlaxConfig:
+    """Translate transformers' `xLSTMConfig` (or its dict) into an `XLSTMFlaxConfig`."""
+    get = (lambda k, d=None: pt_config.get(k, d)) if isinstance(pt_config, dict) else (
+        lambda k, d=None: getattr(pt_config, k, d))
+    if get("use_bias", False):
+        raise ValueError("xLSTMConfig.use_bias=True adds biases to the norms too, which this port does not model")
+    if get("weight_mode", "single") != "single":
+        raise ValueError(f"xLSTMConfig.weight_mode={get('weight_mode')!r}: only 'single' (separate q/k/v/gate "
+                         "weights) maps onto this port's params")
+    if not get("norm_reduction_force_float32", True):
+        raise ValueError("xLSTMConfig.norm_reduction_force_float32=False: this port always reduces in float32")
+    if get("inference_state_dtype", "float32") != "float32":
+        raise ValueError("xLSTMConfig.inference_state_dtype must be float32: this port keeps states in float32")
+    kernel = get("chunkwise_kernel", "chunkwise--native_autograd")
+    if kernel not in _PT_KERNELS:
+        raise ValueError(f"xLSTMConfig.chunkwise_kernel={kernel!r} has no counterpart; known: {sorted(_PT_KERNELS)}")
+    dtype = get("dtype") or get("torch_dtype")
+    dtype = str(dtype).split(".")[-1] if dtype is not None else "float32"
+    hidden = get("hidden_size") or get("embedding_dim")
+    fields = dict(
+        _PT_FIXED,
+        vocab_size=get("vocab_size"),
+        embedding_dim=hidden,
+        num_blocks=get("num_blocks") or get("num_hidden_layers"),
+        num_heads=get("num_heads"),
+        tie_word_embeddings=get("tie_word_embeddings", False),
+        add_post_blocks_norm=get("add_out_norm", True),
+        norm_eps=get("norm_eps", 1e-6),
+        block_norm_eps=get("norm_eps", 1e-6),
+        cell_norm_eps=get("norm_eps", 1e-6),
+        qk_dim_factor=get("qk_dim_factor", 0.5),
+        v_dim_factor=get("v_dim_factor", 1.0),
+        sequence_kernel=_PT_KERNELS[kernel],
+        chunk_size=get("chunk_size", 64),
+        cell_eps=get("eps", 1e-6),
+        ff_proj_factor=get("ffn_proj_factor", 2.667),
+        ff_round_proj_up_to_multiple_of=get("ffn_round_up_to_multiple_of", 64),
+        gate_soft_cap=get("gate_soft_cap", 15.0),
+        logits_soft_cap=get("output_logit_soft_cap", 30.0),
+        compute_dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "float32",
+        pad_token_id=get("pad_token_id"),
+        bos_token_id=get("bos_token_id"),
+        eos_token_id=get("eos_token_id"),
+    )
+    fields.update(overrides)
+    return XLSTMFlaxConfig(**fields)
+
+
+def to_transformers_config(config: XLSTMFlaxConfig):
+    """The transformers `xLSTMConfig` for `config`; raises if transformers' xLSTM cannot express it."""
+    from transformers import xLSTMConfig
+
+    for field, value in _PT_FIXED.items():
+        if getattr(config, field) != value:
+            raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed by transformers' xLSTMConfig "
+                             f"(it fixes {field}={value!r})")
+    for field in ("block_norm_eps", "cell_norm_eps"):
+        if getattr(config, field) != config.norm_eps:
+            raise ValueError(f"{field}={getattr(config, field)} differs from norm_eps={config.norm_eps}; "
+                             "transformers' xLSTMConfig has one norm_eps")
+    kernel = {"parallel_stabilized": "parallel--native_autograd", "chunkwise": "chunkwise--native_autograd",
+              "recurrent": "chunkwise--native_autograd"}[config.sequence_kernel]
+    return xLSTMConfig(
+        vocab_size=config.vocab_size, hidden_size=config.embedding_dim, num_hidden_layers=config.num_blocks,
+        num_heads=config.num_heads, use_bias=False, tie_word_embeddings=config.tie_word_embeddings,
+        add_out_norm=config.add_post_blocks_norm, norm_eps=config.norm_eps, qk_dim_factor=config.qk_dim_factor,
+        v_dim_factor=config.v_dim_factor, chunkwise_kernel=kernel, chunk_size=config.chunk_size,
+        eps=config.cell_eps, ffn_proj_factor=config.ff_proj_factor,
+        ffn_round_up_to_multiple_of=config.ff_round_proj_up_to_multiple_of, gate_soft_cap=config.gate_soft_cap,
+        output_logit_soft_cap=config.logits_soft_cap, weight_mode="single", pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+    )

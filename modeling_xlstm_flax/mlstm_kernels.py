@@ -1,0 +1,186 @@
+"""The mLSTM cell in its three forms, in plain JAX: parallel (quadratic), chunkwise, recurrent.
+
+Shapes: B batch, NH heads, S sequence, DHQK query/key head dim, DHV value head dim.
+All forms take q, k (B, NH, S, DHQK), v (B, NH, S, DHV) and gate pre-activations (B, NH, S) and return
+h (B, NH, S, DHV). The stateful forms also take and return the state
+
+    C (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH)      (always float32)
+
+which represents the unstabilised memory C * exp(m), n * exp(m). The zero state (C=0, n=0, m=0) is the start of a
+sequence. Gates, the decay matrix and the state are computed in float32 whatever the compute dtype; q.k and the
+retrieval run in the input dtype with float32 accumulation. Keys are scaled by 1/sqrt(DHQK).
+
+Output for every form (m_t is a stabiliser that cancels out except in `eps`):
+
+    h_t = (q_t . C_t) / (max(|q_t . n_t|, exp(-m_t)) + eps)
+    C_t = f_t C_{t-1} + i_t k_t v_t^T,   n_t = f_t n_{t-1} + i_t k_t,   f_t = sigmoid(fpre_t), i_t = exp(ipre_t)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+
+class MLSTMState(NamedTuple):
+    """Recurrent mLSTM state of one layer: C (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH), float32."""
+
+    c: jax.Array
+    n: jax.Array
+    m: jax.Array
+
+
+def zero_state(batch_size: int, num_heads: int, qk_head_dim: int, v_head_dim: int) -> MLSTMState:
+    """The state at the start of a sequence."""
+    return MLSTMState(
+        c=jnp.zeros((batch_size, num_heads, qk_head_dim, v_head_dim), jnp.float32),
+        n=jnp.zeros((batch_size, num_heads, qk_head_dim), jnp.float32),
+        m=jnp.zeros((batch_size, num_heads), jnp.float32),
+    )
+
+
+def _matmul(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
+    """einsum in the inputs' dtype with float32 accumulation and result."""
+    dtype = jnp.promote_types(a.dtype, b.dtype)
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def parallel_stabilized(
+    q: jax.Array, k: jax.Array, v: jax.Array, igate: jax.Array, fgate: jax.Array, eps: float = 1e-6
+) -> jax.Array:
+    """Quadratic form with row-wise stabilised decay matrix (upstream `parallel_stabilized_simple`).
+
+    Args: q, k (B, NH, S, DHQK); v (B, NH, S, DHV); igate, fgate pre-activations (B, NH, S).
+    Returns: h (B, NH, S, DHV) in v's dtype.
+    """
+    S = q.shape[-2]
+    k = k / math.sqrt(q.shape[-1])
+    log_f = jax.nn.log_sigmoid(fgate.astype(jnp.float32))
+    cum = jnp.cumsum(log_f, axis=-1)  # (B, NH, S)
+    causal = jnp.tril(jnp.ones((S, S), dtype=bool))
+    # log D[t, s] = sum_{r=s+1..t} log f_r + i_s for s <= t
+    log_d = cum[..., :, None] - cum[..., None, :] + igate.astype(jnp.float32)[..., None, :]
+    log_d = jnp.where(causal, log_d, -jnp.inf)
+    m = jnp.max(log_d, axis=-1, keepdims=True)  # (B, NH, S, 1); finite: the diagonal is always there
+    d = jnp.exp(log_d - m)
+    c = _matmul(q, k, "...td,...sd->...ts") * d
+    normaliser = jnp.maximum(jnp.abs(jnp.sum(c, axis=-1, keepdims=True)), jnp.exp(-m))
+    c = c / (normaliser + eps)
+    return _matmul(c.astype(v.dtype), v, "...ts,...sd->...td").astype(v.dtype)
+
+
+def recurrent_step(
+    state: MLSTMState, q: jax.Array, k: jax.Array, v: jax.Array, igate: jax.Array, fgate: jax.Array,
+    eps: float = 1e-6,
+) -> tuple[jax.Array, MLSTMState]:
+    """One token. q, k (B, NH, DHQK); v (B, NH, DHV); igate, fgate (B, NH). Returns h (B, NH, DHV), new state."""
+    q32 = q.astype(jnp.float32)
+    k32 = k.astype(jnp.float32) / math.sqrt(q.shape[-1])
+    v32 = v.astype(jnp.float32)
+    log_f = jax.nn.log_sigmoid(fgate.astype(jnp.float32))
+    i_pre = igate.astype(jnp.float32)
+    m_new = jnp.maximum(log_f + state.m, i_pre)
+    f_act = jnp.exp(log_f + state.m - m_new)
+    i_act = jnp.exp(i_pre - m_new)
+    c_new = f_act[..., None, None] * state.c + i_act[..., None, None] * (k32[..., :, None] * v32[..., None, :])
+    n_new = f_act[..., None] * state.n + i_act[..., None] * k32
+    num = jnp.einsum("bhd,bhde->bhe", q32, c_new)
+    den = jnp.maximum(jnp.abs(jnp.einsum("bhd,bhd->bh", q32, n_new)), jnp.exp(-m_new)) + eps
+    h = num / den[..., None]
+    return h.astype(v.dtype), MLSTMState(c_new, n_new, m_new)
+
+
+def recurrent_sequence(
+    q: jax.Array, k: jax.Array, v: jax.Array, igate: jax.Array, fgate: jax.Array,
+    state: Optional[MLSTMState] = None, eps: float = 1e-6,
+) -> tuple[jax.Array, MLSTMState]:
+    """The step form scanned over the sequence: h (B, NH, S, DHV) and the final state."""
+    B, NH, _, DHQK = q.shape
+    if state is None:
+        state = zero_state(B, NH, DHQK, v.shape[-1])
+
+    def step(carry, xs):
+        h, carry = recurrent_step(carry, *xs, eps=eps)
+        return carry, h
+
+    xs = (jnp.moveaxis(q, 2, 0), jnp.moveaxis(k, 2, 0), jnp.moveaxis(v, 2, 0),
+          jnp.moveaxis(igate, 2, 0), jnp.moveaxis(fgate, 2, 0))
+    state, h = jax.lax.scan(step, state, xs)
+    return jnp.moveaxis(h, 0, 2), state
+
+
+def chunkwise(
+    q: jax.Array, k: jax.Array, v: jax.Array, igate: jax.Array, fgate: jax.Array,
+    state: Optional[MLSTMState] = None, chunk_size: int = 64, eps: float = 1e-6,
+) -> tuple[jax.Array, MLSTMState]:
+    """Chunkwise form: parallel inside chunks of `chunk_size`, recurrent over (C, n, m) between chunks.
+
+    Memory O(S * chunk_size + S / chunk_size * DHQK * DHV) instead of O(S^2). Sequences that are not a multiple
+    of the chunk size are padded at the end with tokens that leave the state untouched (i = -inf, f = 1).
+    Returns h (B, NH, S, DHV) and the state after the last token.
+    """
+    B, NH, S, DHQK = q.shape
+    DHV = v.shape[-1]
+    if state is None:
+        state = zero_state(B, NH, DHQK, DHV)
+    L = min(chunk_size, S)
+    NC = -(-S // L)
+    pad = NC * L - S
+    i_pre = igate.astype(jnp.float32)
+    log_f = jax.nn.log_sigmoid(fgate.astype(jnp.float32))
+    if pad:
+        pad4 = ((0, 0), (0, 0), (0, pad), (0, 0))
+        q, k, v = jnp.pad(q, pad4), jnp.pad(k, pad4), jnp.pad(v, pad4)
+        i_pre = jnp.pad(i_pre, pad4[:3], constant_values=-jnp.inf)
+        log_f = jnp.pad(log_f, pad4[:3])
+    k = k / math.sqrt(DHQK)
+    qc = q.reshape(B, NH, NC, L, DHQK)
+    kc = k.reshape(B, NH, NC, L, DHQK)
+    vc = v.reshape(B, NH, NC, L, DHV)
+    ic = i_pre.reshape(B, NH, NC, L)
+    b = jnp.cumsum(log_f.reshape(B, NH, NC, L), axis=-1)  # decay from chunk start to t (inclusive)
+    g = b[..., -1]  # (B, NH, NC) decay over the whole chunk
+
+    # What each chunk adds to the state, stabilised by its own max.
+    a = g[..., None] - b + ic  # (B, NH, NC, L) log weight of token s at chunk end
+    m_loc = jnp.max(a, axis=-1)  # may be -inf for an all-padding chunk
+    m_loc_safe = jnp.where(jnp.isfinite(m_loc), m_loc, 0.0)
+    w = jnp.exp(a - m_loc_safe[..., None])
+    c_loc = _matmul(kc * w[..., None].astype(kc.dtype), vc, "bhcsd,bhcse->bhcde")
+    n_loc = jnp.sum(kc.astype(jnp.float32) * w[..., None], axis=-2)
+
+    def advance(carry: MLSTMState, xs):
+        g_c, m_l, c_l, n_l = xs
+        m_new = jnp.maximum(g_c + carry.m, m_l)
+        scale_prev = jnp.exp(g_c + carry.m - m_new)
+        scale_loc = jnp.exp(m_l - m_new)
+        new = MLSTMState(
+            c=scale_prev[..., None, None] * carry.c + scale_loc[..., None, None] * c_l,
+            n=scale_prev[..., None] * carry.n + scale_loc[..., None] * n_l,
+            m=m_new,
+        )
+        return new, carry  # emit the state at the start of the chunk
+
+    xs = (jnp.moveaxis(g, 2, 0), jnp.moveaxis(m_loc, 2, 0), jnp.moveaxis(c_loc, 2, 0), jnp.moveaxis(n_loc, 2, 0))
+    final, starts = jax.lax.scan(advance, state, xs)
+    c0 = jnp.moveaxis(starts.c, 0, 2)  # (B, NH, NC, DHQK, DHV)
+    n0 = jnp.moveaxis(starts.n, 0, 2)  # (B, NH, NC, DHQK)
+    m0 = jnp.moveaxis(starts.m, 0, 2)  # (B, NH, NC)
+
+    # Outputs: inter-chunk part from the start state, intra-chunk part as in the parallel form.
+    causal = jnp.tril(jnp.ones((L, L), dtype=bool))
+    log_d = jnp.where(causal, b[..., :, None] - b[..., None, :] + ic[..., None, :], -jnp.inf)  # (B,NH,NC,L,L)
+    log_inter = b + m0[..., None]  # (B, NH, NC, L)
+    m_t = jnp.maximum(jnp.max(log_d, axis=-1), log_inter)
+    d = jnp.exp(log_d - m_t[..., None])
+    inter = jnp.exp(log_inter - m_t)
+    qk = _matmul(qc, kc, "bhctd,bhcsd->bhcts") * d
+    num = _matmul(qk.astype(vc.dtype), vc, "bhcts,bhcse->bhcte")
+    num = num + inter[..., None] * _matmul(qc, c0, "bhctd,bhcde->bhcte")
+    den = jnp.sum(qk, axis=-1) + inter * jnp.einsum("bhctd,bhcd->bhct", qc.astype(jnp.float32), n0)
+    h = num / (jnp.maximum(jnp.abs(den), jnp.exp(-m_t)) + eps)[..., None]
+    h = h.reshape(B, NH, NC * L, DHV)[:, :, :S]
+    return h.astype(v.dtype), final

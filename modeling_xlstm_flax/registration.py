@@ -1,0 +1,27 @@
+"""Registration with transformers' Auto classes (idempotent)."""
+
+from transformers import AutoConfig, FlaxAutoModel, FlaxAutoModelForCausalLM, xLSTMConfig
+
+from .configuration import XLSTMFlaxConfig
+from .modeling_flax_xlstm import FlaxXLSTMForCausalLM, FlaxXLSTMModel
+
+
+class FlaxXLSTMForCausalLMFromTorchConfig(FlaxXLSTMForCausalLM):
+    """Entry for transformers' `xLSTMConfig` in `FlaxAutoModelForCausalLM`: translates the config on construction
+    (the model then carries an `XLSTMFlaxConfig`, which is what `save_pretrained` writes)."""
+
+    config_class = xLSTMConfig
+
+
+class FlaxXLSTMModelFromTorchConfig(FlaxXLSTMModel):
+    """Entry for transformers' `xLSTMConfig` in `FlaxAutoModel`."""
+
+    config_class = xLSTMConfig
+
+
+def register_auto_classes() -> None:
+    AutoConfig.register(XLSTMFlaxConfig.model_type, XLSTMFlaxConfig, exist_ok=True)
+    FlaxAutoModel.register(XLSTMFlaxConfig, FlaxXLSTMModel, exist_ok=True)
+    FlaxAutoModelForCausalLM.register(XLSTMFlaxConfig, FlaxXLSTMForCausalLM, exist_ok=True)
+    FlaxAutoModel.register(xLSTMConfig, FlaxXLSTMModelFromTorchConfig, exist_ok=True)
+    FlaxAutoModelForCausalLM.register(xLSTMConfig, FlaxXLSTMForCausalLMFromTorchConfig, exist_ok=True)
