@@ -389,6 +389,8 @@ class XLSTMFlaxConfig(PretrainedConfig):
 
     def _validate_dims(self) -> None:
         nh = self.num_heads
+        if self.layer_type == "mlstm" and self.inner_dim <= 0:
+            _fail("proj_factor", self.proj_factor, f"gives an inner width of {self.inner_dim}; must be > 0")
         for name in ("qk_dim", "v_dim"):
             dim = getattr(self, name)
             if dim <= 0 or dim % nh:
@@ -403,8 +405,6 @@ class XLSTMFlaxConfig(PretrainedConfig):
                     _fail(field, getattr(self, field), f"only layer_type='mlstm' supports it; use {default}")
             return
         inner = self.inner_dim
-        if inner <= 0:
-            _fail("proj_factor", self.proj_factor, f"gives an inner width of {inner}; must be > 0")
         if inner % nh:
             _fail("num_heads", nh, f"must divide the mlstm inner width {inner}")
         if inner % self.qkv_proj_blocksize:

@@ -350,7 +350,7 @@ class XLSTMLayerConv(nn.Module):
                 x_conv_act = headwise(cfg.v_dim, name="x_mlstm_conv_scaling")(x_conv_act)
             skip = self.param("learnable_skip", nn.initializers.ones, (x_conv_act.shape[-1],), jnp.float32)
             h = (h + skip.astype(self.dtype) * x_conv_act) * nn.swish(z)
-            new_state = None if new_cell is None else dict(new_cell._asdict(), conv=new_window)
+            new_state = None if new_cell is None else dict(new_cell._asdict(), conv=new_window.astype(jnp.float32))
         y = dense(D, kernel_init=output_init(cfg.output_init_fn, D, cfg.num_blocks, cfg.init_distribution),
                   name="out_proj")(h)
         y = nn.Dropout(rate=cfg.dropout)(y, deterministic=deterministic)
@@ -436,6 +436,9 @@ class XLSTMBlockCollection(nn.Module):
                  output_hidden_states=False):
         cfg = self.config
         if cfg.scan_blocks:
+            # the cache is batch-first (B, NB, ...) so generation utilities can gather beams; scan wants NB first
+            if cache is not None:
+                cache = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 1, 0), cache)
             scan = nn.scan(
                 _ScannedBlock,
                 variable_axes={"params": 0},
@@ -447,6 +450,8 @@ class XLSTMBlockCollection(nn.Module):
                 x, cache, attention_mask, document_borders, deterministic
             )
             hidden = tuple(per_block[i] for i in range(cfg.num_blocks)) if output_hidden_states else None
+            if new_cache is not None:
+                new_cache = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1), new_cache)
             return x, new_cache, hidden
         new_cache = [] if cache is not None else None
         hidden = ()
@@ -562,6 +567,13 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         """As `FlaxPreTrainedModel.from_pretrained`, but `dtype=None` (default) uses the config's compute dtype."""
         return super().from_pretrained(pretrained_model_name_or_path, dtype, *model_args, **kwargs)
 
+    def save_pretrained(self, save_directory, params=None, push_to_hub=False, max_shard_size="10GB", token=None,
+                        safe_serialization: bool = True, **kwargs):
+        """As `FlaxPreTrainedModel.save_pretrained`, but safetensors (`model.safetensors`) by default."""
+        return super().save_pretrained(save_directory, params=params, push_to_hub=push_to_hub,
+                                       max_shard_size=max_shard_size, token=token,
+                                       safe_serialization=safe_serialization, **kwargs)
+
     def init_weights(self, rng, input_shape, params=None):
         input_ids = jnp.zeros(input_shape, dtype="i4")
         params_rng, dropout_rng = jax.random.split(rng)
@@ -574,6 +586,33 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             params[missing_key] = random_params[missing_key]
         self._missing_keys = set()
         return freeze(unflatten_dict(params))
+
+    def init_cache(self, batch_size: int, max_length: Optional[int] = None):
+        """The recurrent state of every block at the start of a sequence: the generation cache.
+
+        Its size does not depend on `max_length` (accepted for the HF generation API only). Per block a dict with
+        c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH) and, for the `mlstm` layer type, the conv window
+        conv (B, K-1, inner_dim); all float32. A list over blocks, or with `scan_blocks` one dict whose leaves
+        carry the block axis second: (B, NB, ...).
+        """
+        cfg = self.config
+        state = mlstm_kernels.zero_state(batch_size, cfg.num_heads, cfg.qk_head_dim, cfg.v_head_dim)._asdict()
+        if cfg.layer_type == "mlstm":
+            state["conv"] = jnp.zeros((batch_size, cfg.conv1d_kernel_size - 1, cfg.inner_dim), jnp.float32)
+        if cfg.scan_blocks:
+            return {k: jnp.repeat(v[:, None], cfg.num_blocks, axis=1) for k, v in state.items()}
+        return [dict(state) for _ in range(cfg.num_blocks)]
+
+    def prepare_inputs_for_generation(self, input_ids, max_length, attention_mask: Optional[jax.Array] = None,
+                                      **kwargs):
+        """Prefill inputs for transformers' Flax generation loop: a fresh cache and the prompt's mask."""
+        return {"past_key_values": self.init_cache(input_ids.shape[0], max_length), "attention_mask": attention_mask}
+
+    def update_inputs_for_generation(self, model_outputs, model_kwargs):
+        """After each call: carry the new state; generated tokens are never padding, so no mask is needed."""
+        model_kwargs["past_key_values"] = model_outputs.past_key_values
+        model_kwargs["attention_mask"] = None
+        return model_kwargs
 
     def __call__(
         self,
