@@ -48,6 +48,19 @@ def _matmul(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
     return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
 
+def segment_log_decay(log_f: jax.Array) -> jax.Array:
+    """log decay between positions: out[..., t, s] = sum_{r=s+1..t} log_f[..., r] for s <= t, -inf above.
+
+    Summed per (t, s) pair from zero instead of as a difference of two long cumulative sums, which would lose
+    float32 precision once |cumsum| is large (long sequences, saturated forget gates). log_f (..., S) -> (..., S, S).
+    """
+    S = log_f.shape[-1]
+    strictly_lower = jnp.tril(jnp.ones((S, S), dtype=bool), k=-1)
+    terms = jnp.where(strictly_lower, log_f[..., :, None], 0.0)  # [r, s] = log_f[r] if r > s
+    out = jnp.cumsum(terms, axis=-2)
+    return jnp.where(jnp.tril(jnp.ones((S, S), dtype=bool)), out, -jnp.inf)
+
+
 def parallel_stabilized(
     q: jax.Array, k: jax.Array, v: jax.Array, igate: jax.Array, fgate: jax.Array, eps: float = 1e-6
 ) -> jax.Array:
@@ -56,14 +69,10 @@ def parallel_stabilized(
     Args: q, k (B, NH, S, DHQK); v (B, NH, S, DHV); igate, fgate pre-activations (B, NH, S).
     Returns: h (B, NH, S, DHV) in v's dtype.
     """
-    S = q.shape[-2]
     k = k / math.sqrt(q.shape[-1])
     log_f = jax.nn.log_sigmoid(fgate.astype(jnp.float32))
-    cum = jnp.cumsum(log_f, axis=-1)  # (B, NH, S)
-    causal = jnp.tril(jnp.ones((S, S), dtype=bool))
-    # log D[t, s] = sum_{r=s+1..t} log f_r + i_s for s <= t
-    log_d = cum[..., :, None] - cum[..., None, :] + igate.astype(jnp.float32)[..., None, :]
-    log_d = jnp.where(causal, log_d, -jnp.inf)
+    # log D[t, s] = sum_{r=s+1..t} log f_r + i_s for s <= t, -inf above the diagonal
+    log_d = segment_log_decay(log_f) + igate.astype(jnp.float32)[..., None, :]
     m = jnp.max(log_d, axis=-1, keepdims=True)  # (B, NH, S, 1); finite: the diagonal is always there
     d = jnp.exp(log_d - m)
     c = _matmul(q, k, "...td,...sd->...ts") * d
@@ -141,11 +150,14 @@ def chunkwise(
     kc = k.reshape(B, NH, NC, L, DHQK)
     vc = v.reshape(B, NH, NC, L, DHV)
     ic = i_pre.reshape(B, NH, NC, L)
-    b = jnp.cumsum(log_f.reshape(B, NH, NC, L), axis=-1)  # decay from chunk start to t (inclusive)
+    lfc = log_f.reshape(B, NH, NC, L)
+    b = jnp.cumsum(lfc, axis=-1)  # decay from chunk start to t (inclusive)
     g = b[..., -1]  # (B, NH, NC) decay over the whole chunk
+    # decay from s (exclusive) to the chunk end, summed directly rather than as g - b
+    after = jnp.concatenate([jnp.cumsum(lfc[..., :0:-1], axis=-1)[..., ::-1], jnp.zeros_like(lfc[..., :1])], -1)
 
     # What each chunk adds to the state, stabilised by its own max.
-    a = g[..., None] - b + ic  # (B, NH, NC, L) log weight of token s at chunk end
+    a = after + ic  # (B, NH, NC, L) log weight of token s at chunk end
     m_loc = jnp.max(a, axis=-1)  # may be -inf for an all-padding chunk
     m_loc_safe = jnp.where(jnp.isfinite(m_loc), m_loc, 0.0)
     w = jnp.exp(a - m_loc_safe[..., None])
@@ -171,8 +183,7 @@ def chunkwise(
     m0 = jnp.moveaxis(starts.m, 0, 2)  # (B, NH, NC)
 
     # Outputs: inter-chunk part from the start state, intra-chunk part as in the parallel form.
-    causal = jnp.tril(jnp.ones((L, L), dtype=bool))
-    log_d = jnp.where(causal, b[..., :, None] - b[..., None, :] + ic[..., None, :], -jnp.inf)  # (B,NH,NC,L,L)
+    log_d = segment_log_decay(lfc) + ic[..., None, :]  # (B, NH, NC, L, L)
     log_inter = b + m0[..., None]  # (B, NH, NC, L)
     m_t = jnp.maximum(jnp.max(log_d, axis=-1), log_inter)
     d = jnp.exp(log_d - m_t[..., None])

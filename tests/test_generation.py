@@ -1,0 +1,174 @@
+"""The recurrent cache and transformers' Flax generation loop (greedy, sampling, beam search)."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, load_fixture, max_abs_diff, tiny_config
+from modeling_xlstm_flax import FlaxXLSTMForCausalLM
+
+
+def no_eos_config(layer_type="mlstm_v1", **overrides):
+    """Tiny config whose end-of-sequence id is one the model cannot emit (transformers' Flax loops require an
+    eos id), so generation always runs to max_new_tokens."""
+    config = tiny_config(layer_type, **overrides)
+    config.eos_token_id = config.vocab_size
+    return config
+
+
+def _cached_forward(model):
+    """model(ids, past_key_values=cache) jit-compiled: (params, ids, cache) -> (logits, new cache)."""
+
+    @jax.jit
+    def forward(params, ids, cache):
+        out = model(ids, params=params, past_key_values=cache)
+        return out.logits, out.past_key_values
+
+    return forward
+
+
+def _stepwise_logits(model, ids, params=None, prefill=0):
+    """Logits of `ids` fed through the cache: a prefill chunk of `prefill` tokens, then one token per call."""
+    params = model.params if params is None else params
+    forward = _cached_forward(model)
+    cache = model.init_cache(ids.shape[0], ids.shape[1])
+    outs = []
+    start = 0
+    if prefill:
+        logits, cache = forward(params, ids[:, :prefill], cache)
+        outs.append(np.asarray(logits))
+        start = prefill
+    for t in range(start, ids.shape[1]):
+        logits, cache = forward(params, ids[:, t : t + 1], cache)
+        outs.append(np.asarray(logits))
+    return np.concatenate(outs, axis=1)
+
+
+@pytest.mark.parametrize("layer_type", ["mlstm_v1", "mlstm"])
+@pytest.mark.parametrize("scan_blocks", [False, True])
+def test_token_by_token_equals_full_sequence(layer_type, scan_blocks):
+    model = FlaxXLSTMForCausalLM(tiny_config(layer_type, scan_blocks=scan_blocks, chunk_size=8), seed=0)
+    ids = np.random.RandomState(0).randint(0, 97, (2, 24))
+    full = np.asarray(model(ids).logits)
+    assert max_abs_diff(_stepwise_logits(model, ids), full) <= 1e-4
+    assert max_abs_diff(_stepwise_logits(model, ids, prefill=11), full) <= 1e-4  # chunk continuation
+
+
+@pytest.mark.parametrize("name", ["v1", "v2_ffn"])
+def test_token_by_token_matches_upstream_logits(name):
+    """Upstream's parallel logits reproduced step by step; for v1 also upstream's own step logits. (Upstream's
+    mlstm/v2 stepping is wrong - its cache has no conv window - so v2 compares with the parallel logits.)"""
+    config, params, inputs, logits = load_fixture(name)
+    model = FlaxXLSTMForCausalLM(config, _do_init=False)
+    steps = _stepwise_logits(model, inputs, params=params)
+    assert max_abs_diff(steps, logits) <= 1e-4
+    if name == "v1":
+        assert max_abs_diff(steps, np.load(FIXTURES / name / "step_logits.npy")) <= 1e-4
+
+
+def test_cache_size_independent_of_max_length():
+    for layer_type in ("mlstm_v1", "mlstm"):
+        model = FlaxXLSTMForCausalLM(tiny_config(layer_type), seed=0)
+        sizes = [sum(x.nbytes for x in jax.tree_util.tree_leaves(model.init_cache(2, n))) for n in (16, 16384)]
+        assert sizes[0] == sizes[1] > 0
+        assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(model.init_cache(2, 16)))
+
+
+@pytest.mark.parametrize("layer_type", ["mlstm_v1", "mlstm"])
+def test_greedy_equals_argmax_loop(layer_type):
+    model = FlaxXLSTMForCausalLM(no_eos_config(layer_type), seed=1)
+    prompt = np.random.RandomState(1).randint(3, 97, (2, 6))
+    out = model.generate(prompt, max_new_tokens=12, pad_token_id=1).sequences
+    forward = _cached_forward(model)
+    logits, cache = forward(model.params, prompt, model.init_cache(2))
+    ids = prompt
+    for _ in range(12):
+        token = np.argmax(np.asarray(logits[:, -1]), -1)[:, None]
+        ids = np.concatenate([ids, token], axis=1)
+        logits, cache = forward(model.params, token, cache)
+    np.testing.assert_array_equal(np.asarray(out), ids)
+
+
+def test_sampling_reproducible_and_key_dependent():
+    model = FlaxXLSTMForCausalLM(no_eos_config(), seed=2)
+    prompt = np.random.RandomState(2).randint(3, 97, (3, 4))
+    kwargs = dict(do_sample=True, max_new_tokens=20, temperature=1.5, top_k=20, top_p=0.95, pad_token_id=1)
+    a = model.generate(prompt, prng_key=jax.random.PRNGKey(0), **kwargs).sequences
+    b = model.generate(prompt, prng_key=jax.random.PRNGKey(0), **kwargs).sequences
+    c = model.generate(prompt, prng_key=jax.random.PRNGKey(1), **kwargs).sequences
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+    assert np.asarray(a).shape == (3, 24)
+    np.testing.assert_array_equal(np.asarray(a)[:, :4], prompt)
+    top1 = model.generate(prompt, prng_key=jax.random.PRNGKey(3), **dict(kwargs, top_k=1)).sequences
+    greedy = model.generate(prompt, max_new_tokens=20, pad_token_id=1).sequences
+    np.testing.assert_array_equal(np.asarray(top1), np.asarray(greedy))  # top_k=1 sampling is greedy
+
+
+@pytest.mark.parametrize("layer_type", ["mlstm_v1", "mlstm"])
+def test_beam_search_well_formed(layer_type):
+    model = FlaxXLSTMForCausalLM(no_eos_config(layer_type), seed=3)
+    prompt = np.random.RandomState(3).randint(3, 97, (2, 5))
+    out = model.generate(prompt, num_beams=3, max_new_tokens=8, pad_token_id=1)
+    seqs, scores = np.asarray(out.sequences), np.asarray(out.scores)
+    assert seqs.shape == (2, 13) and scores.shape == (2,)
+    np.testing.assert_array_equal(seqs[:, :5], prompt)
+    assert np.all(np.isfinite(scores)) and np.all(scores <= 0)
+    # no beam finished (no eos), so transformers returns the running score: the generated tokens' log-probability
+    logp = jax.nn.log_softmax(np.asarray(model(seqs[:, :-1]).logits), -1)
+    seq_logp = np.take_along_axis(logp[:, 4:], seqs[:, 5:, None], -1).sum(axis=(1, 2))
+    np.testing.assert_allclose(scores, seq_logp, rtol=1e-4, atol=1e-4)
+    greedy = np.asarray(model.generate(prompt, max_new_tokens=8, pad_token_id=1).sequences)
+    greedy_logp = np.take_along_axis(jax.nn.log_softmax(np.asarray(model(greedy[:, :-1]).logits), -1)[:, 4:],
+                                     greedy[:, 5:, None], -1).sum(axis=(1, 2))
+    assert np.all(seq_logp >= greedy_logp - 1e-4)  # beam search finds at least the greedy likelihood
+
+
+def test_eos_and_pad_handling():
+    model = FlaxXLSTMForCausalLM(no_eos_config(), seed=4)
+    prompt = np.random.RandomState(4).randint(3, 97, (2, 5))
+    free = np.asarray(model.generate(prompt, max_new_tokens=10, pad_token_id=1).sequences)
+    eos = int(free[0, 7])  # the third generated token of row 0 becomes the end-of-sequence token
+    out = np.asarray(model.generate(prompt, max_new_tokens=10, pad_token_id=1, eos_token_id=eos).sequences)
+    first = 5 + int(np.argmax(free[0, 5:] == eos))
+    np.testing.assert_array_equal(out[0, : first + 1], free[0, : first + 1])
+    assert np.all(out[0, first + 1 :] == 1)  # padded after eos
+    assert out.shape == (2, 15)
+
+
+def test_left_padded_batch_generates_like_each_prompt_alone():
+    for layer_type in ("mlstm_v1", "mlstm"):
+        model = FlaxXLSTMForCausalLM(no_eos_config(layer_type, chunk_size=4), seed=5)
+        rng = np.random.RandomState(5)
+        prompts = [rng.randint(3, 97, n) for n in (3, 9, 6)]
+        width = max(len(p) for p in prompts)
+        ids = np.full((3, width), 1)
+        mask = np.zeros((3, width), "i4")
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = p
+            mask[row, width - len(p) :] = 1
+        batch = np.asarray(model.generate(ids, attention_mask=mask, max_new_tokens=16, pad_token_id=1).sequences)
+        for row, p in enumerate(prompts):
+            alone = np.asarray(model.generate(p[None], max_new_tokens=16, pad_token_id=1).sequences)
+            np.testing.assert_array_equal(batch[row, width:], alone[0, len(p):], err_msg=f"{layer_type} row {row}")
+        logits_pad = np.asarray(model(ids, attention_mask=mask).logits)
+        logits_alone = np.asarray(model(prompts[0][None]).logits)
+        assert max_abs_diff(logits_pad[0, width - 3 :], logits_alone[0]) <= 1e-4
+
+
+def test_greedy_matches_transformers_pytorch(tmp_path):
+    """32 new tokens, token for token, with transformers' PyTorch xLSTM on the same random weights."""
+    torch = pytest.importorskip("torch")
+    from transformers import FlaxAutoModelForCausalLM
+
+    from test_transformers_parity import make_pt_model
+
+    pt = make_pt_model(tmp_path, seed=7)
+    flax_model = FlaxAutoModelForCausalLM.from_pretrained(tmp_path, from_pt=True)
+    prompt = np.random.RandomState(7).randint(3, 101, (2, 10))
+    with torch.no_grad():
+        ref = pt.generate(torch.tensor(prompt), max_new_tokens=32, do_sample=False, pad_token_id=1,
+                          eos_token_id=None, min_new_tokens=32).numpy()
+    ours = np.asarray(flax_model.generate(prompt, max_new_tokens=32, pad_token_id=1,
+                                          eos_token_id=101).sequences)  # an id outside the vocab: no early stop
+    np.testing.assert_array_equal(ours, ref)
