@@ -60,7 +60,8 @@ def test_from_pt_works_without_torch_in_model_path(tmp_path):
         f"m = FlaxAutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, from_pt=True)\n"
         "print(m(np.ones((1, 4), 'i4')).logits.shape)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # run outside the repo so the installed package (not the source folder) is imported
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(1, 4, 101)" in result.stdout
 
