@@ -11,6 +11,7 @@ through `jax.sharding` (see the README, "Many devices").
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Optional, Sequence, Union
 
@@ -419,3 +420,30 @@ class XLSTMFlaxConfig(PretrainedConfig):
             _fail("gate_linear_headwise", True, f"gate input width {self.gate_input_dim} is not divisible by num_heads")
         if self.v_dim != inner and self.v_dim % nph:
             _fail("v_dim_factor", self.v_dim_factor, "the skip projection needs v_dim divisible by the projection blocks")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        """As `PretrainedConfig.from_dict`, but strict: a transformers `xlstm` config is translated, any other
+        model_type and any field this config does not know are errors (never silently ignored)."""
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type == "xlstm":
+            from .translation import from_transformers_config
+
+            config = from_transformers_config(config_dict)
+            return (config, {}) if kwargs.get("return_unused_kwargs") else config
+        if model_type != cls.model_type:
+            raise ValueError(f"config model_type {model_type!r} cannot be loaded as {cls.__name__}; expected "
+                             f"{cls.model_type!r} (or transformers' 'xlstm')")
+        unknown = sorted(k for k in set(config_dict) - _known_fields() if not k.startswith("_"))
+        if unknown:
+            raise ValueError(f"config has fields {cls.__name__} does not know: {unknown}; remove them or fix "
+                             "their names (see configuration.FIELD_DOCS)")
+        return super().from_dict(config_dict, **kwargs)
+
+
+def _known_fields() -> set[str]:
+    own = set(inspect.signature(XLSTMFlaxConfig.__init__).parameters) - {"self", "kwargs"}
+    common = set(PretrainedConfig().to_dict())
+    return own | common | {"tie_weights", "model_type", "transformers_version", "architectures", "auto_map",
+                           "_name_or_path", "dtype", "torch_dtype", "attn_implementation"}

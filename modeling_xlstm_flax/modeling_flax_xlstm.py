@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -31,6 +32,7 @@ from transformers.modeling_flax_utils import FlaxPreTrainedModel
 
 from .configuration import XLSTMFlaxConfig
 from . import mlstm_kernels
+from .input_checks import check_input_ids, check_inputs, check_mask, check_safetensors_files
 
 # A finite "minus infinity" for gate pre-activations of masked (padding) tokens: exp() of it is 0, and rows made
 # only of masked tokens stay finite in every kernel form.
@@ -563,9 +565,37 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, *model_args, **kwargs):
-        """As `FlaxPreTrainedModel.from_pretrained`, but `dtype=None` (default) uses the config's compute dtype."""
-        return super().from_pretrained(pretrained_model_name_or_path, dtype, *model_args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, *model_args, allow_missing_keys: bool = False,
+                        **kwargs):
+        """As `FlaxPreTrainedModel.from_pretrained`, with three differences:
+
+        * `dtype=None` (default) uses the config's `compute_dtype`;
+        * a checkpoint that lacks params the config needs is an error naming the first missing keys, where
+          transformers would only warn and initialise them randomly; `allow_missing_keys=True` restores that;
+        * unreadable (truncated, corrupt) safetensors files in a local directory are an error naming the file.
+        """
+        local = Path(str(pretrained_model_name_or_path))
+        if local.is_dir():
+            if kwargs.get("config") is None and not (local / "config.json").is_file():
+                raise ValueError(f"{local} has no config.json; pass config=... or use a model directory written by "
+                                 "save_pretrained or the conversion commands")
+            check_safetensors_files(local)
+        do_init = kwargs.pop("_do_init", True)
+        model, params = super().from_pretrained(pretrained_model_name_or_path, dtype, *model_args, _do_init=False,
+                                                **kwargs)
+        missing = model.required_params - set(flatten_dict(unfreeze(params)))
+        if missing and not allow_missing_keys:
+            names = sorted("/".join(k) for k in missing)
+            raise ValueError(f"checkpoint {pretrained_model_name_or_path} lacks {len(names)} params the config needs "
+                             f"(first: {names[:10]}); pass allow_missing_keys=True to initialise them randomly")
+        if not do_init:
+            return model, params
+        model = cls(model.config, dtype=model.dtype, _do_init=True)
+        if missing:
+            model._missing_keys = missing
+            params = model.init_weights(jax.random.PRNGKey(0), (1, 1), params)
+        model.params = params
+        return model
 
     def save_pretrained(self, save_directory, params=None, push_to_hub=False, max_shard_size="10GB", token=None,
                         safe_serialization: bool = True, **kwargs):
@@ -603,6 +633,12 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             return {k: jnp.repeat(v[:, None], cfg.num_blocks, axis=1) for k, v in state.items()}
         return [dict(state) for _ in range(cfg.num_blocks)]
 
+    def generate(self, input_ids, *args, attention_mask=None, **kwargs):
+        """transformers' Flax `generate`, after checking the prompt ids and mask on the host."""
+        check_input_ids(input_ids, self.config.vocab_size)
+        check_mask(attention_mask, input_ids, "attention_mask")
+        return super().generate(input_ids, *args, attention_mask=attention_mask, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids, max_length, attention_mask: Optional[jax.Array] = None,
                                       **kwargs):
         """Prefill inputs for transformers' Flax generation loop: a fresh cache and the prompt's mask."""
@@ -628,6 +664,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
     ):
         """input_ids (B, S) int; attention_mask (B, S) 0/1; document_borders (B, S) bool (True where a new
         document starts); past_key_values: the recurrent cache from `init_cache` or a previous call."""
+        check_inputs(input_ids, attention_mask, document_borders, self.config.vocab_size)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
