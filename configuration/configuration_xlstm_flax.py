@@ -213,6 +213,9 @@ class XLSTMFlaxConfig(PretrainedConfig):
     ):
         if "tie_weights" in kwargs:  # upstream spelling
             tie_word_embeddings = kwargs.pop("tie_weights")
+        # transformers' `dtype`/`torch_dtype` names a torch dtype; ours is `compute_dtype` (see the README)
+        kwargs.pop("dtype", None)
+        kwargs.pop("torch_dtype", None)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.num_blocks = num_blocks
@@ -420,6 +423,12 @@ class XLSTMFlaxConfig(PretrainedConfig):
             _fail("gate_linear_headwise", True, f"gate input width {self.gate_input_dim} is not divisible by num_heads")
         if self.v_dim != inner and self.v_dim % nph:
             _fail("v_dim_factor", self.v_dim_factor, "the skip projection needs v_dim divisible by the projection blocks")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As `PretrainedConfig.to_dict`, without transformers' torch `dtype` (ours is `compute_dtype`)."""
+        output = super().to_dict()
+        output.pop("dtype", None)
+        return output
 
     # ------------------------------------------------------------------ loading
     @classmethod
