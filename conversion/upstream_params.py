@@ -30,7 +30,7 @@ x_mlstm_conv_scaling) follow upstream's module names and are marked `unverified`
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
@@ -140,6 +140,33 @@ def _unstack_upstream_blocks(flat: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return out
 
 
+# upstream's scan layout: `<UPSTREAM_SCANNED_BLOCKS><rest>` with a leading block axis (see `_unstack_upstream_blocks`)
+UPSTREAM_SCANNED_BLOCKS = f"{_UP_BLOCKS}/block/"
+_UP_BLOCK_RE = re.compile(rf"^{_UP_BLOCKS}/(\d+)/(.*)$")
+
+
+def upstream_key_to_flax(key: str, config) -> Optional[tuple[str, str]]:
+    """One upstream key of an unrolled block layout (`params/` root and orbax's trailing `/value` optional) ->
+    (our unrolled key, kind), or None when no rule covers it. `upstream_array_to_flax(array, kind)` reshapes the
+    array; used tensor by tensor by the streaming converters in this package."""
+    key = _strip_prefix(key)
+    match = _UP_BLOCK_RE.match(key)
+    rules, rest, our_prefix = (_TOP, key, "")
+    if match:
+        rules, rest, our_prefix = _block_rules(config), match.group(2), f"backbone/blocks/{match.group(1)}/"
+    for up, our, kind in rules:
+        leaf = _match(rest, up)
+        if leaf is not None:
+            return our_prefix + our + leaf, kind
+    return None
+
+
+def upstream_array_to_flax(array: np.ndarray, kind: str) -> np.ndarray:
+    """Reshape one upstream array to our layout (`kind` from `upstream_key_to_flax`): squeeze the size-1 shard
+    axis, flatten the multi-head norm (1, NH, DH) -> (NH*DH,), conv kernel (1, K, 1, F) -> (K, F)."""
+    return _to_ours(array, kind)
+
+
 def upstream_to_flax(upstream: dict[str, Any], config) -> dict:
     """Upstream params (flat `/`-joined dict or nested dict, with or without the `params/` root) -> our nested
     params for `config` (scanned layout when `config.scan_blocks`). Raises ValueError listing unexpected or missing
@@ -152,19 +179,12 @@ def upstream_to_flax(upstream: dict[str, Any], config) -> dict:
 
     ours: dict[str, np.ndarray] = {}
     unexpected = []
-    block_re = re.compile(rf"^{_UP_BLOCKS}/(\d+)/(.*)$")
     for key, value in flat.items():
-        match = block_re.match(key)
-        rules, rest, our_prefix = (_TOP, key, "")
-        if match:
-            rules, rest, our_prefix = _block_rules(config), match.group(2), f"backbone/blocks/{match.group(1)}/"
-        for up, our, kind in rules:
-            leaf = _match(rest, up)
-            if leaf is not None:
-                ours[our_prefix + our + leaf] = _to_ours(value, kind)
-                break
-        else:
+        mapped = upstream_key_to_flax(key, config)
+        if mapped is None:
             unexpected.append(f"{key} {tuple(value.shape)}")
+        else:
+            ours[mapped[0]] = upstream_array_to_flax(value, mapped[1])
     if unexpected:
         raise ValueError(f"upstream params have {len(unexpected)} keys with no counterpart: {unexpected[:10]}")
     params = unflatten_dict({tuple(k.split("/")): v for k, v in ours.items()})

@@ -540,6 +540,13 @@ class XLSTMForCausalLMModule(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- HF wrappers
+def _only_sharded_safetensors(directory: Path) -> bool:
+    return (directory / "model.safetensors.index.json").is_file() and not any(
+        (directory / name).is_file()
+        for name in ("model.safetensors", "flax_model.msgpack", "flax_model.msgpack.index.json")
+    )
+
+
 def _as_flax_config(config) -> XLSTMFlaxConfig:
     if isinstance(config, XLSTMFlaxConfig):
         return config
@@ -581,6 +588,14 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
                                  "save_pretrained or the conversion commands")
             check_safetensors_files(local)
         do_init = kwargs.pop("_do_init", True)
+        if local.is_dir() and _only_sharded_safetensors(local):
+            # transformers 4.57's Flax loader cannot read sharded safetensors (e.g. NX-AI/xLSTM-7b): stream them
+            model, params = cls._from_sharded_safetensors(local, dtype, kwargs.get("config"))
+            if not do_init:
+                return model, params
+            model = cls(model.config, dtype=model.dtype, _do_init=True)
+            model.params = params
+            return model
         model, params = super().from_pretrained(pretrained_model_name_or_path, dtype, *model_args, _do_init=False,
                                                 **kwargs)
         missing = model.required_params - set(flatten_dict(unfreeze(params)))
@@ -596,6 +611,21 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             params = model.init_weights(jax.random.PRNGKey(0), (1, 1), params)
         model.params = params
         return model
+
+    @classmethod
+    def _from_sharded_safetensors(cls, directory: Path, dtype, config=None):
+        """(model without params, params) from `model.safetensors.index.json` shards, in our Flax layout or in
+        transformers' PyTorch layout (config model_type `xlstm`), read tensor by tensor."""
+        from .conversion.common import open_flax_dir, open_pytorch_dir
+        from .conversion.tensor_io import SafetensorsCheckpoint
+
+        config = _as_flax_config(config if config is not None else XLSTMFlaxConfig.from_pretrained(directory))
+        pytorch_layout = SafetensorsCheckpoint(directory).metadata.get("format") == "pt"
+        source = (open_pytorch_dir if pytorch_layout else open_flax_dir)(directory, config)
+        params = unflatten_dict({tuple(name.split("/")): np.asarray(t.read()) for name, t in source.tensors.items()})
+        if config.scan_blocks:
+            params = stack_block_params(params, config.num_blocks)
+        return cls(config, dtype=dtype, _do_init=False), params
 
     def save_pretrained(self, save_directory, params=None, push_to_hub=False, max_shard_size="10GB", token=None,
                         safe_serialization: bool = True, **kwargs):

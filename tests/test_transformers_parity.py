@@ -109,3 +109,24 @@ def test_untranslatable_from_transformers_is_an_error(field, value):
 
     with pytest.raises(ValueError, match=field):
         from_transformers_config(xLSTMConfig(hidden_size=128, num_heads=2, **{field: value}))
+
+
+def test_sharded_pytorch_checkpoint_loads(tmp_path):
+    """NX-AI/xLSTM-7b ships sharded safetensors, which transformers 4.57's Flax loader cannot read; ours streams
+    them (PyTorch layout, with or without from_pt=True)."""
+    from transformers import FlaxAutoModelForCausalLM, xLSTMConfig, xLSTMForCausalLM
+
+    import modeling_xlstm_flax  # noqa: F401
+
+    torch.manual_seed(3)
+    config = xLSTMConfig(vocab_size=101, hidden_size=128, num_hidden_layers=2, num_heads=2, chunk_size=128,
+                         autocast_kernel_dtype="float32", dtype="float32")
+    pt = xLSTMForCausalLM(config).eval()
+    pt.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
+    ids = np.random.RandomState(3).randint(0, 101, (2, 20))
+    with torch.no_grad():
+        ref = pt(torch.tensor(ids)).logits.numpy()
+    for kwargs in ({}, {"from_pt": True}):
+        flax_model = FlaxAutoModelForCausalLM.from_pretrained(tmp_path, **kwargs)
+        assert max_abs_diff(flax_model(ids).logits, ref) <= TOL
