@@ -301,5 +301,6 @@ def to_transformers_config(config: XLSTMFlaxConfig):
         eps=config.cell_eps, ffn_proj_factor=config.ff_proj_factor,
         ffn_round_up_to_multiple_of=config.ff_round_proj_up_to_multiple_of, gate_soft_cap=config.gate_soft_cap,
         output_logit_soft_cap=config.logits_soft_cap, weight_mode="single", pad_token_id=config.pad_token_id,
+        autocast_kernel_dtype="float32" if config.compute_dtype == "float32" else config.compute_dtype,
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
     )
