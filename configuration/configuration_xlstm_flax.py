@@ -455,4 +455,4 @@ def _known_fields() -> set[str]:
     own = set(inspect.signature(XLSTMFlaxConfig.__init__).parameters) - {"self", "kwargs"}
     common = set(PretrainedConfig().to_dict())
     return own | common | {"tie_weights", "model_type", "transformers_version", "architectures", "auto_map",
-                           "_name_or_path", "dtype", "torch_dtype", "attn_implementation"}
+                           "_name_or_path", "dtype", "torch_dtype", "attn_implementation", "custom_pipelines"}

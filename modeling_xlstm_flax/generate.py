@@ -1,8 +1,10 @@
-"""Command line text generation: `python -m modeling_xlstm_flax.generate --prompt "..."`.
+"""Command line text generation: `xlstm-flax-generate --prompt "..."`.
 
-Loads a model directory or Hub id with `FlaxAutoModelForCausalLM.from_pretrained` (and its tokenizer with
-`AutoTokenizer`), or, with `--preset NAME`, builds a randomly initialised model from a bundled config and uses raw
-UTF-8 bytes as token ids (a smoke run of the generation path; the output is noise). Reports tokens/s.
+By default loads the bundled model (a small xLSTM trained on CPython's pydoc topics, shipped in the package) with
+`FlaxAutoModelForCausalLM.from_pretrained`; `--model` takes any other model directory or Hub id (its tokenizer is
+loaded with `AutoTokenizer`). `--preset NAME` instead builds a randomly initialised model from a bundled config and
+uses raw UTF-8 bytes as token ids (a smoke run of the generation path; the output is noise). Generation runs
+through the text-generation pipeline when available, else `model.generate`; reports tokens/s.
 """
 
 from __future__ import annotations
@@ -10,16 +12,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
+
+
+def bundled_model_path() -> Path:
+    """Folder of the bundled model (config, safetensors, tokenizer, card) inside the installed package."""
+    return Path(__file__).parent / "bundled_model"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xlstm-flax-generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help="model directory or Hub id loadable by FlaxAutoModelForCausalLM")
+    source.add_argument("--model", help="model directory or Hub id loadable by FlaxAutoModelForCausalLM "
+                        "(default: the bundled pydoc model)")
     source.add_argument("--preset", default=None,
                         help="bundled config name for a random-init smoke model (see configuration/presets)")
     parser.add_argument("--prompt", default="The xLSTM", help="text to continue")
@@ -37,44 +46,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers import AutoTokenizer, FlaxAutoModelForCausalLM
-
     import modeling_xlstm_flax as xf
 
     if args.max_new_tokens <= 0:
         raise SystemExit(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     dtype = None if args.dtype is None else getattr(jax.numpy, args.dtype)
-    if args.model:
-        model = FlaxAutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        encode = lambda text: np.asarray(tokenizer(text)["input_ids"])[None]
-        decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
+    sample = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) if args.do_sample else {}
+    if not args.preset:
+        from .pipeline import text_generation_pipeline
+
+        source = args.model or str(bundled_model_path())
+        generator = text_generation_pipeline(source, model_kwargs={"dtype": dtype})
+        call = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams,
+                    seed=args.seed, return_full_text=True, **sample)
+        start = time.perf_counter()
+        generator(args.prompt, **call)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        text = generator(args.prompt, **call)[0]["generated_text"]
+        elapsed = time.perf_counter() - start
+        prompt_len = len(generator.tokenizer(args.prompt)["input_ids"])
+        new_tokens = max(1, len(generator.tokenizer(text)["input_ids"]) - prompt_len)
     else:
-        preset = args.preset or "tiny-mlstm-v1"
-        config = xf.load_preset(preset, vocab_size=256 + 3, compute_dtype="float32")
-        print(f"[random-init smoke model from preset {preset!r}: byte-level ids, the text is noise]", file=sys.stderr)
+        config = xf.load_preset(args.preset, vocab_size=256 + 3, compute_dtype="float32")
+        print(f"[random-init smoke model from preset {args.preset!r}: byte-level ids, the text is noise]",
+              file=sys.stderr)
         model = xf.FlaxXLSTMForCausalLM(config, seed=args.seed, dtype=dtype)
-        encode = lambda text: (np.frombuffer(text.encode("utf-8"), np.uint8).astype("i4") + 3)[None]
-        decode = lambda ids: bytes(int(i) - 3 for i in ids if int(i) >= 3).decode("utf-8", errors="replace")
-        pad_id = config.pad_token_id
-    input_ids = encode(args.prompt)
-    kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams,
-                  pad_token_id=pad_id)
-    if args.do_sample:
-        kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    generate = jax.jit(lambda params, ids, key: model.generate(ids, params=params, prng_key=key, **kwargs).sequences)
-    key = jax.random.PRNGKey(args.seed)
-    start = time.perf_counter()
-    sequences = np.asarray(generate(model.params, input_ids, key))
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    sequences = np.asarray(generate(model.params, input_ids, key))
-    elapsed = time.perf_counter() - start
-    new = sequences[0, input_ids.shape[1]:]
-    print(args.prompt + decode(new))
-    print(f"[{len(new)} new tokens: {len(new) / elapsed:.1f} tokens/s compiled; first call incl. compile "
-          f"{first:.1f} s]", file=sys.stderr)
+        input_ids = (np.frombuffer(args.prompt.encode("utf-8"), np.uint8).astype("i4") + 3)[None]
+        kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams,
+                      pad_token_id=config.pad_token_id, **sample)
+        generate = jax.jit(lambda p, ids, key: model.generate(ids, params=p, prng_key=key, **kwargs).sequences)
+        key = jax.random.PRNGKey(args.seed)
+        start = time.perf_counter()
+        np.asarray(generate(model.params, input_ids, key))
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        sequences = np.asarray(generate(model.params, input_ids, key))
+        elapsed = time.perf_counter() - start
+        new = sequences[0, input_ids.shape[1]:]
+        text = args.prompt + bytes(int(i) - 3 for i in new if int(i) >= 3).decode("utf-8", errors="replace")
+        new_tokens = len(new)
+    print(text)
+    print(f"[{new_tokens} new tokens: {new_tokens / elapsed:.1f} tokens/s after compilation; first call incl. "
+          f"compile {first:.1f} s]", file=sys.stderr)
     return 0
 
 

@@ -667,7 +667,9 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         """transformers' Flax `generate`, after checking the prompt ids and mask on the host."""
         check_input_ids(input_ids, self.config.vocab_size)
         check_mask(attention_mask, input_ids, "attention_mask")
-        return super().generate(input_ids, *args, attention_mask=attention_mask, **kwargs)
+        if attention_mask is not None:  # transformers' beam search expands a mask it is given, so never pass None
+            kwargs["attention_mask"] = attention_mask
+        return super().generate(input_ids, *args, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, max_length, attention_mask: Optional[jax.Array] = None,
                                       **kwargs):

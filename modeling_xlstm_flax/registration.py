@@ -25,3 +25,7 @@ def register_auto_classes() -> None:
     FlaxAutoModelForCausalLM.register(XLSTMFlaxConfig, FlaxXLSTMForCausalLM, exist_ok=True)
     FlaxAutoModel.register(xLSTMConfig, FlaxXLSTMModelFromTorchConfig, exist_ok=True)
     FlaxAutoModelForCausalLM.register(xLSTMConfig, FlaxXLSTMForCausalLMFromTorchConfig, exist_ok=True)
+    # The Flax text-generation pipeline, task "xlstm-flax-text-generation" (idempotent).
+    from .pipeline import register_pipeline
+
+    register_pipeline()

@@ -1,0 +1,378 @@
+"""Self-contained Hugging Face Hub repos for xlstm-flax models, and uploads through huggingface_hub.
+
+`export_hub_folder(model, folder, tokenizer)` writes a folder that anyone with transformers (>=4.57,<5), jax and
+flax loads with one line, without this package:
+
+    FlaxAutoModelForCausalLM.from_pretrained(folder_or_repo_id, trust_remote_code=True)
+
+It holds `config.json` (with `auto_map` for `AutoConfig`, `FlaxAutoModel` and `FlaxAutoModelForCausalLM`),
+`model.safetensors`, `generation_config.json`, the tokenizer files, a `README.md` model card
+(`modeling_xlstm_flax.model_cards`) and the model code. transformers' remote-code loader imports the code files as
+flat modules of one folder, following `from .module import ...` lines, so the export copies the package modules the
+model needs (`modeling_flax_xlstm`, `configuration_xlstm_flax`, `translation`, `mlstm_kernels`, `input_checks`, ...,
+found by following the imports) and rewrites their package-relative imports (`from .configuration import
+XLSTMFlaxConfig`, `from . import mlstm_kernels`) to those flat modules. The package sources are never modified.
+
+`push_to_hub(model_or_folder, repo_id)` exports (for a model) and uploads with `HfApi.create_repo` and
+`HfApi.upload_folder`. Command line: `xlstm-flax-export-hub --model DIR --output DIR [--push-to-hub REPO_ID]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+PACKAGE = "modeling_xlstm_flax"
+# The modules the auto classes point at; everything they import from the package is found from there.
+ROOT_MODULES = (f"{PACKAGE}.configuration.configuration_xlstm_flax", f"{PACKAGE}.modeling_flax_xlstm")
+AUTO_MAP = {
+    "AutoConfig": "configuration_xlstm_flax.XLSTMFlaxConfig",
+    "FlaxAutoModel": "modeling_flax_xlstm.FlaxXLSTMModel",
+    "FlaxAutoModelForCausalLM": "modeling_flax_xlstm.FlaxXLSTMForCausalLM",
+}
+HEADER = ("# Exported for the Hugging Face Hub by modeling_xlstm_flax.hub (xlstm-flax {version}) from {module}.\n"
+          "# Package-relative imports are rewritten to this repo's flat modules; edit the package source instead.\n")
+
+__all__ = ["AUTO_MAP", "flat_code_files", "write_code_files", "export_hub_folder", "push_to_hub", "main"]
+
+
+# ---------------------------------------------------------------------------------------------- code files
+def _spec(module: str):
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"cannot find module {module}")
+    return spec
+
+
+def _is_package(module: str) -> bool:
+    return _spec(module).submodule_search_locations is not None
+
+
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _package_exports(package: str) -> dict[str, tuple[str, str]]:
+    """Names a package's `__init__` re-exports from its submodules: name -> (module, name in that module)."""
+    tree = ast.parse(Path(_spec(package).origin).read_text(encoding="utf-8"))
+    exports = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level >= 1 and node.module:
+            source = importlib.util.resolve_name("." * node.level + node.module, package)
+            for alias in node.names:
+                exports[alias.asname or alias.name] = (source, alias.name)
+    return exports
+
+
+def _resolve_import(node: ast.ImportFrom, module: str) -> list[tuple[str, Optional[str], Optional[str]]]:
+    """A relative import in `module` as (target module, imported name or None for the module itself, alias)."""
+    package = module if _is_package(module) else module.rpartition(".")[0]
+    base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+    targets = []
+    for alias in node.names:
+        if alias.name == "*":
+            raise ValueError(f"{module}: star imports cannot be flattened")
+        if _is_package(base):
+            if _module_exists(f"{base}.{alias.name}") and not _is_package(f"{base}.{alias.name}"):
+                targets.append((f"{base}.{alias.name}", None, alias.asname or alias.name))
+                continue
+            exports = _package_exports(base)
+            if alias.name not in exports or _is_package(exports[alias.name][0]):
+                raise ValueError(f"{module}: cannot flatten `from {'.' * node.level}{node.module or ''} import "
+                                 f"{alias.name}`: it is defined in the package {base}'s __init__, which is not "
+                                 "exported; import it from its module")
+            source, name = exports[alias.name]
+            targets.append((source, name, alias.asname or (alias.name if alias.name != name else None)))
+        else:
+            targets.append((base, alias.name, alias.asname))
+    return targets
+
+
+def _flat_name(module: str) -> str:
+    return module.rpartition(".")[2]
+
+
+def _render_imports(targets, indent: str) -> list[str]:
+    lines: list[str] = []
+    grouped: dict[str, list[str]] = {}
+    for target, name, alias in targets:
+        flat = _flat_name(target)
+        if name is None:  # a module import (the root file's listing block makes the loader copy it)
+            lines.append(f"{indent}from . import {flat}" + (f" as {alias}" if alias and alias != flat else ""))
+        else:
+            grouped.setdefault(flat, []).append(name + (f" as {alias}" if alias and alias != name else ""))
+    for flat, names in grouped.items():
+        lines.append(f"{indent}from .{flat} import {', '.join(names)}")
+    return lines
+
+
+def _flatten_module(module: str) -> tuple[str, list[str]]:
+    """(rewritten source, package modules it imports) for one module."""
+    from . import __version__
+
+    source = Path(_spec(module).origin).read_text(encoding="utf-8")
+    lines = source.splitlines(keepends=True)
+    tree = ast.parse(source)
+    needed: list[str] = []
+    replacements = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            targets = _resolve_import(node, module)
+            for target, _, _ in targets:
+                if not target.startswith(PACKAGE + ".") or _is_package(target):
+                    raise ValueError(f"{module}: relative import of {target} cannot be flattened")
+                needed.append(target)
+            first, last = node.lineno - 1, node.end_lineno - 1
+            before, after = lines[first][: node.col_offset], lines[last][node.end_col_offset :]
+            if before.strip() or after.strip().split("#")[0].strip():
+                raise ValueError(f"{module}:{node.lineno}: an import sharing its line with other code cannot be "
+                                 "flattened")
+            replacements.append((first, last, _render_imports(targets, before)))
+    for first, last, new_lines in sorted(replacements, reverse=True):
+        lines[first : last + 1] = [line + "\n" for line in new_lines]
+    text = HEADER.format(version=__version__, module=module) + "".join(lines)
+    ast.parse(text)  # still valid Python
+    return text, needed
+
+
+LISTING = '''
+
+# Added by modeling_xlstm_flax.hub. transformers' remote-code loader copies the modules that this file names in
+# `from .module import ...` lines (for a local folder it does not follow their own imports), so every module this
+# file needs, directly or not, is named here. Never executed.
+if False:
+{lines}
+'''
+
+
+def flat_code_files() -> dict[str, str]:
+    """{file name: source} of the flat modules the exported repo needs, imports rewritten. Each root module (the
+    `auto_map` targets) ends with a never-executed block naming every module it needs, directly or not."""
+    files: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    imports: dict[str, list[str]] = {}
+    queue = list(ROOT_MODULES)
+    while queue:
+        module = queue.pop(0)
+        name = _flat_name(module) + ".py"
+        if name in files:
+            if origin[name] != module:
+                raise ValueError(f"two package modules would both be {name}: {origin[name]} and {module}")
+            continue
+        files[name], imports[module] = _flatten_module(module)
+        origin[name] = module
+        queue += imports[module]
+    for root in ROOT_MODULES:
+        closure, todo = [], list(imports[root])
+        while todo:
+            module = todo.pop(0)
+            if module != root and module not in closure:
+                closure.append(module)
+                todo += imports[module]
+        if closure:
+            lines = "\n".join(f"    from .{_flat_name(m)} import __name__" for m in closure)
+            files[_flat_name(root) + ".py"] += LISTING.format(lines=lines)
+    _check_requirements(files)
+    return files
+
+
+# What a remote-code user has: these distributions and their requirements (and the standard library).
+REMOTE_DISTRIBUTIONS = ("transformers", "jax", "jaxlib", "flax")
+
+
+def _remote_modules() -> set[str]:
+    """Top-level import names of REMOTE_DISTRIBUTIONS and their (non-extra) requirements, as installed here."""
+    from importlib import metadata
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    dists, todo = set(), list(REMOTE_DISTRIBUTIONS)
+    while todo:
+        dist = norm(todo.pop())
+        if dist in dists:
+            continue
+        dists.add(dist)
+        try:
+            requirements = metadata.requires(dist) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [re.match(r"[A-Za-z0-9._-]+", r).group(0) for r in requirements if "extra ==" not in r]
+    return {module for module, owners in metadata.packages_distributions().items()
+            if any(norm(owner) in dists for owner in owners)} | set(sys.stdlib_module_names) | {"__future__"}
+
+
+def _check_requirements(files: dict[str, str]) -> None:
+    """transformers' remote-code loader demands every package a file imports outside `try` blocks: the exported
+    code may only need what transformers/jax/flax users have."""
+    from transformers.dynamic_module_utils import get_imports
+
+    allowed = _remote_modules()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            path = Path(tmp) / name
+            path.write_text(text, encoding="utf-8")
+            extra = sorted(set(get_imports(path)) - allowed)
+            if extra:
+                raise ValueError(f"exported {name} imports {extra} outside a try block; transformers' remote-code "
+                                 "loader would require them of every user (import them inside try/except "
+                                 "ImportError)")
+
+
+def write_code_files(directory: Union[str, Path]) -> list[Path]:
+    """Write the flat code files into `directory`; returns their paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in flat_code_files().items():
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- export
+def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *, params=None,
+                      model_name: Optional[str] = None, repo_id: Optional[str] = None, card=None,
+                      overwrite: bool = False, **card_kwargs) -> Path:
+    """Write a self-contained Hub repo folder for `model` (a `FlaxXLSTMForCausalLM`, or the path of a model
+    directory). `tokenizer`: a tokenizer or a path (default: the model directory's, when `model` is a path).
+    `card`: a ready `ModelCard`; otherwise one is built with `model_cards.build_model_card(model.config,
+    model_name=..., repo_id=..., **card_kwargs)` (license, base_model, datasets, perplexity, eval_dataset, ...).
+    Returns the folder."""
+    from transformers import AutoTokenizer, FlaxAutoModelForCausalLM
+
+    from .model_cards import build_model_card, check_model_card
+
+    source_dir = None
+    if isinstance(model, (str, Path)):
+        source_dir = str(model)
+        model = FlaxAutoModelForCausalLM.from_pretrained(source_dir)
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source_dir)
+            except (OSError, ValueError):
+                tokenizer = None
+    elif isinstance(tokenizer, (str, Path)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    folder = Path(save_directory)
+    if folder.exists() and any(folder.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{folder} is not empty; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    params = model.params if params is None else params
+    model.save_pretrained(folder, params=params)  # config.json, model.safetensors, generation_config.json
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["auto_map"] = dict(AUTO_MAP)
+    config["architectures"] = ["FlaxXLSTMForCausalLM"]
+    config.pop("_name_or_path", None)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_code_files(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+    name = model_name or (repo_id.split("/")[-1] if repo_id else None) or (
+        Path(source_dir).name if source_dir else "xlstm-flax")
+    if card is None:
+        card = build_model_card(model.config, model_name=name, repo_id=repo_id or name, params=params,
+                                **card_kwargs)
+    check_model_card(card)
+    card.save(str(folder / "README.md"))
+    return folder
+
+
+def push_to_hub(model_or_folder, repo_id: str, tokenizer=None, *, token: Optional[str] = None,
+                private: Optional[bool] = None, revision: Optional[str] = None,
+                commit_message: Optional[str] = None, create_pr: bool = False, api=None, **export_kwargs):
+    """Upload a model (exported first, into a temporary folder) or an exported folder to the Hub repo `repo_id`
+    with huggingface_hub: `HfApi.create_repo(exist_ok=True)` then `HfApi.upload_folder`. Returns the
+    `CommitInfo` (`upload_folder`'s result). A folder must hold an export (config.json with `auto_map`)."""
+    from huggingface_hub import HfApi
+
+    api = api if api is not None else HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="xlstm-flax-hub-") as tmp:
+        if isinstance(model_or_folder, (str, Path)) and _is_export(Path(model_or_folder)):
+            folder = Path(model_or_folder)
+        else:
+            folder = export_hub_folder(model_or_folder, Path(tmp) / "repo", tokenizer, repo_id=repo_id,
+                                       **export_kwargs)
+        api.create_repo(repo_id=repo_id, token=token, private=private, repo_type="model", exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token, repo_type="model",
+                                 revision=revision, create_pr=create_pr,
+                                 commit_message=commit_message or "Upload xLSTM Flax model (xlstm-flax export)")
+
+
+def _is_export(folder: Path) -> bool:
+    config = folder / "config.json"
+    if not config.is_file():
+        return False
+    return "auto_map" in json.loads(config.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xlstm-flax-export-hub", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True,
+                        help="model directory (or Hub id) loadable by FlaxAutoModelForCausalLM, or an exported folder "
+                             "with --push-to-hub")
+    parser.add_argument("--output", help="folder to write the Hub repo into (default: a temporary folder, with "
+                                         "--push-to-hub)")
+    parser.add_argument("--tokenizer", help="tokenizer directory or Hub id (default: the model's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--token", help="Hub token (default: the logged-in one)")
+    parser.add_argument("--commit-message", help="commit message of the upload")
+    card = parser.add_argument_group("model card")
+    card.add_argument("--model-name", help="the card's model name (default: the repo or folder name)")
+    card.add_argument("--license", default="apache-2.0")
+    card.add_argument("--base-model", help="Hub id of the model this one was converted or fine-tuned from")
+    card.add_argument("--dataset", action="append", default=None, help="Hub id of a training dataset (repeatable)")
+    card.add_argument("--perplexity", type=float, help="evaluation perplexity to record")
+    card.add_argument("--eval-dataset", help="what the perplexity was measured on (Hub id or name)")
+    card.add_argument("--eval-split", default="validation")
+    card.add_argument("--description", help="one paragraph describing the model")
+    card.add_argument("--training-details", help="how it was trained (markdown)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    card_kwargs = dict(license=args.license, base_model=args.base_model, datasets=args.dataset,
+                       perplexity=args.perplexity, eval_dataset=args.eval_dataset, eval_split=args.eval_split,
+                       description=args.description, training_details=args.training_details,
+                       model_name=args.model_name)
+    card_kwargs = {k: v for k, v in card_kwargs.items() if v is not None}
+    if args.output is None and args.push_to_hub is None:
+        raise SystemExit("give --output, --push-to-hub, or both")
+    source: Any = args.model
+    if args.output is not None:
+        folder = export_hub_folder(args.model, args.output, args.tokenizer, repo_id=args.push_to_hub,
+                                   overwrite=args.overwrite, **card_kwargs)
+        print(f"wrote {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir())))
+        source = folder
+    if args.push_to_hub:
+        kwargs = {} if args.output is not None else card_kwargs
+        info = push_to_hub(source, args.push_to_hub, args.tokenizer, token=args.token, private=args.private or None,
+                           commit_message=args.commit_message, **kwargs)
+        print(f"uploaded to {args.push_to_hub}: {getattr(info, 'commit_url', info)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

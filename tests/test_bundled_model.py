@@ -1,0 +1,48 @@
+"""The bundled model: it loads with FlaxAutoModelForCausalLM, still reaches the validation perplexity its model card
+states (within 2%), and the README's main-job command prints text."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+from huggingface_hub import ModelCard
+
+from modeling_xlstm_flax import data as data_lib
+from modeling_xlstm_flax.generate import bundled_model_path
+from modeling_xlstm_flax.training import evaluate, lm_loss
+
+
+def test_bundled_model_reaches_stated_perplexity():
+    from transformers import AutoTokenizer, FlaxAutoModelForCausalLM
+
+    path = bundled_model_path()
+    card = ModelCard.load(path / "README.md")
+    stated = [r.metric_value for r in card.data.eval_results if r.metric_type == "perplexity"]
+    assert len(stated) == 1
+    log = json.loads((path / "training_log.json").read_text())
+    if log["python"] != sys.version.split()[0]:
+        pytest.skip(f"the corpus is Python {log['python']}'s pydoc_data.topics; this is {sys.version.split()[0]}")
+    model = FlaxAutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    _, val = data_lib.split_documents(data_lib.load_documents(), 0.1)
+    windows = data_lib.eval_windows(data_lib.token_stream(val, tokenizer), log["seq_len"])
+    measured = evaluate(jax.jit(lambda p, b: lm_loss(model, p, b)), model.params, windows, 16)
+    assert abs(measured - stated[0]) <= 0.02 * stated[0]
+    assert measured < 0.1 * len(tokenizer)  # far better than uniform guessing
+
+
+def test_main_job_command_prints_text(tmp_path):
+    """`xlstm-flax-generate --prompt ...` (the installed console script), run outside the repo."""
+    script = Path(sys.executable).parent / "xlstm-flax-generate"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "modeling_xlstm_flax.generate"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run(command + ["--prompt", "The with statement", "--max-new-tokens", "24"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("The with statement")
+    assert len(result.stdout.strip()) > len("The with statement") + 20
+    assert "tokens/s" in result.stderr

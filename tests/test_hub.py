@@ -1,0 +1,317 @@
+"""Hub export (modeling_xlstm_flax.hub), model cards, and the remote-code load in a fresh virtual environment.
+
+The fresh environment has the same transformers/jax/flax/... versions as this one but not this package. It is built
+once (pip, with pip's cache) and kept under ~/.cache/xlstm-flax/remote-code-venv-<hash of the versions> (or
+$XLSTM_FLAX_CACHE), so later runs only pay for the load itself.
+"""
+
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from conftest import REPO, max_abs_diff, tiny_config
+from modeling_xlstm_flax import FlaxXLSTMForCausalLM
+from modeling_xlstm_flax.hub import AUTO_MAP, export_hub_folder, flat_code_files, main, push_to_hub
+from modeling_xlstm_flax.model_cards import build_model_card, check_model_card, save_model_card
+from test_pipeline import build_tokenizer
+
+# What the fresh environment gets: these distributions at the versions installed here.
+REMOTE_VENV_DISTS = ("transformers", "jax", "jaxlib", "flax", "safetensors", "huggingface_hub", "tokenizers",
+                     "numpy")
+CARD_KWARGS = dict(perplexity=12.34, eval_dataset="pydoc_data.topics", base_model="NX-AI/xLSTM-7b",
+                   datasets=["wikitext"], tags=["tiny"])
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+def remote_code_venv() -> Path:
+    """The python of a cached venv with REMOTE_VENV_DISTS (same versions as here) and without this package."""
+    pins = {dist: importlib.metadata.version(dist) for dist in REMOTE_VENV_DISTS}
+    key = hashlib.sha256(json.dumps([pins, sys.version_info[:2]], sort_keys=True).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("XLSTM_FLAX_CACHE", Path.home() / ".cache" / "xlstm-flax"))
+    root = cache / f"remote-code-venv-{key}"
+    python = root / "bin" / "python"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"remote-code-venv-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; others wait and reuse
+        if (root / ".complete").is_file():
+            return python
+        shutil.rmtree(root, ignore_errors=True)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, capture_output=True, text=True)
+            pip = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check",
+                                  *[f"{d}=={v}" for d, v in pins.items()]],
+                                 capture_output=True, text=True, timeout=1500, cwd=cache)
+            if pip.returncode != 0:
+                raise RuntimeError(f"pip install into {root} failed:\n{pip.stdout[-3000:]}\n{pip.stderr[-3000:]}")
+            probe = subprocess.run([str(python), "-c", "import importlib.util, flax, jax, transformers; "
+                                    "assert importlib.util.find_spec('modeling_xlstm_flax') is None"],
+                                   capture_output=True, text=True, cwd=cache)
+            if probe.returncode != 0:
+                raise RuntimeError(f"the fresh venv {root} is unusable:\n{probe.stderr[-3000:]}")
+            (root / ".complete").write_text(json.dumps(pins, indent=1))
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+    return python
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def models(tokenizer):
+    """A tiny random model of each layer type, with the test tokenizer's vocabulary."""
+    return {layer: FlaxXLSTMForCausalLM(tiny_config(layer, vocab_size=len(tokenizer), chunk_size=8), seed=3)
+            for layer in ("mlstm_v1", "mlstm")}
+
+
+@pytest.fixture(scope="module")
+def exported(models, tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    return {layer: export_hub_folder(model, root / f"xlstm-{layer}", tokenizer, repo_id=f"someone/xlstm-{layer}",
+                                     **CARD_KWARGS)
+            for layer, model in models.items()}
+
+
+# ---------------------------------------------------------------------------------------------- export
+def test_export_folder_is_self_contained(exported):
+    folder = exported["mlstm_v1"]
+    names = {p.name for p in folder.iterdir()}
+    code = set(flat_code_files())
+    assert code >= {"modeling_flax_xlstm.py", "configuration_xlstm_flax.py", "translation.py", "mlstm_kernels.py",
+                    "input_checks.py"}
+    assert names >= code | {"config.json", "model.safetensors", "generation_config.json", "README.md",
+                            "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == AUTO_MAP and config["model_type"] == "xlstm_flax"
+    assert config["architectures"] == ["FlaxXLSTMForCausalLM"]
+    for name in code:  # every relative import names a flat module of the folder; no package imports remain
+        text = (folder / name).read_text()
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("from ."):
+                target = stripped.split()[1][1:]
+                assert target == "" or f"{target}.py" in names, (name, line)
+            assert not stripped.startswith(("from .configuration import", "import modeling_xlstm_flax",
+                                            "from modeling_xlstm_flax")), (name, line)
+    # the package sources are untouched
+    assert "from .configuration import XLSTMFlaxConfig" in (REPO / "modeling_xlstm_flax" /
+                                                           "modeling_flax_xlstm.py").read_text()
+
+
+def test_export_refuses_non_empty_folder(models, tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        export_hub_folder(models["mlstm_v1"], tmp_path)
+    assert (tmp_path / "keep.txt").exists()
+
+
+def test_export_loads_with_the_package_without_remote_code(exported, models):
+    """Where the package is installed, the folder loads with the registered classes (no remote code)."""
+    from transformers import FlaxAutoModelForCausalLM
+
+    loaded = FlaxAutoModelForCausalLM.from_pretrained(exported["mlstm_v1"])
+    assert type(loaded) is FlaxXLSTMForCausalLM
+    ids = np.random.RandomState(0).randint(3, loaded.config.vocab_size, (2, 9))
+    assert max_abs_diff(loaded(ids).logits, models["mlstm_v1"](ids).logits) == 0.0
+
+
+REMOTE_SCRIPT = textwrap.dedent("""
+    import importlib.util, json, sys
+    import numpy as np
+    from transformers import AutoConfig, AutoTokenizer, FlaxAutoModelForCausalLM
+
+    assert importlib.util.find_spec("modeling_xlstm_flax") is None, "the package must not be installed here"
+    data = json.loads(sys.argv[1])
+    report = {}
+    for layer, job in data.items():
+        config = AutoConfig.from_pretrained(job["folder"], trust_remote_code=True)
+        model = FlaxAutoModelForCausalLM.from_pretrained(job["folder"], trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(job["folder"])
+        ids = np.load(job["ids"])
+        np.save(job["logits_out"], np.asarray(model(ids).logits))
+        report[layer] = {"model_class": type(model).__module__ + "." + type(model).__name__,
+                         "config_class": type(config).__module__ + "." + type(config).__name__}
+        if job["prompt"]:
+            prompt = tokenizer(job["prompt"], return_tensors="np")["input_ids"]
+            greedy = model.generate(prompt, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id).sequences
+            report[layer].update(prompt_ids=prompt[0].tolist(), greedy=np.asarray(greedy)[0].tolist())
+    print("REPORT " + json.dumps(report))
+""")
+
+
+def _as_cached_hub_repo(folder: Path, hf_home: Path, repo_id: str) -> None:
+    """Lay `folder` out as huggingface_hub's cache holds a downloaded repo, so that with HF_HUB_OFFLINE=1 the
+    repo id resolves to it: transformers then takes its Hub code path (per-file import checks, recursive module
+    copies) without any network."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit)
+
+
+def test_remote_code_load_in_fresh_venv(exported, models, tokenizer, tmp_path):
+    """FlaxAutoModelForCausalLM.from_pretrained(..., trust_remote_code=True) in a venv without this package gives
+    the original model's logits (both layer types) and greedy tokens (mlstm_v1): from the exported folder
+    (mlstm_v1), and from a Hub repo id served offline from the Hub cache (mlstm)."""
+    python = remote_code_venv()
+    prompt = "The object"
+    jobs = {}
+    for layer, folder in exported.items():
+        ids = np.random.RandomState(1).randint(3, models[layer].config.vocab_size, (2, 13))
+        np.save(tmp_path / f"ids-{layer}.npy", ids)
+        source = str(folder)
+        if layer == "mlstm":
+            source = f"someone/xlstm-{layer}"
+            _as_cached_hub_repo(folder, tmp_path / "hf-home", source)
+        jobs[layer] = {"folder": source, "ids": str(tmp_path / f"ids-{layer}.npy"),
+                       "logits_out": str(tmp_path / f"logits-{layer}.npy"),
+                       "prompt": prompt if layer == "mlstm_v1" else None}
+    outside = tmp_path / "cwd"
+    outside.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), JAX_PLATFORMS="cpu",
+               PYTHONNOUSERSITE="1")
+    proc = subprocess.run([str(python), "-c", REMOTE_SCRIPT, json.dumps(jobs)], cwd=outside, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    report = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("REPORT "))[len("REPORT "):])
+    for layer, model in models.items():
+        info = report[layer]
+        assert info["model_class"].startswith("transformers_modules.") and info["model_class"].endswith(
+            "modeling_flax_xlstm.FlaxXLSTMForCausalLM")
+        assert info["config_class"].endswith("configuration_xlstm_flax.XLSTMFlaxConfig")
+        if layer == "mlstm":  # loaded through the Hub code path: modules live under the repo id and commit
+            assert info["model_class"].startswith("transformers_modules.someone.")
+        ids = np.load(jobs[layer]["ids"])
+        diff = max_abs_diff(np.load(jobs[layer]["logits_out"]), model(ids).logits)
+        print(f"{layer}: remote-code logits max |diff| = {diff:.3g}")
+        assert diff <= 1e-6
+        if layer != "mlstm_v1":
+            continue
+        prompt_ids = np.asarray(tokenizer(prompt, return_tensors="np")["input_ids"])
+        assert info["prompt_ids"] == prompt_ids[0].tolist()
+        ref = model.generate(prompt_ids, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id).sequences
+        assert info["greedy"] == np.asarray(ref)[0].tolist()
+
+
+# ---------------------------------------------------------------------------------------------- cards
+def test_card_renders_and_validates(exported):
+    from huggingface_hub import ModelCard
+
+    path = exported["mlstm_v1"] / "README.md"
+    card = ModelCard.load(path)  # strict parse (model-index included)
+    check_model_card(path)
+    data = card.data
+    assert data.license == "apache-2.0" and data.library_name == "transformers"
+    assert data.pipeline_tag == "text-generation" and {"xlstm", "flax", "jax", "tiny"} <= set(data.tags)
+    assert data.base_model == "NX-AI/xLSTM-7b" and data.datasets == ["wikitext"]
+    (result,) = data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_type) == ("perplexity", 12.34,
+                                                                              "pydoc_data.topics")
+    assert data.model_name == "xlstm-mlstm_v1"
+    text = card.text
+    assert 'from_pretrained("someone/xlstm-mlstm_v1", trust_remote_code=True)' in text
+    assert "`mlstm_v1` mLSTM layer, 2 blocks" in text and "| pydoc_data.topics | validation | Perplexity | 12.34 |" in text
+    assert "{{" not in text and "{%" not in text
+    # the YAML block round-trips through huggingface_hub unchanged
+    assert ModelCard(str(card)).data.to_dict() == data.to_dict()
+
+
+def test_card_checks_reject_bad_cards(tmp_path):
+    config = tiny_config()
+    good = build_model_card(config, model_name="m", num_parameters=1000)
+    check_model_card(good)
+    assert "Not evaluated." in good.text and good.data.eval_results is None
+    with pytest.raises(ValueError, match="license"):
+        check_model_card(str(good).replace("license: apache-2.0\n", ""))
+    with pytest.raises(ValueError, match="unrendered"):
+        check_model_card(str(good) + "\n{{ oops }}\n")
+    with pytest.raises(ValueError, match="base_model"):
+        check_model_card(build_model_card(config, model_name="m", base_model="not a repo id!"))
+    with pytest.raises(ValueError, match="eval_dataset"):
+        build_model_card(config, model_name="m", perplexity=3.0)
+    with pytest.raises(ValueError, match="perplexity"):
+        build_model_card(config, model_name="m", perplexity=float("nan"), eval_dataset="x")
+    path = save_model_card(tmp_path, config, model_name="m", perplexity=5.5, eval_dataset="x",
+                           training_details="Three steps.", remote_code=False)
+    saved = check_model_card(path)
+    assert "Three steps." in saved.text and "trust_remote_code" not in saved.text
+
+
+# ---------------------------------------------------------------------------------------------- uploads
+class _Uploads:
+    """Stands in for HfApi.create_repo / upload_folder and records what would be sent."""
+
+    def __init__(self):
+        self.repos, self.uploads = [], []
+
+    def create_repo(self, *args, **kwargs):
+        self.repos.append(kwargs)
+        return f"https://huggingface.co/{kwargs['repo_id']}"
+
+    def upload_folder(self, *args, **kwargs):
+        folder = Path(kwargs["folder_path"])  # read now: a temporary export is gone after the call
+        files = {p.name: p.stat().st_size for p in folder.iterdir()}
+        config = json.loads((folder / "config.json").read_text())
+        self.uploads.append({**kwargs, "files": files, "auto_map": config.get("auto_map")})
+        return mock.sentinel.commit_info
+
+
+@pytest.fixture
+def fake_hub():
+    from huggingface_hub import HfApi
+
+    fake = _Uploads()
+    with mock.patch.object(HfApi, "create_repo", autospec=True, side_effect=lambda self, **kw: fake.create_repo(**kw)), \
+            mock.patch.object(HfApi, "upload_folder", autospec=True,
+                              side_effect=lambda self, **kw: fake.upload_folder(**kw)):
+        yield fake
+
+
+def test_push_model_and_folder_to_hub(models, tokenizer, exported, fake_hub):
+    info = push_to_hub(models["mlstm_v1"], "someone/tiny", tokenizer, private=True, perplexity=9.0,
+                       eval_dataset="x")
+    assert info is mock.sentinel.commit_info
+    assert fake_hub.repos[0] == {"repo_id": "someone/tiny", "token": None, "private": True, "repo_type": "model",
+                                 "exist_ok": True}
+    sent = fake_hub.uploads[0]
+    assert sent["repo_id"] == "someone/tiny" and sent["repo_type"] == "model" and sent["auto_map"] == AUTO_MAP
+    assert {"model.safetensors", "config.json", "README.md", "tokenizer.json", "modeling_flax_xlstm.py"} <= set(
+        sent["files"])
+    assert not Path(sent["folder_path"]).exists()  # the temporary export is cleaned up
+    # an exported folder is uploaded as it is
+    push_to_hub(exported["mlstm"], "someone/tiny-mlstm", commit_message="hello")
+    sent = fake_hub.uploads[1]
+    assert sent["folder_path"] == str(exported["mlstm"]) and sent["commit_message"] == "hello"
+    assert set(sent["files"]) == {p.name for p in exported["mlstm"].iterdir()}
+
+
+def test_export_command(models, tokenizer, tmp_path, fake_hub, capsys):
+    source = tmp_path / "model"
+    models["mlstm_v1"].save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    out = tmp_path / "out"
+    assert main(["--model", str(source), "--output", str(out), "--push-to-hub", "someone/cli", "--perplexity", "7.5",
+                 "--eval-dataset", "pydoc_data.topics", "--dataset", "wikitext"]) == 0
+    assert (out / "tokenizer.json").is_file() and json.loads((out / "config.json").read_text())["auto_map"]
+    card = check_model_card(out / "README.md")
+    assert card.data.eval_results[0].metric_value == 7.5 and card.data.model_name == "cli"
+    assert fake_hub.uploads[0]["folder_path"] == str(out) and fake_hub.repos[0]["repo_id"] == "someone/cli"
+    assert "uploaded to someone/cli" in capsys.readouterr().out
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts.get("xlstm-flax-export-hub") == "modeling_xlstm_flax.hub:main"
