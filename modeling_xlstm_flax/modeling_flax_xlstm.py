@@ -540,6 +540,17 @@ class XLSTMForCausalLMModule(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- HF wrappers
+def _pytorch_safetensors(directory: Path) -> bool:
+    """A single `model.safetensors` written by PyTorch (transformers' xLSTM layout)."""
+    path = directory / "model.safetensors"
+    if not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        return (handle.metadata() or {}).get("format") == "pt"
+
+
 def _only_sharded_safetensors(directory: Path) -> bool:
     return (directory / "model.safetensors.index.json").is_file() and not any(
         (directory / name).is_file()
@@ -579,7 +590,10 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         * `dtype=None` (default) uses the config's `compute_dtype`;
         * a checkpoint that lacks params the config needs is an error naming the first missing keys, where
           transformers would only warn and initialise them randomly; `allow_missing_keys=True` restores that;
-        * unreadable (truncated, corrupt) safetensors files in a local directory are an error naming the file.
+        * unreadable (truncated, corrupt) safetensors files in a local directory are an error naming the file;
+        * local safetensors in transformers' PyTorch layout (with or without `from_pt=True`) and sharded safetensors
+          (`model.safetensors.index.json`, which transformers 4.57's Flax loader cannot read) are streamed tensor by
+          tensor into our layout, with names and shapes checked against the config.
         """
         local = Path(str(pretrained_model_name_or_path))
         if local.is_dir():
@@ -588,14 +602,20 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
                                  "save_pretrained or the conversion commands")
             check_safetensors_files(local)
         do_init = kwargs.pop("_do_init", True)
-        if local.is_dir() and _only_sharded_safetensors(local):
-            # transformers 4.57's Flax loader cannot read sharded safetensors (e.g. NX-AI/xLSTM-7b): stream them
+        if local.is_dir() and (_only_sharded_safetensors(local) or _pytorch_safetensors(local)):
+            # transformers 4.57's Flax loader cannot read sharded safetensors (e.g. NX-AI/xLSTM-7b), and its
+            # PyTorch converter needs a randomly initialised model: stream the tensors into our layout instead
             model, params = cls._from_sharded_safetensors(local, dtype, kwargs.get("config"))
             if not do_init:
                 return model, params
             model = cls(model.config, dtype=model.dtype, _do_init=True)
             model.params = params
             return model
+        if kwargs.get("from_pt"):
+            # a PyTorch .bin checkpoint (read with torch) or a Hub id: transformers' own converter, which needs an
+            # initialised model and so fills missing params randomly (with a warning) as transformers does
+            return super().from_pretrained(pretrained_model_name_or_path, dtype, *model_args, _do_init=do_init,
+                                           **kwargs)
         model, params = super().from_pretrained(pretrained_model_name_or_path, dtype, *model_args, _do_init=False,
                                                 **kwargs)
         missing = model.required_params - set(flatten_dict(unfreeze(params)))
@@ -616,12 +636,15 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
     def _from_sharded_safetensors(cls, directory: Path, dtype, config=None):
         """(model without params, params) from `model.safetensors.index.json` shards, in our Flax layout or in
         transformers' PyTorch layout (config model_type `xlstm`), read tensor by tensor."""
-        from .conversion.common import open_flax_dir, open_pytorch_dir
+        from .conversion.common import ConversionError, open_flax_dir, open_pytorch_dir
         from .conversion.tensor_io import SafetensorsCheckpoint
 
         config = _as_flax_config(config if config is not None else XLSTMFlaxConfig.from_pretrained(directory))
         pytorch_layout = SafetensorsCheckpoint(directory).metadata.get("format") == "pt"
-        source = (open_pytorch_dir if pytorch_layout else open_flax_dir)(directory, config)
+        try:
+            source = (open_pytorch_dir if pytorch_layout else open_flax_dir)(directory, config)
+        except ConversionError as exc:
+            raise ValueError(str(exc)) from exc
         params = unflatten_dict({tuple(name.split("/")): np.asarray(t.read()) for name, t in source.tensors.items()})
         if config.scan_blocks:
             params = stack_block_params(params, config.num_blocks)
