@@ -210,7 +210,7 @@ def train(args) -> dict:
     def train_step(params, opt_state, batch, rng):
         loss, grads = jax.value_and_grad(lambda p: lm_loss(model, p, batch, rng, train=True))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+        return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
     eval_loss = jax.jit(lambda p, b: lm_loss(model, p, b))
     start_step = state["step"]
