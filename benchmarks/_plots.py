@@ -132,7 +132,11 @@ def targets_plot(results, path):
               for t in rows]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
     colors = ["tab:green" if s >= 1 else "tab:red" for s in scores]
-    ax.barh(range(len(rows)), scores, color=colors)
+    shown = [min(s, 3.0) for s in scores]  # a far-exceeded target would squash the others
+    ax.barh(range(len(rows)), shown, color=colors)
+    for i, (t, s) in enumerate(zip(rows, scores)):
+        ax.text(min(s, 3.0) + 0.03, i, f"{t['value']:.3g} ({t['op']} {t['target']:g})", va="center", fontsize=7)
+    ax.set_xlim(0, 3.6)
     ax.axvline(1.0, color="k", ls="--")
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([t["name"] for t in rows], fontsize=8)

@@ -255,7 +255,7 @@ class Runner:
         out["read_bandwidth_gbs"] = bw[best]["gbytes_per_s_max"]
         out["read_bandwidth_source"] = best
         out["bandwidth_mb"] = a.bandwidth_mb
-        peak = out["matmul_gflops"]["gflops_max"]
+        peak = max(out["matmul_gflops"]["gflops_max"], out["model_shape_matmul_gflops"]["gflops_max"])
         if "torch_matmul_gflops" in out:
             peak = max(peak, out["torch_matmul_gflops"]["gflops_max"])
         out["peak_matmul_gflops"] = peak
