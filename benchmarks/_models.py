@@ -59,8 +59,8 @@ def pt_config_for(config, chunk_size: Optional[int] = None):
     """transformers' xLSTMConfig with the same architecture, float32 everywhere, inference mode.
 
     transformers rounds the feedforward width as `(x + m - 1) // m * m` on a float x, which can land one multiple
-    lower than our (upstream's) ceil rounding (768 * 2.667 -> 2048 vs 2112); the factor is set to width / hidden
-    so both sides build the same width. Returns (pt_config, notes).
+    lower than our (upstream's) ceil rounding (768 * 2.667 -> 2048 vs 2112); `to_transformers_config` converts the
+    factor so both sides build the same width, and this checks it again. Returns (pt_config, notes).
     """
     import torch
     from modeling_xlstm_flax.configuration import to_transformers_config

@@ -93,6 +93,10 @@ FIELD_DOCS = {
     "step_kernel": "mLSTM form for single-token decoding: recurrent.",
     "chunk_size": "Chunk length of the chunkwise form.",
     "cell_eps": "Epsilon of the mLSTM normaliser max(|q.n|, exp(-m)) + eps.",
+    # this port's own (no upstream counterpart)
+    "prefill_segment_size": "Tokens per segment when a long prompt is run with a cache (generate's prefill): the "
+                            "prompt goes through the recurrent state segment by segment, so only one segment's "
+                            "activations are alive; None: one pass. Results are the same either way.",
 }
 
 
@@ -206,6 +210,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
         step_kernel: str = "recurrent",
         chunk_size: int = 64,
         cell_eps: float = 1e-6,
+        prefill_segment_size: Optional[int] = 1024,
         bos_token_id: Optional[int] = 0,
         eos_token_id: Optional[int] = 2,
         pad_token_id: Optional[int] = 1,
@@ -273,6 +278,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
         self.step_kernel = step_kernel
         self.chunk_size = chunk_size
         self.cell_eps = cell_eps
+        self.prefill_segment_size = prefill_segment_size
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
             bos_token_id=bos_token_id,
@@ -384,6 +390,8 @@ class XLSTMFlaxConfig(PretrainedConfig):
         _check_choice("ff_act_fn", self.ff_act_fn, ACT_FNS)
         _check_choice("sequence_kernel", self.sequence_kernel, SEQUENCE_KERNELS)
         _check_choice("step_kernel", self.step_kernel, STEP_KERNELS)
+        if self.prefill_segment_size is not None:
+            _check_positive_int("prefill_segment_size", self.prefill_segment_size)
         _check_bias_init("igate_bias_init_range", self.igate_bias_init_range)
         _check_bias_init("fgate_bias_init_range", self.fgate_bias_init_range)
         if self.slstm_at:

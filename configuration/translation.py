@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .configuration_xlstm_flax import XLSTMFlaxConfig
+from .configuration_xlstm_flax import XLSTMFlaxConfig, round_to_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +231,24 @@ _PT_FIXED = dict(
 )
 
 
+def transformers_ffn_width(hidden_size: int, ffn_proj_factor: float, multiple_of: int) -> int:
+    """The feedforward width transformers' xLSTM builds: `(x + m - 1) // m * m` on the float x = hidden * factor.
+
+    For a fractional x this can land one multiple below upstream's (and our) ceil rounding: 768 x 2.667 = 2048.3
+    gives 2048 there and 2112 here. The translations below convert the factor so both build the same width.
+    """
+    return int(((hidden_size * ffn_proj_factor + multiple_of - 1) // multiple_of) * multiple_of)
+
+
+def _ffn_factor_for_width(width: int, hidden_size: int, multiple_of: int, builds) -> float:
+    """A factor whose width under `builds(factor)` is `width`: the given one if it already is, else width / hidden."""
+    factor = width / hidden_size
+    if builds(factor) != width:
+        raise ValueError(f"no ffn_proj_factor gives a feedforward width of {width} for hidden size {hidden_size} "
+                         f"and multiple {multiple_of}")
+    return factor
+
+
 def from_transformers_config(pt_config, **overrides) -> XLSTMFlaxConfig:
     """Translate transformers' `xLSTMConfig` (or its dict) into an `XLSTMFlaxConfig`."""
     get = (lambda k, d=None: pt_config.get(k, d)) if isinstance(pt_config, dict) else (
@@ -250,6 +268,11 @@ def from_transformers_config(pt_config, **overrides) -> XLSTMFlaxConfig:
     dtype = get("dtype") or get("torch_dtype")
     dtype = str(dtype).split(".")[-1] if dtype is not None else "float32"
     hidden = get("hidden_size") or get("embedding_dim")
+    ff_factor, ff_multiple = get("ffn_proj_factor", 2.667), get("ffn_round_up_to_multiple_of", 64)
+    ff_width = transformers_ffn_width(hidden, ff_factor, ff_multiple)
+    if round_to_multiple(hidden * ff_factor, ff_multiple, True) != ff_width:  # keep transformers' width
+        ff_factor = _ffn_factor_for_width(ff_width, hidden, ff_multiple,
+                                          lambda f: round_to_multiple(hidden * f, ff_multiple, True))
     fields = dict(
         _PT_FIXED,
         vocab_size=get("vocab_size"),
@@ -266,8 +289,8 @@ def from_transformers_config(pt_config, **overrides) -> XLSTMFlaxConfig:
         sequence_kernel=_PT_KERNELS[kernel],
         chunk_size=get("chunk_size", 64),
         cell_eps=get("eps", 1e-6),
-        ff_proj_factor=get("ffn_proj_factor", 2.667),
-        ff_round_proj_up_to_multiple_of=get("ffn_round_up_to_multiple_of", 64),
+        ff_proj_factor=ff_factor,
+        ff_round_proj_up_to_multiple_of=ff_multiple,
         gate_soft_cap=get("gate_soft_cap", 15.0),
         logits_soft_cap=get("output_logit_soft_cap", 30.0),
         compute_dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "float32",
@@ -291,6 +314,10 @@ def to_transformers_config(config: XLSTMFlaxConfig):
         if getattr(config, field) != config.norm_eps:
             raise ValueError(f"{field}={getattr(config, field)} differs from norm_eps={config.norm_eps}; "
                              "transformers' xLSTMConfig has one norm_eps")
+    ff_factor, ff_multiple, hidden = config.ff_proj_factor, config.ff_round_proj_up_to_multiple_of, config.embedding_dim
+    if transformers_ffn_width(hidden, ff_factor, ff_multiple) != config.ff_dim:  # keep our width
+        ff_factor = _ffn_factor_for_width(config.ff_dim, hidden, ff_multiple,
+                                          lambda f: transformers_ffn_width(hidden, f, ff_multiple))
     kernel = {"parallel_stabilized": "parallel--native_autograd", "chunkwise": "chunkwise--native_autograd",
               "recurrent": "chunkwise--native_autograd"}[config.sequence_kernel]
     return xLSTMConfig(
@@ -298,7 +325,7 @@ def to_transformers_config(config: XLSTMFlaxConfig):
         num_heads=config.num_heads, use_bias=False, tie_word_embeddings=config.tie_word_embeddings,
         add_out_norm=config.add_post_blocks_norm, norm_eps=config.norm_eps, qk_dim_factor=config.qk_dim_factor,
         v_dim_factor=config.v_dim_factor, chunkwise_kernel=kernel, chunk_size=config.chunk_size,
-        eps=config.cell_eps, ffn_proj_factor=config.ff_proj_factor,
+        eps=config.cell_eps, ffn_proj_factor=ff_factor,
         ffn_round_up_to_multiple_of=config.ff_round_proj_up_to_multiple_of, gate_soft_cap=config.gate_soft_cap,
         output_logit_soft_cap=config.logits_soft_cap, weight_mode="single", pad_token_id=config.pad_token_id,
         autocast_kernel_dtype="float32" if config.compute_dtype == "float32" else config.compute_dtype,

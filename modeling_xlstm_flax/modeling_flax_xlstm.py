@@ -522,21 +522,33 @@ class XLSTMForCausalLMModule(nn.Module):
             )
 
     def __call__(self, input_ids, attention_mask=None, document_borders=None, cache=None, deterministic=True,
-                 output_hidden_states=False, return_dict=True):
-        cfg = self.config
+                 output_hidden_states=False, return_dict=True, logits_to_keep: int = 0):
+        """logits_to_keep > 0: logits (B, logits_to_keep, V) of the last positions only (a prefill needs 1)."""
         base, new_cache = self.backbone(input_ids, attention_mask, document_borders, cache, deterministic,
                                         output_hidden_states, return_dict=True)
-        x = base.last_hidden_state
+        logits = self.logits(base.last_hidden_state, logits_to_keep)
+        if not return_dict:
+            return tuple(v for v in (logits, base.hidden_states, new_cache) if v is not None)
+        return FlaxCausalLMOutput(logits=logits, hidden_states=base.hidden_states), new_cache
+
+    def last_hidden_state(self, input_ids, attention_mask=None, document_borders=None, cache=None):
+        """Backbone only, deterministic: (last hidden state (B, S, D), new cache). One prefill segment."""
+        base, new_cache = self.backbone(input_ids, attention_mask, document_borders, cache, True, False,
+                                        return_dict=True)
+        return base.last_hidden_state, new_cache
+
+    def logits(self, x: jax.Array, logits_to_keep: int = 0) -> jax.Array:
+        """LM head (+ soft cap) on hidden states x (B, S, D) -> float32 logits (B, S or logits_to_keep, V)."""
+        cfg = self.config
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         head_dtype = jnp.dtype(cfg.lm_head_dtype)
         if cfg.tie_word_embeddings:
             emb = self.backbone.embedding_matrix().astype(head_dtype)
             logits = jnp.einsum("bsd,vd->bsv", x.astype(head_dtype), emb)
         else:
             logits = self.lm_head(x)
-        logits = soft_cap(logits.astype(jnp.float32), cfg.logits_soft_cap)
-        if not return_dict:
-            return tuple(v for v in (logits, base.hidden_states, new_cache) if v is not None)
-        return FlaxCausalLMOutput(logits=logits, hidden_states=base.hidden_states), new_cache
+        return soft_cap(logits.astype(jnp.float32), cfg.logits_soft_cap)
 
 
 # ---------------------------------------------------------------------------------------------- HF wrappers
@@ -696,13 +708,20 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
 
     def prepare_inputs_for_generation(self, input_ids, max_length, attention_mask: Optional[jax.Array] = None,
                                       **kwargs):
-        """Prefill inputs for transformers' Flax generation loop: a fresh cache and the prompt's mask."""
-        return {"past_key_values": self.init_cache(input_ids.shape[0], max_length), "attention_mask": attention_mask}
+        """Prefill inputs for transformers' Flax generation loop: a fresh cache, the prompt's mask and, for a prompt
+        of several tokens, `logits_to_keep=1` (the loop reads the last position only). transformers runs a prompt
+        of one token inside its `lax.while_loop`, whose carry must keep one structure, so it gets no
+        `logits_to_keep` (its logits have one position anyway)."""
+        inputs = {"past_key_values": self.init_cache(input_ids.shape[0], max_length), "attention_mask": attention_mask}
+        if input_ids.shape[1] > 1 and isinstance(self.module, XLSTMForCausalLMModule):
+            inputs["logits_to_keep"] = 1
+        return inputs
 
     def update_inputs_for_generation(self, model_outputs, model_kwargs):
         """After each call: carry the new state; generated tokens are never padding, so no mask is needed."""
         model_kwargs["past_key_values"] = model_outputs.past_key_values
         model_kwargs["attention_mask"] = None
+        model_kwargs.pop("logits_to_keep", None)
         return model_kwargs
 
     def __call__(
@@ -716,10 +735,23 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         train: bool = False,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        logits_to_keep: int = 0,
     ):
         """input_ids (B, S) int; attention_mask (B, S) 0/1; document_borders (B, S) bool (True where a new
-        document starts); past_key_values: the recurrent cache from `init_cache` or a previous call."""
+        document starts); past_key_values: the recurrent cache from `init_cache` or a previous call;
+        logits_to_keep (causal LM only): 0 for logits at every position, k > 0 for the last k positions only.
+
+        With a cache, no hidden states asked for and more than `config.prefill_segment_size` tokens (a prefill),
+        the tokens run through the state segment by segment (`lax.scan`): only one segment's activations are
+        alive at a time, so memory does not grow with the prompt beyond its hidden states (B, S, D).
+        """
         check_inputs(input_ids, attention_mask, document_borders, self.config.vocab_size)
+        is_causal_lm = isinstance(self.module, XLSTMForCausalLMModule)
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep={logits_to_keep!r} is invalid: must be an int >= 0 (0: every position)")
+        if logits_to_keep and not is_causal_lm:
+            raise ValueError(f"logits_to_keep={logits_to_keep} needs a model with an LM head "
+                             f"(FlaxXLSTMForCausalLM); {type(self).__name__} returns hidden states")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -730,22 +762,64 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             attention_mask = jnp.asarray(attention_mask, dtype="i4")
         if document_borders is not None:
             document_borders = jnp.asarray(document_borders, dtype=bool)
-        outputs, new_cache = self.module.apply(
-            {"params": params or self.params},
-            input_ids,
-            attention_mask,
-            document_borders,
-            past_key_values,
-            not train,
-            output_hidden_states,
-            True,
-            rngs=rngs,
-        )
+        variables = {"params": params or self.params}
+        segment = self.config.prefill_segment_size
+        if (is_causal_lm and past_key_values is not None and not train and not output_hidden_states
+                and segment is not None and input_ids.shape[1] > segment):
+            logits, new_cache = self._segmented_prefill(variables, input_ids, attention_mask, document_borders,
+                                                        past_key_values, logits_to_keep)
+            outputs = FlaxCausalLMOutput(logits=logits, hidden_states=None)
+        else:
+            extra = {"logits_to_keep": logits_to_keep} if is_causal_lm else {}
+            outputs, new_cache = self.module.apply(
+                variables,
+                input_ids,
+                attention_mask,
+                document_borders,
+                past_key_values,
+                not train,
+                output_hidden_states,
+                True,
+                rngs=rngs,
+                **extra,
+            )
         if past_key_values is not None:
             outputs["past_key_values"] = new_cache
         if not return_dict:
             return outputs.to_tuple()
         return outputs
+
+    def _segmented_prefill(self, variables, input_ids, attention_mask, document_borders, cache, logits_to_keep):
+        """Run S tokens through the state in segments of L = `prefill_segment_size`: first the S mod L leading
+        tokens, then `lax.scan` over the (S div L) full segments, so the compiled program holds the model twice at
+        most whatever S is. Returns (logits (B, S or logits_to_keep, V), new cache); same numbers as one pass."""
+        B, S = input_ids.shape
+        L = self.config.prefill_segment_size
+        n, r = divmod(S, L)
+        run = partial(self.module.apply, variables, method=XLSTMForCausalLMModule.last_hidden_state)
+
+        def split(a):  # (B, S, ...) -> leading (B, r, ...), segments (n, B, L, ...)
+            if a is None:
+                return None, None
+            return a[:, :r], jnp.moveaxis(a[:, r:].reshape(B, n, L, *a.shape[2:]), 1, 0)
+
+        (ids0, ids), (mask0, mask), (borders0, borders) = map(split, (input_ids, attention_mask, document_borders))
+        hidden = []
+        if r:
+            x0, cache = run(ids0, mask0, borders0, cache)
+            hidden.append(x0)
+
+        def segment_step(state, segment):
+            x, state = run(*segment, state)
+            return state, x
+
+        cache, xs = jax.lax.scan(segment_step, cache, (ids, mask, borders))
+        hidden.append(jnp.moveaxis(xs, 0, 1).reshape(B, n * L, xs.shape[-1]))
+        x = jnp.concatenate(hidden, axis=1) if len(hidden) > 1 else hidden[0]
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.module.apply(variables, x, method=XLSTMForCausalLMModule.logits)
+        return logits, cache
 
 
 class FlaxXLSTMModel(FlaxXLSTMPreTrainedModel):

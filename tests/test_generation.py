@@ -66,6 +66,65 @@ def test_token_by_token_matches_upstream_logits(name):
         assert max_abs_diff(steps, np.load(FIXTURES / name / "step_logits.npy")) <= 1e-4
 
 
+@pytest.mark.parametrize("name", ["v1", "v2_ffn"])
+def test_segmented_prefill_matches_upstream_logits(name):
+    """A cached prefill run in segments (here 2 leading tokens, then 6 segments of 5 through `lax.scan`) gives
+    upstream's logits; `logits_to_keep` keeps the last rows; the state equals a one-pass prefill's."""
+    config, params, inputs, logits = load_fixture(name, prefill_segment_size=5, chunk_size=4)
+    model = FlaxXLSTMForCausalLM(config, _do_init=False)
+    out = model(inputs, params=params, past_key_values=model.init_cache(inputs.shape[0]))
+    assert max_abs_diff(out.logits, logits) <= 1e-4
+    last = model(inputs, params=params, past_key_values=model.init_cache(inputs.shape[0]), logits_to_keep=3)
+    assert last.logits.shape == (inputs.shape[0], 3, config.vocab_size)
+    assert max_abs_diff(last.logits, logits[:, -3:]) <= 1e-4
+    one_pass = FlaxXLSTMForCausalLM(load_fixture(name, prefill_segment_size=None, chunk_size=4)[0], _do_init=False)
+    ref = one_pass(inputs, params=params, past_key_values=one_pass.init_cache(inputs.shape[0]))
+    for a, b in zip(jax.tree_util.tree_leaves(last.past_key_values), jax.tree_util.tree_leaves(ref.past_key_values)):
+        assert max_abs_diff(a, b) <= 1e-4 * max(1.0, float(np.max(np.abs(b))))
+
+
+@pytest.mark.parametrize("layer_type", ["mlstm_v1", "mlstm"])
+def test_segmented_prefill_with_padding_and_borders(layer_type):
+    """Left padding and document resets cross segment edges: same logits and greedy tokens as one pass."""
+    overrides = dict(chunk_size=4, reset_at_document_boundaries=True)
+    segmented = FlaxXLSTMForCausalLM(no_eos_config(layer_type, prefill_segment_size=6, **overrides), seed=6)
+    one_pass = FlaxXLSTMForCausalLM(no_eos_config(layer_type, prefill_segment_size=None, **overrides),
+                                    _do_init=False)
+    rng = np.random.RandomState(6)
+    ids = rng.randint(3, 97, (2, 23))
+    mask = np.ones_like(ids)
+    mask[1, :8] = 0
+    borders = np.zeros(ids.shape, bool)
+    borders[:, 13] = True
+    got = segmented(ids, attention_mask=mask, document_borders=borders, past_key_values=segmented.init_cache(2))
+    want = one_pass(ids, attention_mask=mask, document_borders=borders, past_key_values=one_pass.init_cache(2),
+                    params=segmented.params)
+    assert max_abs_diff(got.logits, want.logits) <= 1e-4
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, pad_token_id=1)
+    np.testing.assert_array_equal(np.asarray(segmented.generate(ids, **kwargs).sequences),
+                                  np.asarray(one_pass.generate(ids, params=segmented.params, **kwargs).sequences))
+
+
+def test_logits_to_keep_checked_and_used_by_generate():
+    model = FlaxXLSTMForCausalLM(no_eos_config(), seed=7)
+    ids = np.random.RandomState(7).randint(3, 97, (2, 9))
+    assert model.prepare_inputs_for_generation(ids, 20)["logits_to_keep"] == 1
+    assert "logits_to_keep" not in model.prepare_inputs_for_generation(ids[:, :1], 20)
+    full = np.asarray(model(ids).logits)
+    assert max_abs_diff(model(ids, logits_to_keep=2).logits, full[:, -2:]) <= 1e-5
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            model(ids, logits_to_keep=bad)
+    from modeling_xlstm_flax import FlaxXLSTMModel
+
+    with pytest.raises(ValueError, match="logits_to_keep=1 needs a model with an LM head"):
+        FlaxXLSTMModel(model.config, _do_init=False)(ids, params=model.params["backbone"], logits_to_keep=1)
+    # a one-token prompt runs inside transformers' while_loop from the start (no logits_to_keep in its carry)
+    for kwargs in ({}, {"do_sample": True, "prng_key": jax.random.PRNGKey(0)}, {"num_beams": 2}):
+        out = np.asarray(model.generate(ids[:, :1], max_new_tokens=4, pad_token_id=1, **kwargs).sequences)
+        assert out.shape == (2, 5)
+
+
 def test_cache_size_independent_of_max_length():
     for layer_type in ("mlstm_v1", "mlstm"):
         model = FlaxXLSTMForCausalLM(tiny_config(layer_type), seed=0)

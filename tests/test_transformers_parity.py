@@ -83,6 +83,26 @@ def test_config_translation_round_trip():
     assert from_transformers_config(back).to_dict() == ours.to_dict()
 
 
+def test_feedforward_width_survives_translation():
+    """transformers floors a fractional hidden x ffn_proj_factor where upstream (and we) ceil: 768 x 2.667 builds
+    2048 there and 2112 here. Each translation converts the factor so the width is the same on both sides."""
+    from transformers import xLSTMConfig
+
+    from modeling_xlstm_flax import load_preset
+    from modeling_xlstm_flax.configuration import from_transformers_config, to_transformers_config
+
+    from transformers.models.xlstm.modeling_xlstm import xLSTMFeedForward
+
+    def torch_width(pt_config):  # the width transformers' PyTorch feedforward really builds
+        return xLSTMFeedForward(pt_config).proj_up.out_features
+
+    ours = load_preset("xlstm-160m")
+    assert ours.ff_dim == 2112
+    assert torch_width(to_transformers_config(ours)) == 2112
+    pt_config = xLSTMConfig(vocab_size=64, hidden_size=768, num_hidden_layers=1, num_heads=4, ffn_proj_factor=2.667)
+    assert from_transformers_config(pt_config).ff_dim == torch_width(pt_config) == 2048
+
+
 @pytest.mark.parametrize(
     "field,value",
     [("layer_type", "mlstm"), ("add_qk_norm", True), ("ff_act_fn", "gelu"), ("block_norm_type", "layernorm"),
