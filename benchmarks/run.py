@@ -525,7 +525,9 @@ class Runner:
                                  "loader": self.models.loader, "dtype": "float32",
                                  "chunk_size": self.config.chunk_size,
                                  "sequence_kernel": self.config.sequence_kernel,
-                                 "prefill_logits_last_only": self.models.logits_to_keep}
+                                 "prefill_logits_last_only": self.models.logits_to_keep,
+                                 "prefill_segment_size": getattr(self.models.model.config, "prefill_segment_size",
+                                                                 None)}
         self.results["reference"] = self.reference_info()
         try:
             for name, fn in (("prefill", self.prefill), ("decode", self.decode), ("generate", self.generate),

@@ -64,7 +64,7 @@ def test_top_level_and_machine(results):
 def test_model_and_reference(results):
     _has(results["model"], ["params", "flops_per_token_blocks", "flops_lm_head_per_position",
                             "decode_bytes_per_step_batch1", "weights_mb", "memory_bound_16k_mb", "loader",
-                            "chunk_size", "prefill_logits_last_only"], "model")
+                            "chunk_size", "prefill_logits_last_only", "prefill_segment_size"], "model")
     ref = results["reference"]
     assert ref["skipped"] is False
     _has(ref, ["library", "dtype", "torch_threads", "mode", "prefill_kernels", "prefill_kernels_measured",
