@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/prefill_variants.py --seq-lens 2048,16384 --segments 1024,2048
 
-* `full`: what `run.py` times: `model(ids, past_key_values=init_cache)` (logits for every position), last row kept.
+* `full`: what `run.py` timed before the two changes below were built into the model: `model(ids,
+  past_key_values=init_cache)` in one pass (logits for every position), last row kept.
+* `model`: what the model does now (`logits_to_keep=1`, `prefill_segment_size` 1024): what `run.py` times.
 * `last`: the backbone (`FlaxXLSTMModel`) and the LM head + soft cap on the last position only, i.e. what a
   `logits_to_keep=1` argument in the causal-LM call (used by generate's prefill) would compute.
 * `segN`: `last`, with the prompt fed in segments of N tokens through the recurrent state (`lax.scan` over segments),
@@ -33,7 +35,7 @@ def main(argv=None) -> int:
     import modeling_xlstm_flax as xf
     from modeling_xlstm_flax.modeling_flax_xlstm import soft_cap
 
-    cfg = xf.load_preset(args.config)
+    cfg = xf.load_preset(args.config, prefill_segment_size=None)  # `full`: one pass, as before segmenting existed
     model = xf.FlaxXLSTMForCausalLM(cfg, seed=0, dtype=jnp.float32)
     params = model.params
     backbone = xf.FlaxXLSTMModel(cfg, dtype=jnp.float32, _do_init=False)
@@ -43,6 +45,11 @@ def main(argv=None) -> int:
 
     def full(params, ids):
         out = model(ids, params=params, past_key_values=model.init_cache(ids.shape[0]))
+        return out.logits[:, -1], out.past_key_values
+
+    def built_in(params, ids):
+        segmented_model = xf.FlaxXLSTMForCausalLM(xf.load_preset(args.config), _do_init=False, dtype=jnp.float32)
+        out = segmented_model(ids, params=params, past_key_values=model.init_cache(ids.shape[0]), logits_to_keep=1)
         return out.logits[:, -1], out.past_key_values
 
     def last(params, ids):
@@ -65,7 +72,7 @@ def main(argv=None) -> int:
 
     for S in [int(x) for x in args.seq_lens.split(",")]:
         ids = np.random.RandomState(S).randint(3, cfg.vocab_size, (1, S)).astype(np.int32)
-        variants = [("full", full), ("last", last)]
+        variants = [("full", full), ("model", built_in), ("last", last)]
         variants += [(f"seg{n}", segmented(n)) for n in map(int, args.segments.split(",")) if S % n == 0 and n < S]
         ref = None
         for name, fn in variants:
