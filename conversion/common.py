@@ -30,7 +30,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import ml_dtypes
 import numpy as np
@@ -447,9 +447,31 @@ def parse_overrides(items: Optional[list[str]]) -> dict:
     return out
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, output_layout: str, verify_reference: str) -> None:
+TOKENIZER_HELP = ("tokenizer to add instead of the input's tokenizer files: a folder, a single file, or a Hub id "
+                  "saved with AutoTokenizer")
+
+
+def verify_rounding(dtype: str) -> Optional[np.dtype]:
+    """The dtype --verify rounds the input side's weights to before comparing: the output's, or None for "keep"."""
+    return None if dtype == "keep" else DTYPES[dtype]
+
+
+def convert_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of every convert function, from the options `add_common_arguments` defines."""
+    kwargs = dict(dtype=args.dtype, max_shard_size=args.max_shard_size, tokenizer=args.tokenizer,
+                  overrides=parse_overrides(args.override), verify=args.verify, tolerance=args.tolerance,
+                  verify_length=args.verify_length, seed=args.seed, overwrite=args.overwrite,
+                  progress=not args.quiet)
+    if hasattr(args, "flax_shard_format"):
+        kwargs["flax_shard_format"] = args.flax_shard_format
+    return kwargs
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, output_layout: str, verify_reference: str,
+                         tokenizer_help: str = TOKENIZER_HELP) -> None:
     """Options shared by all converters (`output_layout` "flax" or "pytorch" selects the help text;
     `verify_reference` says what --verify runs on the input side)."""
+    parser.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID", help=tokenizer_help)
     parser.add_argument("--dtype", choices=["keep", "float32", "bfloat16"], default="keep",
                         help="dtype of the written floating-point tensors: keep each tensor's stored dtype "
                              "(default), or cast all to float32 / bfloat16")
@@ -488,13 +510,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, output_layout: str, ve
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def run_cli(convert: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
+def run_cli(convert: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
             argv: Optional[list[str]] = None) -> int:
-    """Parse `argv`, run `convert`; print errors as one clear message and return the exit status
-    (0 done, 1 bad input, 2 usage, 3 verification failed, 130 interrupted)."""
+    """Parse `argv`, run `convert` and print "wrote <the path it returns>"; print errors as one clear message and
+    return the exit status (0 done, 1 bad input, 2 usage, 3 verification failed, 130 interrupted)."""
     args = parser.parse_args(argv)
     try:
-        convert(args)
+        print(f"wrote {convert(args)}")
     except VerificationError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_VERIFY_FAILED

@@ -28,14 +28,15 @@ from .common import (
     add_common_arguments,
     atomic_output_dir,
     check_logits,
+    convert_kwargs,
     copy_tokenizer,
     flax_dir_logits,
     open_flax_dir,
     output_tensors,
-    parse_overrides,
     pytorch_dir_logits,
     run_cli,
     verify_ids,
+    verify_rounding,
     write_weights,
 )
 from .pytorch_to_flax import read_json_config
@@ -85,7 +86,7 @@ def convert_flax_to_pytorch(input_dir, output_dir, *, dtype: str = "keep", max_s
         write_weights(tmp, tensors, layout="pytorch", max_shard_size=max_shard_size, progress=progress)
         if verify:
             ids = verify_ids(config, verify_length, seed, pytorch_chunk_size=pt_config.chunk_size)
-            round_to = None if dtype == "keep" else DTYPES[dtype]
+            round_to = verify_rounding(dtype)
             check_logits(flax_dir_logits(input_dir, ids, round_to), pytorch_dir_logits(tmp, ids), tolerance, ids)
     return Path(output_dir)
 
@@ -104,9 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", help="the Flax model directory")
     parser.add_argument("output", help="the PyTorch model directory to create")
-    parser.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID",
-                        help="tokenizer to add instead of the input's tokenizer files: a folder, a single file, "
-                             "or a Hub id saved with AutoTokenizer")
     add_common_arguments(parser, "pytorch",
                          "this port's FlaxXLSTMForCausalLM; output side: transformers' PyTorch "
                          "xLSTMForCausalLM, needs torch")
@@ -114,14 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    def run(args):
-        out = convert_flax_to_pytorch(args.input, args.output, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                                      tokenizer=args.tokenizer, overrides=parse_overrides(args.override),
-                                      verify=args.verify, tolerance=args.tolerance, verify_length=args.verify_length,
-                                      seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
-        print(f"wrote {out}")
-
-    return run_cli(run, build_parser(), argv)
+    return run_cli(lambda args: convert_flax_to_pytorch(args.input, args.output, **convert_kwargs(args)),
+                   build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -30,23 +30,23 @@ import numpy as np
 
 from . import layouts
 from .common import (
-    DTYPES,
     ConversionError,
     Source,
     SourceTensor,
     add_common_arguments,
     atomic_output_dir,
     check_logits,
+    convert_kwargs,
     compare_to_plan,
     copy_tokenizer,
     flax_dir_logits,
     flax_logits,
     output_tensors,
-    parse_overrides,
     round_params,
     run_cli,
     save_flax_config,
     verify_ids,
+    verify_rounding,
     write_weights,
 )
 from .upstream_params import UPSTREAM_SCANNED_BLOCKS, upstream_array_to_flax, upstream_key_to_flax, upstream_to_flax
@@ -230,7 +230,7 @@ def convert_orbax(input_path, output_dir, *, step: Optional[int] = None, dtype: 
         if verify:
             ids = verify_ids(config, verify_length, seed)
             reference = upstream_to_flax(params.read_all(), config)  # the in-memory mapping, independently
-            round_to = None if dtype == "keep" else DTYPES[dtype]
+            round_to = verify_rounding(dtype)
             check_logits(flax_logits(config, round_params(reference, round_to), ids), flax_dir_logits(tmp, ids),
                          tolerance, ids)
     return Path(output_dir)
@@ -249,26 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(directly or in checkpoints/): the highest step is used unless --step")
     parser.add_argument("output", help="the model directory to create")
     parser.add_argument("--step", type=int, default=None, help="use checkpoint_<STEP> instead of the highest step")
-    parser.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID",
-                        help="tokenizer to add: a folder (its tokenizer.json, tokenizer_config.json, "
-                             "special_tokens_map.json, vocab/merges files are copied), a single file, or a Hub "
-                             "id saved with AutoTokenizer (e.g. EleutherAI/gpt-neox-20b for xLSTM-7B)")
     add_common_arguments(parser, "flax",
                          "this port's model with the whole params item mapped in memory by "
-                         "upstream_params.upstream_to_flax")
+                         "upstream_params.upstream_to_flax",
+                         tokenizer_help="tokenizer to add: a folder (its tokenizer.json, tokenizer_config.json, "
+                                        "special_tokens_map.json, vocab/merges files are copied), a single file, or "
+                                        "a Hub id saved with AutoTokenizer (e.g. EleutherAI/gpt-neox-20b for "
+                                        "xLSTM-7B)")
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    def run(args):
-        out = convert_orbax(args.input, args.output, step=args.step, dtype=args.dtype,
-                            max_shard_size=args.max_shard_size, flax_shard_format=args.flax_shard_format,
-                            tokenizer=args.tokenizer, overrides=parse_overrides(args.override), verify=args.verify,
-                            tolerance=args.tolerance, verify_length=args.verify_length, seed=args.seed,
-                            overwrite=args.overwrite, progress=not args.quiet)
-        print(f"wrote {out}")
-
-    return run_cli(run, build_parser(), argv)
+    return run_cli(lambda args: convert_orbax(args.input, args.output, step=args.step, **convert_kwargs(args)),
+                   build_parser(), argv)
 
 
 if __name__ == "__main__":

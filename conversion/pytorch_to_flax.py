@@ -21,20 +21,20 @@ from pathlib import Path
 from typing import Optional
 
 from .common import (
-    DTYPES,
     ConversionError,
     add_common_arguments,
     atomic_output_dir,
     check_logits,
+    convert_kwargs,
     copy_tokenizer,
     flax_dir_logits,
     open_pytorch_dir,
     output_tensors,
-    parse_overrides,
     pytorch_dir_logits,
     run_cli,
     save_flax_config,
     verify_ids,
+    verify_rounding,
     write_weights,
 )
 
@@ -76,7 +76,7 @@ def convert_pytorch_to_flax(input_dir, output_dir, *, dtype: str = "keep", max_s
                       flax_shard_format=flax_shard_format, progress=progress)
         if verify:
             ids = verify_ids(config, verify_length, seed, pytorch_chunk_size=pt_config.get("chunk_size", 64))
-            round_to = None if dtype == "keep" else DTYPES[dtype]
+            round_to = verify_rounding(dtype)
             check_logits(pytorch_dir_logits(input_dir, ids, round_to), flax_dir_logits(tmp, ids), tolerance, ids)
     return Path(output_dir)
 
@@ -94,24 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", help="the PyTorch model directory (config.json + safetensors)")
     parser.add_argument("output", help="the Flax model directory to create")
-    parser.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID",
-                        help="tokenizer to add instead of the input's tokenizer files: a folder, a single file, "
-                             "or a Hub id saved with AutoTokenizer")
     add_common_arguments(parser, "flax",
                          "transformers' PyTorch xLSTMForCausalLM, needs torch")
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    def run(args):
-        out = convert_pytorch_to_flax(args.input, args.output, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                                      flax_shard_format=args.flax_shard_format, tokenizer=args.tokenizer,
-                                      overrides=parse_overrides(args.override), verify=args.verify,
-                                      tolerance=args.tolerance, verify_length=args.verify_length, seed=args.seed,
-                                      overwrite=args.overwrite, progress=not args.quiet)
-        print(f"wrote {out}")
-
-    return run_cli(run, build_parser(), argv)
+    return run_cli(lambda args: convert_pytorch_to_flax(args.input, args.output, **convert_kwargs(args)),
+                   build_parser(), argv)
 
 
 if __name__ == "__main__":
