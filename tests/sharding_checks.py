@@ -91,7 +91,8 @@ def run_case(name, layer_type, scan, plan, results, num_heads=8, fsdp_min=0):
 
     Single-device references are computed once (jit on the default device), then each mesh's sharded entry
     points are compared with them."""
-    config = tiny_config(layer_type, num_heads=num_heads, scan_blocks=scan, chunk_size=4)
+    # prefill_segment_size 4: the 6-token prompts and cached prefills run the segmented (lax.scan) prefill
+    config = tiny_config(layer_type, num_heads=num_heads, scan_blocks=scan, chunk_size=4, prefill_segment_size=4)
     config.eos_token_id = config.vocab_size  # never emitted: generation runs to max_new_tokens
     model, params = tiny_model(config, 0)
     rs = np.random.RandomState(0)
