@@ -125,6 +125,34 @@ def test_logits_to_keep_checked_and_used_by_generate():
         assert out.shape == (2, 5)
 
 
+def test_generate_is_compiled_once_and_equals_transformers_loop():
+    """Outside a trace, `generate` runs through a jit kept per model and arguments: same outputs as transformers'
+    own (eager) `generate`, one compiled program for repeated calls of one shape, a new one per argument set."""
+    from transformers.generation.flax_utils import FlaxGenerationMixin
+
+    from modeling_xlstm_flax.modeling_flax_xlstm import _COMPILED_GENERATE
+
+    model = FlaxXLSTMForCausalLM(no_eos_config(), seed=8)
+    prompt = np.random.RandomState(8).randint(3, 97, (2, 5))
+    mask = np.ones_like(prompt)
+    mask[1, :2] = 0
+    for kwargs in ({"max_new_tokens": 6}, {"max_new_tokens": 6, "attention_mask": mask},
+                   {"max_new_tokens": 6, "do_sample": True, "top_k": 5, "prng_key": jax.random.PRNGKey(4)},
+                   {"max_new_tokens": 6, "num_beams": 3, "attention_mask": mask}):
+        ours = model.generate(prompt, pad_token_id=1, **kwargs)
+        theirs = FlaxGenerationMixin.generate(model, prompt, pad_token_id=1, **kwargs)
+        np.testing.assert_array_equal(np.asarray(ours.sequences), np.asarray(theirs.sequences), err_msg=str(kwargs))
+    assert len(_COMPILED_GENERATE[model]) == 4
+    model.generate(prompt, max_new_tokens=6, pad_token_id=1)
+    (first,) = [fn for key, fn in _COMPILED_GENERATE[model].items() if "do_sample" not in key[2] and not key[3]]
+    assert len(_COMPILED_GENERATE[model]) == 4 and first._cache_size() == 1  # reused, not recompiled
+    model.generate(prompt[:, 1:], max_new_tokens=6, pad_token_id=1)
+    assert first._cache_size() == 2  # a new prompt length: a new program in the same jit
+    traced = jax.jit(lambda p, ids: model.generate(ids, params=p, max_new_tokens=6, pad_token_id=1).sequences)
+    np.testing.assert_array_equal(np.asarray(traced(model.params, prompt)),
+                                  np.asarray(model.generate(prompt, max_new_tokens=6, pad_token_id=1).sequences))
+
+
 def test_cache_size_independent_of_max_length():
     for layer_type in ("mlstm_v1", "mlstm"):
         model = FlaxXLSTMForCausalLM(tiny_config(layer_type), seed=0)
