@@ -716,7 +716,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         return [dict(state) for _ in range(cfg.num_blocks)]
 
     def generate(self, input_ids, generation_config=None, prng_key=None, trace: bool = True, params=None,
-                 logits_processor=None, *, attention_mask=None, **kwargs):
+                 logits_processor=None, *, attention_mask=None, pad_to_multiple_of: Optional[int] = None, **kwargs):
         """transformers' Flax `generate`, after checking the prompt ids and mask on the host, and compiled.
 
         transformers builds its loop functions anew on every call, so an eager `generate` compiles its whole loop
@@ -725,9 +725,45 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         shapes reuses the program. Inside a trace (your own `jax.jit`, `sharding.sharded_generate`, the
         pipeline), with `trace=False`, a `logits_processor` or arguments that are not plain values, it is
         transformers' `generate` as is. Same outputs either way.
+
+        pad_to_multiple_of: left-pad the prompt (B, S) to a multiple of this many tokens, masked, so prompts of
+        different lengths share one compiled program; padded tokens never touch the state, and the padding is
+        cut from the returned sequences, so they are what the unpadded call returns (an explicit `max_length` /
+        `min_length` still counts the unpadded prompt).
         """
         check_input_ids(input_ids, self.config.vocab_size)
         check_mask(attention_mask, input_ids, "attention_mask")
+        pad = 0
+        if pad_to_multiple_of is not None:
+            multiple = pad_to_multiple_of
+            if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+                raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of!r} is invalid: must be a positive int")
+            pad = -input_ids.shape[1] % multiple
+            xp = jnp if isinstance(input_ids, jax.core.Tracer) else np
+            if attention_mask is None:  # always a mask, so a prompt of exactly the bucket length shares the program
+                attention_mask = xp.ones(input_ids.shape, dtype="i4")
+        if pad:
+            config = generation_config if generation_config is not None else self.generation_config
+            pad_id = kwargs.get("pad_token_id", config.pad_token_id)
+            pad_id = config.eos_token_id if pad_id is None else pad_id
+            pad_id = 0 if pad_id is None else int(np.ravel(pad_id)[0])
+            input_ids = xp.pad(input_ids, ((0, 0), (pad, 0)), constant_values=pad_id)
+            attention_mask = xp.pad(attention_mask, ((0, 0), (pad, 0)))
+            # max_length / min_length count the prompt: keep their unpadded meaning (transformers turns its default
+            # max_length of 20 into 20 new tokens by itself)
+            if kwargs.get("max_new_tokens", config.max_new_tokens) is None:
+                max_length = kwargs.get("max_length", config.max_length)
+                if "max_length" in kwargs or max_length != 20:
+                    kwargs["max_length"] = max_length + pad
+            if kwargs.get("min_length", config.min_length):
+                kwargs["min_length"] = kwargs.get("min_length", config.min_length) + pad
+        out = self._compiled_generate(input_ids, generation_config, prng_key, trace, params, logits_processor,
+                                      attention_mask, kwargs)
+        return out.replace(sequences=out.sequences[:, pad:]) if pad else out
+
+    def _compiled_generate(self, input_ids, generation_config, prng_key, trace, params, logits_processor,
+                           attention_mask, kwargs):
+        """`generate` after the checks and padding: a cached jit of transformers' loop, or the loop as is."""
         if attention_mask is not None:  # transformers' beam search expands a mask it is given, so never pass None
             kwargs["attention_mask"] = attention_mask
         arrays = (input_ids, attention_mask, params, prng_key)

@@ -153,6 +153,25 @@ def test_generate_is_compiled_once_and_equals_transformers_loop():
                                   np.asarray(model.generate(prompt, max_new_tokens=6, pad_token_id=1).sequences))
 
 
+def test_pad_to_multiple_of_shares_one_program_and_changes_nothing():
+    from modeling_xlstm_flax.modeling_flax_xlstm import _COMPILED_GENERATE
+
+    model = FlaxXLSTMForCausalLM(no_eos_config("mlstm", chunk_size=4), seed=9)
+    rng = np.random.RandomState(9)
+    for kwargs in ({"max_new_tokens": 5}, {"max_length": 12}, {"max_new_tokens": 5, "num_beams": 2},
+                   {"max_new_tokens": 5, "do_sample": True, "prng_key": jax.random.PRNGKey(1)}):
+        for length in (5, 7, 8):
+            prompt = rng.randint(3, 97, (2, length))
+            plain = np.asarray(model.generate(prompt, pad_token_id=1, **kwargs).sequences)
+            padded = np.asarray(model.generate(prompt, pad_token_id=1, pad_to_multiple_of=8, **kwargs).sequences)
+            np.testing.assert_array_equal(padded, plain, err_msg=f"{kwargs} length {length}")
+    (greedy,) = [fn for key, fn in _COMPILED_GENERATE[model].items()
+                 if key[3] and key[2] == "[('max_new_tokens', 5), ('pad_token_id', 1)]"]
+    assert greedy._cache_size() == 1  # prompts of 5, 7 and 8 tokens: one program
+    with pytest.raises(ValueError, match="pad_to_multiple_of"):
+        model.generate(prompt, max_new_tokens=2, pad_to_multiple_of=0)
+
+
 def test_cache_size_independent_of_max_length():
     for layer_type in ("mlstm_v1", "mlstm"):
         model = FlaxXLSTMForCausalLM(tiny_config(layer_type), seed=0)
