@@ -47,8 +47,9 @@ def main(argv=None) -> int:
         out = model(ids, params=params, past_key_values=model.init_cache(ids.shape[0]))
         return out.logits[:, -1], out.past_key_values
 
+    segmented_model = xf.FlaxXLSTMForCausalLM(xf.load_preset(args.config), _do_init=False, dtype=jnp.float32)
+
     def built_in(params, ids):
-        segmented_model = xf.FlaxXLSTMForCausalLM(xf.load_preset(args.config), _do_init=False, dtype=jnp.float32)
         out = segmented_model(ids, params=params, past_key_values=model.init_cache(ids.shape[0]), logits_to_keep=1)
         return out.logits[:, -1], out.past_key_values
 

@@ -902,9 +902,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         cache, xs = jax.lax.scan(segment_step, cache, (ids, mask, borders))
         hidden.append(jnp.moveaxis(xs, 0, 1).reshape(B, n * L, xs.shape[-1]))
         x = jnp.concatenate(hidden, axis=1) if len(hidden) > 1 else hidden[0]
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        logits = self.module.apply(variables, x, method=XLSTMForCausalLMModule.logits)
+        logits = self.module.apply(variables, x, logits_to_keep, method=XLSTMForCausalLMModule.logits)
         return logits, cache
 
 
