@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
+from transformers import GenerationConfig
 from transformers.modeling_flax_outputs import FlaxBaseModelOutput, FlaxCausalLMOutput
 from transformers.modeling_flax_utils import FlaxPreTrainedModel
 
@@ -750,10 +751,10 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             input_ids = xp.pad(input_ids, ((0, 0), (pad, 0)), constant_values=pad_id)
             attention_mask = xp.pad(attention_mask, ((0, 0), (pad, 0)))
             # max_length / min_length count the prompt: keep their unpadded meaning (transformers turns its default
-            # max_length of 20 into 20 new tokens by itself)
+            # max_length into that many new tokens by itself)
             if kwargs.get("max_new_tokens", config.max_new_tokens) is None:
                 max_length = kwargs.get("max_length", config.max_length)
-                if "max_length" in kwargs or max_length != 20:
+                if "max_length" in kwargs or max_length != GenerationConfig().max_length:
                     kwargs["max_length"] = max_length + pad
             if kwargs.get("min_length", config.min_length):
                 kwargs["min_length"] = kwargs.get("min_length", config.min_length) + pad
@@ -764,25 +765,24 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
     def _compiled_generate(self, input_ids, generation_config, prng_key, trace, params, logits_processor,
                            attention_mask, kwargs):
         """`generate` after the checks and padding: a cached jit of transformers' loop, or the loop as is."""
-        if attention_mask is not None:  # transformers' beam search expands a mask it is given, so never pass None
-            kwargs["attention_mask"] = attention_mask
+        # transformers' beam search expands a mask it is given, so never pass None
+        mask_kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
         arrays = (input_ids, attention_mask, params, prng_key)
-        if (not trace or logits_processor is not None or not all(_is_plain(v) for v in kwargs.values() if
-                                                                v is not attention_mask)
+        if (not trace or logits_processor is not None or not all(_is_plain(v) for v in kwargs.values())
                 or any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(arrays))):
-            return super().generate(input_ids, generation_config, prng_key, trace, params, logits_processor, **kwargs)
-        options = {k: v for k, v in kwargs.items() if k != "attention_mask"}
-        key = (_config_key(generation_config), _config_key(self.generation_config), repr(sorted(options.items())),
+            return super().generate(input_ids, generation_config, prng_key, trace, params, logits_processor,
+                                    **kwargs, **mask_kwargs)
+        key = (_config_key(generation_config), _config_key(self.generation_config), repr(sorted(kwargs.items())),
                attention_mask is not None)
         compiled = _COMPILED_GENERATE.setdefault(self, {})
         run = compiled.get(key)
         if run is None:
             model_ref = weakref.ref(self)  # the cache must not keep the model alive
 
-            def generate_fn(p, ids, mask, rng):
-                mask_kwargs = {} if mask is None else {"attention_mask": mask}
+            def generate_fn(p, ids, mask, rng):  # mask: a traced array, or None when the call has none
+                traced_mask = {} if mask is None else {"attention_mask": mask}
                 return FlaxPreTrainedModel.generate(model_ref(), ids, generation_config, rng, True, p, None,
-                                                    **options, **mask_kwargs)
+                                                    **kwargs, **traced_mask)
 
             run = jax.jit(generate_fn)
             if len(compiled) >= 16:  # bounded: drop the oldest
