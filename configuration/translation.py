@@ -240,13 +240,14 @@ def transformers_ffn_width(hidden_size: int, ffn_proj_factor: float, multiple_of
     return int(((hidden_size * ffn_proj_factor + multiple_of - 1) // multiple_of) * multiple_of)
 
 
-def _ffn_factor_for_width(width: int, hidden_size: int, multiple_of: int, builds) -> float:
-    """A factor whose width under `builds(factor)` is `width`: the given one if it already is, else width / hidden."""
-    factor = width / hidden_size
-    if builds(factor) != width:
-        raise ValueError(f"no ffn_proj_factor gives a feedforward width of {width} for hidden size {hidden_size} "
-                         f"and multiple {multiple_of}")
-    return factor
+def _ffn_factor_building(width: int, hidden_size: int, factor: float, multiple_of: int, builds) -> float:
+    """`factor` if `builds(factor)` is `width`, else width / hidden (checked): the factor to write so the other side
+    builds `width`."""
+    for candidate in (factor, width / hidden_size):
+        if builds(candidate) == width:
+            return candidate
+    raise ValueError(f"no ffn_proj_factor gives a feedforward width of {width} for hidden size {hidden_size} and "
+                     f"multiple {multiple_of}")
 
 
 def from_transformers_config(pt_config, **overrides) -> XLSTMFlaxConfig:
@@ -269,10 +270,8 @@ def from_transformers_config(pt_config, **overrides) -> XLSTMFlaxConfig:
     dtype = str(dtype).split(".")[-1] if dtype is not None else "float32"
     hidden = get("hidden_size") or get("embedding_dim")
     ff_factor, ff_multiple = get("ffn_proj_factor", 2.667), get("ffn_round_up_to_multiple_of", 64)
-    ff_width = transformers_ffn_width(hidden, ff_factor, ff_multiple)
-    if round_to_multiple(hidden * ff_factor, ff_multiple, True) != ff_width:  # keep transformers' width
-        ff_factor = _ffn_factor_for_width(ff_width, hidden, ff_multiple,
-                                          lambda f: round_to_multiple(hidden * f, ff_multiple, True))
+    ff_factor = _ffn_factor_building(transformers_ffn_width(hidden, ff_factor, ff_multiple), hidden, ff_factor,
+                                     ff_multiple, lambda f: round_to_multiple(hidden * f, ff_multiple, True))
     fields = dict(
         _PT_FIXED,
         vocab_size=get("vocab_size"),
@@ -314,10 +313,9 @@ def to_transformers_config(config: XLSTMFlaxConfig):
         if getattr(config, field) != config.norm_eps:
             raise ValueError(f"{field}={getattr(config, field)} differs from norm_eps={config.norm_eps}; "
                              "transformers' xLSTMConfig has one norm_eps")
-    ff_factor, ff_multiple, hidden = config.ff_proj_factor, config.ff_round_proj_up_to_multiple_of, config.embedding_dim
-    if transformers_ffn_width(hidden, ff_factor, ff_multiple) != config.ff_dim:  # keep our width
-        ff_factor = _ffn_factor_for_width(config.ff_dim, hidden, ff_multiple,
-                                          lambda f: transformers_ffn_width(hidden, f, ff_multiple))
+    hidden, ff_multiple = config.embedding_dim, config.ff_round_proj_up_to_multiple_of
+    ff_factor = _ffn_factor_building(config.ff_dim, hidden, config.ff_proj_factor, ff_multiple,
+                                     lambda f: transformers_ffn_width(hidden, f, ff_multiple))
     kernel = {"parallel_stabilized": "parallel--native_autograd", "chunkwise": "chunkwise--native_autograd",
               "recurrent": "chunkwise--native_autograd"}[config.sequence_kernel]
     return xLSTMConfig(
