@@ -41,7 +41,7 @@ from flax.traverse_util import unflatten_dict
 from modeling_xlstm_flax import load_preset
 from modeling_xlstm_flax.configuration import to_upstream_config
 from modeling_xlstm_flax.conversion import flax_to_upstream
-from modeling_xlstm_flax.conversion.layouts import flax_plan
+from modeling_xlstm_flax.conversion.common import model_plan as flax_plan
 
 out, blocks = Path(sys.argv[1]), int(sys.argv[2])
 config = load_preset("tiny-mlstm-v1", embedding_dim=2048, num_heads=4, num_blocks=blocks, vocab_size=50304,
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         largest = json.loads(info.read_text())["largest_tensor_bytes"]
         for name in ("flax", "pt", "flax_scan"):  # outputs of an earlier --keep run
             shutil.rmtree(work / name, ignore_errors=True)
-        from modeling_xlstm_flax.conversion.tensor_io import directory_size
+        from modeling_xlstm_flax.checkpoint_io import directory_size
 
         size = directory_size(work / "orbax" / "checkpoints" / "checkpoint_100" / "params")
         print(f"  orbax params: {size / GB:.2f} GB, largest tensor {largest / GB:.3f} GB ({secs:.0f} s)")

@@ -211,9 +211,9 @@ class XLSTMFlaxConfig(PretrainedConfig):
         chunk_size: int = 64,
         cell_eps: float = 1e-6,
         prefill_segment_size: Optional[int] = 1024,
-        bos_token_id: Optional[int] = 0,
-        eos_token_id: Optional[int] = 2,
-        pad_token_id: Optional[int] = 1,
+        bos_token_id: Optional[int] = None,
+        eos_token_id: Optional[int] = None,
+        pad_token_id: Optional[int] = None,
         **kwargs,
     ):
         if "tie_weights" in kwargs:  # upstream spelling

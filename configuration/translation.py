@@ -11,8 +11,9 @@ a counterpart exists and otherwise logged.
 
 from __future__ import annotations
 
+import ast
 import logging
-from typing import Any
+from typing import Any, Optional
 
 from .configuration_xlstm_flax import XLSTMFlaxConfig, round_to_multiple
 
@@ -61,6 +62,57 @@ def _range(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+def _call_repr_fields(text: str) -> Optional[tuple[str, dict]]:
+    """`"Name(a=1, b='x')"` (a dataclass repr, as upstream's trainer metadata stores some configs) -> ("Name",
+    {"a": 1, "b": "x"}); None when the text is not such a repr or a value is not a literal."""
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+        if not isinstance(node, ast.Call) or node.args or not isinstance(node.func, (ast.Name, ast.Attribute)):
+            return None
+        name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+        return name, {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg is not None}
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _upstream_backend(backend) -> tuple[str, dict]:
+    """(backend name, backend kwargs) from upstream's `mlstm_cell.backend` in any form its checkpoints store:
+    a dict {"name", "kwargs"} (kwargs a dict, a dataclass repr string such as
+    "mLSTMBackendParallelConfig(context_length=64)", or None), a repr string of the whole
+    `mLSTMBackendNameAndKwargs(...)`, or missing (upstream's default, parallel_stabilized). Unusable kwargs are
+    logged and ignored; an unknown backend name is a ValueError."""
+    if backend is None or backend == "None":
+        return "parallel_stabilized", {}
+    if isinstance(backend, str):
+        parsed = _call_repr_fields(backend)
+        if parsed is None or "name" not in parsed[1]:
+            raise ValueError(f"upstream config mlstm_cell.backend={backend!r}: expected a dict with 'name' and "
+                             "'kwargs' or a mLSTMBackendNameAndKwargs(...) repr")
+        backend = parsed[1]
+    if not isinstance(backend, dict):
+        raise ValueError(f"upstream config mlstm_cell.backend={backend!r}: expected a dict with 'name' and 'kwargs'")
+    name = backend.get("name") or "parallel_stabilized"
+    if name not in UPSTREAM_BACKENDS:
+        raise ValueError(f"upstream mLSTM backend {name!r} has no counterpart; known: {sorted(UPSTREAM_BACKENDS)}")
+    kwargs = backend.get("kwargs")
+    if isinstance(kwargs, str):
+        parsed = _call_repr_fields(kwargs) if kwargs not in ("", "None", "{}") else ("", {})
+        if parsed is None:
+            logger.info("upstream backend kwargs %r are not readable; ignoring them (kernel settings only)", kwargs)
+            kwargs = {}
+        else:
+            kwargs = parsed[1]
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        logger.info("upstream backend kwargs %r are not a mapping; ignoring them", kwargs)
+        kwargs = {}
+    ignored = sorted(set(kwargs) - {"chunk_size"})
+    if ignored:
+        logger.info("upstream backend kwargs %s are runtime settings of its kernels; ignored", ignored)
+    return name, kwargs
+
+
 def from_upstream_config(upstream: dict[str, Any], **overrides) -> XLSTMFlaxConfig:
     """Translate upstream's nested `xLSTMLMModelConfig` dict into an `XLSTMFlaxConfig`.
 
@@ -81,11 +133,7 @@ def from_upstream_config(upstream: dict[str, Any], **overrides) -> XLSTMFlaxConf
     ff = block.get("feedforward")
     if ff is not None:
         _check_keys("mlstm_block.feedforward", ff, _FF_KEYS)
-    backend = cell.get("backend") or {"name": "parallel_stabilized", "kwargs": {}}
-    backend_name = backend.get("name", "parallel_stabilized")
-    if backend_name not in UPSTREAM_BACKENDS:
-        raise ValueError(f"upstream mLSTM backend {backend_name!r} has no counterpart; known: {sorted(UPSTREAM_BACKENDS)}")
-    kwargs = backend.get("kwargs") or {}
+    backend_name, kwargs = _upstream_backend(cell.get("backend"))
 
     if upstream.get("tie_weights", False):
         logger.info("upstream config says tie_weights=True, but upstream never ties the LM head: recording False")

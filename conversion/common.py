@@ -1,17 +1,14 @@
-"""Shared machinery of the checkpoint converters (`orbax_to_hf`, `pytorch_to_flax`, `flax_to_pytorch`).
+"""Shared machinery of the conversion commands (`orbax_to_hf`, `pytorch_to_flax`, `flax_to_pytorch`).
 
-Every input is opened as a `Source`: its tensors under OUR unrolled Flax names (`backbone/blocks/<i>/...`, see
-`modeling_flax_xlstm`), each with its shape in our layout (e.g. a dense kernel (in, out)), its stored dtype and a
-`read()` that loads just that tensor. Opening checks names and shapes against the config's plan (no data read)
-and raises `ConversionError` listing every unexpected, missing and mis-shaped tensor in the input's own naming.
-
-`output_tensors` then lays the source out as one of
-* "flax": our names, `.`-joined in safetensors (what `FlaxPreTrainedModel.save_pretrained` writes), stacked
-  (NB, ...) under `backbone/blocks/scanned/block/` when the config has `scan_blocks`;
-* "pytorch": transformers' `xLSTMForCausalLM` state-dict names and shapes (`layouts`),
-and `convert` writes it tensor by tensor into a temporary directory beside the target, optionally verifies it
-(same random tokens through source and output, max |logits diff|), and renames it into place: a failed or
-interrupted conversion leaves no output directory.
+Every input is opened as a `checkpoint_io.Source` (tensors under our unrolled names, read one at a time, checked
+against the config's plan before any data is read); `output_tensors` lays it out as
+* "flax": our names, `.`-joined in safetensors (what `save_pretrained` writes), stacked (NB, ...) under
+  `backbone/blocks/scanned/block/` when the config has `scan_blocks`;
+* "pytorch": transformers' `xLSTMForCausalLM` state-dict names and shapes (`param_table`),
+and `checkpoint_io.write_checkpoint` writes it tensor by tensor into a temporary directory beside the target
+(`atomic_output_dir`), optionally verified (same random tokens through source and output, max |logits diff|), then
+renamed into place: a failed or interrupted conversion leaves no output and the old output stays until the new one
+is complete.
 
 Peak memory beyond the imports is independent of the checkpoint size: about 1.3x the largest tensor for
 safetensors inputs (transposes and casts are copied in 64 MB pieces), about 2x the largest leaf for orbax (its
@@ -23,28 +20,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
-from dataclasses import dataclass
+import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import ml_dtypes
 import numpy as np
 
-from . import layouts
-from .tensor_io import (
-    FLAX_WEIGHTS_INDEX_NAME,
-    FLAX_WEIGHTS_NAME,
-    SAFE_WEIGHTS_INDEX_NAME,
-    SAFE_WEIGHTS_NAME,
+from .. import checkpoint_io, param_table
+from ..checkpoint_io import (  # noqa: F401  (re-exported for the commands)
     CheckpointFileError,
-    MsgpackCheckpoint,
     OutTensor,
-    SafetensorsCheckpoint,
+    Source,
+    SourceTensor,
+    atomic_output_dir,
+    compare_to_plan,
+    is_float_dtype,
     parse_size,
     write_checkpoint,
 )
@@ -68,134 +63,60 @@ class VerificationError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- sources
-@dataclass
-class SourceTensor:
-    """One input tensor in our unrolled Flax layout: `read()` returns it (shape, stored dtype); `origin` names it
-    as the input does (file:key or upstream key) for messages."""
+def model_plan(config) -> dict[str, tuple[int, ...]]:
+    """Our unrolled causal-LM names -> shapes for `config` (from the model itself)."""
+    from ..modeling_flax_xlstm import param_shapes
 
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    read: Callable[[], np.ndarray]
-    origin: str
-
-
-@dataclass
-class Source:
-    """A checkpoint opened for conversion: tensors keyed by our unrolled Flax names, in a read-friendly order."""
-
-    description: str
-    tensors: dict[str, SourceTensor]
-
-
-def _fmt_list(items: list[str]) -> str:
-    shown = "\n    ".join(items[:_LIST_LIMIT])
-    more = f"\n    ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
-    return f"\n    {shown}{more}"
-
-
-def compare_to_plan(what: str, found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]],
-                    optional: frozenset = frozenset(), origins: Optional[dict[str, str]] = None,
-                    unexpected_extra: Optional[list[str]] = None) -> None:
-    """Raise ConversionError listing every unexpected, missing and mis-shaped name of `found` against `expected`
-    (name -> shape); `optional` names may be absent or present; `origins` annotates names with the input's own
-    key; `unexpected_extra` are input keys that mapped to nothing (already formatted)."""
-    origins = origins or {}
-    label = lambda k: f"{k} (from {origins[k]})" if k in origins and origins[k] != k else k
-    unexpected = list(unexpected_extra or []) + [f"{label(k)} {tuple(found[k])}" for k in found
-                                                 if k not in expected and k not in optional]
-    missing = [f"{k} {tuple(expected[k])}" for k in expected if k not in found]
-    mismatched = [f"{label(k)}: has {tuple(found[k])}, the config needs {tuple(expected[k])}"
-                  for k in found if k in expected and tuple(found[k]) != tuple(expected[k])]
-    problems = []
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors (no counterpart in the model):" + _fmt_list(unexpected))
-    if missing:
-        problems.append(f"{len(missing)} missing tensors:" + _fmt_list(missing))
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches:" + _fmt_list(mismatched))
-    if problems:
-        raise ConversionError(f"{what} does not fit its config:\n  " + "\n  ".join(problems))
+    return param_shapes(config, scanned=False)
 
 
 def open_flax_dir(directory, config) -> Source:
-    """A Flax-layout checkpoint directory (`model.safetensors`, its sharded form with an index, `flax_model.msgpack`
-    or msgpack shards), unrolled or scanned as `config.scan_blocks` says."""
-    directory = Path(directory)
-    if (directory / SAFE_WEIGHTS_NAME).is_file() or (directory / SAFE_WEIGHTS_INDEX_NAME).is_file():
-        ckpt = SafetensorsCheckpoint(directory)
-        if ckpt.metadata.get("format") == "pt":
-            raise ConversionError(f"{directory}: the safetensors metadata says format 'pt' (transformers' PyTorch "
-                                  "layout); convert it with xlstm-flax-from-pytorch instead")
-        stored = {key.replace(".", "/"): (key, t.shape, t.dtype) for key, t in ckpt.tensors().items()}
-    elif (directory / FLAX_WEIGHTS_NAME).is_file() or (directory / FLAX_WEIGHTS_INDEX_NAME).is_file():
-        ckpt = MsgpackCheckpoint(directory)
-        stored = {key: (key, shape, dtype) for key, (shape, dtype) in ckpt.shapes.items()}
-    else:
-        raise ConversionError(f"{directory}: no Flax weights ({SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME}, "
-                              f"{FLAX_WEIGHTS_NAME} or {FLAX_WEIGHTS_INDEX_NAME})")
-    expected = layouts.scanned_plan(config) if config.scan_blocks else layouts.flax_plan(config)
-    stored_scanned = any(k.startswith(layouts.SCANNED_PREFIX) for k in stored)
+    """A Flax-layout checkpoint directory, checked against `config` (names, shapes, scanned or not)."""
+    source = checkpoint_io.open_flax_dir(directory, config.num_blocks)
+    stored_scanned = any(param_table.is_scanned(k.replace(".", "/")) for k in _stored_names(directory))
     if stored_scanned != bool(config.scan_blocks):
         raise ConversionError(f"Flax checkpoint {directory}: its config says scan_blocks={config.scan_blocks}, but "
                               f"the weights are {'stacked' if stored_scanned else 'unrolled'} "
                               f"({'backbone.blocks.scanned.block.*' if stored_scanned else 'backbone.blocks.<i>.*'})")
-    compare_to_plan(f"Flax checkpoint {directory}", {k: v[1] for k, v in stored.items()}, expected)
-    tensors: dict[str, SourceTensor] = {}
-    for name, (key, shape, dtype) in stored.items():
-        if name.startswith(layouts.SCANNED_PREFIX):
-            for i, unrolled in enumerate(layouts.unrolled_from_scanned(name, config.num_blocks)):
-                tensors[unrolled] = SourceTensor(tuple(shape[1:]), dtype, lambda k=key, i=i: ckpt.read(k, i),
-                                                 f"{ckpt.describe(key)}[{i}]")
-        else:
-            tensors[name] = SourceTensor(tuple(shape), dtype, lambda k=key: ckpt.read(k), ckpt.describe(key))
-    return Source(f"Flax checkpoint {directory}", tensors)
+    checkpoint_io.check_source(source, model_plan(config))
+    return source
+
+
+def _stored_names(directory) -> list[str]:
+    directory = Path(directory)
+    if (directory / checkpoint_io.SAFE_WEIGHTS_NAME).is_file() or \
+            (directory / checkpoint_io.SAFE_WEIGHTS_INDEX_NAME).is_file():
+        return list(checkpoint_io.SafetensorsCheckpoint(directory).stored())
+    return list(checkpoint_io.MsgpackCheckpoint(directory).stored())
 
 
 def open_pytorch_dir(directory, config) -> Source:
-    """A transformers PyTorch xLSTM directory (`model.safetensors` or shards with `model.safetensors.index.json`)."""
-    directory = Path(directory)
-    if not ((directory / SAFE_WEIGHTS_NAME).is_file() or (directory / SAFE_WEIGHTS_INDEX_NAME).is_file()):
-        bins = sorted(p.name for p in directory.glob("pytorch_model*.bin*"))
-        hint = (f" (found {bins}: load it with transformers' xLSTMForCausalLM and save_pretrained(..., "
-                "safe_serialization=True) first)") if bins else ""
-        raise ConversionError(f"{directory}: no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}{hint}")
-    ckpt = SafetensorsCheckpoint(directory)
-    stored = ckpt.tensors()
-    optional = frozenset({layouts.TIED_PYTORCH_KEY}) if config.tie_word_embeddings else frozenset()
-    compare_to_plan(f"PyTorch checkpoint {directory}", {k: t.shape for k, t in stored.items()},
-                    layouts.pytorch_plan(config), optional=optional)
-    to_flax = layouts.pytorch_to_flax_names(config)
-    tensors = {}
-    for key, t in stored.items():
-        if key not in to_flax:  # the tied lm_head.weight: transformers ties it to the embeddings on load
-            continue
-        name = to_flax[key]
-        tensors[name] = SourceTensor(layouts.pytorch_to_flax_shape(name, t.shape), t.dtype,
-                                     lambda k=key, n=name: layouts.pytorch_to_flax_array(n, ckpt.read(k)),
-                                     ckpt.describe(key))
-    return Source(f"PyTorch checkpoint {directory}", tensors)
+    """A transformers PyTorch xLSTM directory (`model.safetensors` or shards), checked against `config`."""
+    plan = model_plan(config)
+    source = checkpoint_io.open_pytorch_dir(directory, plan)
+    optional = {param_table.LM_HEAD + "/kernel"} if config.tie_word_embeddings else set()
+    checkpoint_io.check_source(source, plan, optional=optional)
+    source.tensors.pop(param_table.LM_HEAD + "/kernel", None) if config.tie_word_embeddings else None
+    return source
 
 
 # ---------------------------------------------------------------------------------------------- output layouts
-def _is_float(dtype: np.dtype) -> bool:
-    return np.issubdtype(dtype, np.floating) or dtype == DTYPES["bfloat16"]  # ml_dtypes' bfloat16 is no np.floating
-
-
 def _out_dtype(choice: str, stored: np.dtype) -> np.dtype:
     """The dtype to write: `choice` for floating-point tensors unless it is "keep"; others keep theirs."""
-    return DTYPES[choice] if choice != "keep" and _is_float(stored) else np.dtype(stored)
+    return DTYPES[choice] if choice != "keep" and is_float_dtype(stored) else np.dtype(stored)
 
 
 def output_tensors(source: Source, config, layout: str, dtype: str = "keep") -> list[OutTensor]:
     """The tensors to write for `layout` ("flax" or "pytorch"), in the source's order, cast to `dtype`
-    ("keep", "float32", "bfloat16"). Shapes: see `layouts`."""
+    ("keep", "float32", "bfloat16"). Shapes: see `param_table`."""
     out: list[OutTensor] = []
     if layout == "pytorch":
         for name, t in source.tensors.items():
-            pt_name = layouts.flax_to_pytorch_name(name)
-            out.append(OutTensor(tuple(pt_name.split(".")), layouts.flax_to_pytorch_shape(name, t.shape),
+            pt_name = param_table.flax_to_pytorch_name(name)
+            transposed = param_table.pytorch_is_transposed(name)
+            out.append(OutTensor(tuple(pt_name.split(".")), param_table.flax_to_pytorch_shape(name, t.shape),
                                  _out_dtype(dtype, t.dtype),
-                                 lambda n=name, t=t: [layouts.flax_to_pytorch_array(n, t.read())]))
+                                 lambda t=t, tr=transposed: [t.read().T if tr else t.read()]))
         return out
     if layout != "flax":
         raise ValueError(f"unknown layout {layout!r}")
@@ -204,7 +125,7 @@ def output_tensors(source: Source, config, layout: str, dtype: str = "keep") -> 
                 for name, t in source.tensors.items()]
     groups: dict[str, list[SourceTensor]] = {}
     for name, t in source.tensors.items():
-        target, block = layouts.scanned_name(name)
+        target, block = param_table.scanned_name(name)
         groups.setdefault(target, []).append((block, t))
     for target, members in groups.items():
         members.sort(key=lambda m: -1 if m[0] is None else m[0])
@@ -216,53 +137,14 @@ def output_tensors(source: Source, config, layout: str, dtype: str = "keep") -> 
 
 
 # ---------------------------------------------------------------------------------------------- output directory
-@contextmanager
-def atomic_output_dir(target, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside `target`; on success rename it to `target` (replacing it only with
-    `overwrite`), on any error remove it (and parent directories this call created): nothing half-written."""
-    target = Path(target).absolute()
-    if target.exists() and not overwrite:
-        raise ConversionError(f"output {target} already exists; pass --overwrite to replace it")
-    if target.exists() and not target.is_dir():
-        raise ConversionError(f"output {target} exists and is not a directory")
-    created = []
-    parent = target.parent
-    while not parent.exists():
-        created.append(parent)
-        parent = parent.parent
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for d in created:  # innermost first
-            try:
-                d.rmdir()
-            except OSError:
-                break
-        raise
-
-
 def write_weights(directory, tensors: list[OutTensor], *, layout: str, max_shard_size=None,
-                  flax_shard_format: str = "msgpack", progress: bool = True) -> list[str]:
+                  flax_shard_format: str = "safetensors", progress: bool = True) -> list[str]:
     """Write the weights of `layout` into `directory` with a progress bar over tensors; returns file names.
 
     PyTorch layout: safetensors (format "pt"), sharded with `model.safetensors.index.json`. Flax layout:
     `model.safetensors` (format "flax") when unsharded; sharded as `flax_shard_format`: "msgpack" (what
-    transformers' Flax `save_pretrained` writes when sharding, loads with `from_pretrained`) or "safetensors"
-    (`model.safetensors.index.json`; transformers 4.57's Flax `from_pretrained` cannot read sharded safetensors,
-    `load_flax_params` can)."""
+    transformers' Flax `save_pretrained` writes when sharding) or "safetensors" (`model.safetensors.index.json`,
+    the default); `FlaxXLSTMForCausalLM.from_pretrained` reads both."""
     from tqdm.auto import tqdm
 
     limit = parse_size(max_shard_size) if max_shard_size is not None else None
@@ -331,29 +213,13 @@ def save_flax_config(config, directory) -> None:
 
 # ---------------------------------------------------------------------------------------------- loading / verify
 def load_flax_params(directory, config=None) -> dict:
-    """Nested Flax params of any Flax-layout directory this package writes, including sharded safetensors
-    (`model.safetensors.index.json`), which transformers 4.57's Flax `from_pretrained` cannot read. Loads
-    everything (for verification and tests, not for streaming)."""
-    from flax.traverse_util import unflatten_dict
+    """Nested float32 Flax params of any Flax-layout directory (all in memory; for verification and tests)."""
+    import jax.numpy as jnp
 
-    from ..configuration import XLSTMFlaxConfig
+    from ..modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
-    config = config if config is not None else XLSTMFlaxConfig.from_pretrained(directory)
-    directory = Path(directory)
-    if (directory / SAFE_WEIGHTS_NAME).is_file() or (directory / SAFE_WEIGHTS_INDEX_NAME).is_file():
-        ckpt = SafetensorsCheckpoint(directory)
-        flat = {tuple(k.split(".")): ckpt.read(k) for k in ckpt.tensors()}
-    else:
-        ckpt = MsgpackCheckpoint(directory)
-        flat = {tuple(k.split("/")): ckpt.read(k) for k in ckpt.location}
-    expected = layouts.scanned_plan(config) if config.scan_blocks else layouts.flax_plan(config)
-    compare_to_plan(f"Flax checkpoint {directory}", {"/".join(k): v.shape for k, v in flat.items()}, expected)
-    return unflatten_dict(flat)
-
-
-def _sharded_safetensors_only(directory: Path) -> bool:
-    return (directory / SAFE_WEIGHTS_INDEX_NAME).is_file() and not any(
-        (directory / n).is_file() for n in (SAFE_WEIGHTS_NAME, FLAX_WEIGHTS_NAME, FLAX_WEIGHTS_INDEX_NAME))
+    _, params = FlaxXLSTMForCausalLM.from_pretrained(directory, dtype=jnp.float32, config=config, _do_init=False)
+    return params
 
 
 def round_params(params, dtype: Optional[np.dtype]):
@@ -362,7 +228,7 @@ def round_params(params, dtype: Optional[np.dtype]):
 
     def cast(x):
         x = np.asarray(x)
-        if not _is_float(x.dtype):
+        if not is_float_dtype(x.dtype):
             return x
         return (x.astype(dtype) if dtype is not None else x).astype(np.float32)
 
@@ -380,21 +246,13 @@ def flax_logits(config, params, ids: np.ndarray) -> np.ndarray:
 
 
 def flax_dir_logits(directory, ids: np.ndarray, round_to: Optional[np.dtype] = None) -> np.ndarray:
-    """Logits of a Flax-layout directory, loaded the way users load it (`FlaxXLSTMForCausalLM.from_pretrained`;
-    sharded safetensors through `load_flax_params`)."""
+    """Logits of a Flax-layout directory, loaded the way users load it (`FlaxXLSTMForCausalLM.from_pretrained`)."""
     import jax.numpy as jnp
 
-    from ..configuration import XLSTMFlaxConfig
     from ..modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
-    directory = Path(directory)
-    if _sharded_safetensors_only(directory):
-        config = XLSTMFlaxConfig.from_pretrained(directory)
-        params = load_flax_params(directory, config)
-    else:
-        model, params = FlaxXLSTMForCausalLM.from_pretrained(directory, dtype=jnp.float32, _do_init=False)
-        config = model.config
-    return flax_logits(config, round_params(params, round_to), ids)
+    model, params = FlaxXLSTMForCausalLM.from_pretrained(directory, dtype=jnp.float32, _do_init=False)
+    return flax_logits(model.config, round_params(params, round_to), ids)
 
 
 def pytorch_dir_logits(directory, ids: np.ndarray, round_to: Optional[np.dtype] = None) -> np.ndarray:
@@ -479,17 +337,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, output_layout: str, ve
                         help="split the weights into shards of at most SIZE (e.g. 5GB, 500MB, or bytes; a single "
                              "bigger tensor gets its own shard) and write an index in transformers' format "
                              "{metadata: {total_size}, weight_map: {name: file}}. Default: one file"
-                             + (". Flax shards are msgpack (flax_model-0000i-of-0000N.msgpack + "
-                                "flax_model.msgpack.index.json, what transformers' Flax save_pretrained writes "
-                                "and from_pretrained reads) unless --flax-shard-format safetensors"
-                                if output_layout == "flax" else
+                             + (" (model-0000i-of-0000N.safetensors + model.safetensors.index.json, or msgpack "
+                                "shards with --flax-shard-format msgpack)" if output_layout == "flax" else
                                 " (model-0000i-of-0000N.safetensors + model.safetensors.index.json)"))
     if output_layout == "flax":
-        parser.add_argument("--flax-shard-format", choices=["msgpack", "safetensors"], default="msgpack",
-                            help="file format of sharded Flax output (only with --max-shard-size): msgpack "
-                                 "(default, loads with transformers 4.57's Flax from_pretrained) or safetensors "
-                                 "shards with model.safetensors.index.json (transformers 4.57's Flax from_pretrained "
-                                 "cannot read these yet; modeling_xlstm_flax.conversion.common.load_flax_params can)")
+        parser.add_argument("--flax-shard-format", choices=["msgpack", "safetensors"], default="safetensors",
+                            help="file format of sharded Flax output (only with --max-shard-size): safetensors "
+                                 "shards with model.safetensors.index.json (default) or msgpack shards "
+                                 "(flax_model.msgpack.index.json, what transformers' Flax save_pretrained writes); "
+                                 "FlaxXLSTMForCausalLM.from_pretrained reads both")
     parser.add_argument("--override", action="append", metavar="FIELD=VALUE",
                         help="set a field of the XLSTMFlaxConfig (configuration.FIELD_DOCS) before converting "
                              "(repeatable; VALUE is JSON where it parses, e.g. --override scan_blocks=true writes "
@@ -499,31 +355,53 @@ def add_common_arguments(parser: argparse.ArgumentParser, output_layout: str, ve
                              f"through both in float32 (input side: {verify_reference}; its weights rounded to the "
                              "output dtype first) and print the max absolute logits difference; exit status 3 and "
                              "no output when it exceeds --tolerance. Needs memory for both models")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
+    parser.add_argument("--tolerance", type=_tolerance, default=1e-4,
                         help="largest accepted max |logits diff| for --verify (default 1e-4)")
-    parser.add_argument("--verify-length", type=int, default=16,
+    parser.add_argument("--verify-length", type=_positive_int, default=16,
                         help="length of the random sequences --verify runs (default 16; kept below the PyTorch "
                              "chunk_size)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random ids for --verify (default 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUTPUT if it exists (it is replaced only after a successful conversion)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
+
+
+def _tolerance(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 1")
+    return value
 
 
 def run_cli(convert: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
             argv: Optional[list[str]] = None) -> int:
-    """Parse `argv`, run `convert` and print "wrote <the path it returns>"; print errors as one clear message and
-    return the exit status (0 done, 1 bad input, 2 usage, 3 verification failed, 130 interrupted)."""
+    """Parse `argv`, run `convert` and print "wrote <the path it returns>"; print any error as one line and return
+    the exit status (0 done, 1 bad input or any other failure, 2 usage, 3 verification failed, 130 interrupted).
+    `--debug` prints the traceback of an unexpected error too."""
     args = parser.parse_args(argv)
     try:
         print(f"wrote {convert(args)}")
     except VerificationError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_VERIFY_FAILED
-    except (ConversionError, CheckpointFileError, ValueError) as e:
+    except (ConversionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; no output was written", file=sys.stderr)
         return 130
+    except Exception as e:  # anything else: one line naming it (the output is never half-written)
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        detail = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
+        print(f"error: {type(e).__name__}: {detail} (--debug shows the traceback)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0

@@ -11,7 +11,7 @@ Output: what transformers' `xLSTMForCausalLM.from_pretrained` loads: `config.jso
 document resets - is an error naming the field, `--override` can change such a field explicitly),
 `generation_config.json`, `model.safetensors` (metadata format "pt") or shards with
 `model.safetensors.index.json`, tokenizer files. Names and shapes: `backbone/blocks/<i>/mlstm_layer/q/kernel
-(D, Dqk)` -> `backbone.blocks.<i>.mlstm_layer.q.weight (Dqk, D)`; see `layouts`. A tied model gets no
+(D, Dqk)` -> `backbone.blocks.<i>.mlstm_layer.q.weight (Dqk, D)`; see `modeling_xlstm_flax.param_table`. A tied model gets no
 `lm_head.weight` (transformers ties it to the embeddings when loading).
 """
 

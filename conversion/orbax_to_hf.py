@@ -28,7 +28,6 @@ from typing import Optional
 
 import numpy as np
 
-from . import layouts
 from .common import (
     ConversionError,
     Source,
@@ -38,6 +37,7 @@ from .common import (
     check_logits,
     convert_kwargs,
     compare_to_plan,
+    model_plan,
     copy_tokenizer,
     flax_dir_logits,
     flax_logits,
@@ -194,19 +194,21 @@ def open_orbax_params(params: OrbaxParams, config) -> Source:
             name, kind = mapped
             leaf_shape = shape if index is None else shape[1:]
             if index is None:
-                read = lambda k=key, kd=kind: upstream_array_to_flax(params.read(k), kd)  # noqa: E731
+                read = lambda index=(), k=key, kd=kind: np.ascontiguousarray(  # noqa: E731
+                    upstream_array_to_flax(params.read(k), kd)[tuple(index)])
             else:  # one block of a stacked leaf (the leaf stays cached while its blocks are read)
-                read = lambda k=key, kd=kind, i=index: upstream_array_to_flax(params.read(k)[i], kd)  # noqa: E731
+                read = lambda idx=(), k=key, kd=kind, i=index: np.ascontiguousarray(  # noqa: E731
+                    upstream_array_to_flax(params.read(k)[i], kd)[tuple(idx)])
             tensors[name] = SourceTensor(_mapped_shape(leaf_shape, kind), dtype, read,
                                          up if index is None else f"{up}[{index}]")
             origins[name] = tensors[name].origin
     compare_to_plan(f"orbax checkpoint {params.params_dir}", {k: t.shape for k, t in tensors.items()},
-                    layouts.flax_plan(config), origins=origins, unexpected_extra=unexpected)
+                    model_plan(config), origins=origins, unexpected_extra=unexpected)
     return Source(f"orbax checkpoint {params.params_dir}", tensors)
 
 
 def convert_orbax(input_path, output_dir, *, step: Optional[int] = None, dtype: str = "keep",
-                  max_shard_size=None, flax_shard_format: str = "msgpack", tokenizer: Optional[str] = None,
+                  max_shard_size=None, flax_shard_format: str = "safetensors", tokenizer: Optional[str] = None,
                   overrides: Optional[dict] = None, verify: bool = False, tolerance: float = 1e-4,
                   verify_length: int = 16, seed: int = 0, overwrite: bool = False, progress: bool = True) -> Path:
     """Convert; returns the output directory. Raises ConversionError / VerificationError (see module doc)."""

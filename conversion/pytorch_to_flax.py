@@ -6,7 +6,7 @@ Input: what `xLSTMForCausalLM.save_pretrained` writes (the `NX-AI/xLSTM-7b` layo
 `model.safetensors.index.json`. Each tensor is read on its own (positioned reads, no whole-file mapping) and
 written at once: `backbone.blocks.<i>.mlstm_layer.q.weight (Dqk, D)` -> `backbone.blocks.<i>.mlstm_layer.q.kernel
 (D, Dqk)` (dense weights transposed; norms `weight` -> `scale`; `backbone.embeddings.weight (V, D)` ->
-`backbone.embeddings.embedding`; `lm_head.weight (V, D)` -> `lm_head.kernel (D, V)`; see `layouts`).
+`backbone.embeddings.embedding`; `lm_head.weight (V, D)` -> `lm_head.kernel (D, V)`; see `modeling_xlstm_flax.param_table`).
 
 Output: `config.json` (XLSTMFlaxConfig), `generation_config.json`, `model.safetensors` (Flax layout, metadata
 format "flax", keys `.`-joined as `FlaxPreTrainedModel.save_pretrained` writes them; stacked under
@@ -52,7 +52,7 @@ def read_json_config(directory) -> dict:
 
 
 def convert_pytorch_to_flax(input_dir, output_dir, *, dtype: str = "keep", max_shard_size=None,
-                            flax_shard_format: str = "msgpack", tokenizer: Optional[str] = None,
+                            flax_shard_format: str = "safetensors", tokenizer: Optional[str] = None,
                             overrides: Optional[dict] = None, verify: bool = False, tolerance: float = 1e-4,
                             verify_length: int = 16, seed: int = 0, overwrite: bool = False,
                             progress: bool = True) -> Path:

@@ -67,25 +67,3 @@ def check_inputs(input_ids, attention_mask: Optional[Any], document_borders: Opt
     check_input_ids(input_ids, vocab_size)
     check_mask(attention_mask, input_ids, "attention_mask")
     check_mask(document_borders, input_ids, "document_borders")
-
-
-def check_safetensors_files(directory: Path) -> None:
-    """Open every *.safetensors header in `directory` and check the data fits the file: names the bad file."""
-    from safetensors import safe_open
-
-    for path in sorted(Path(directory).glob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="numpy") as handle:
-                keys = list(handle.keys())
-                if keys:  # reading the last tensor catches a file cut inside the data section
-                    handle.get_slice(keys[-1])
-        except Exception as exc:  # safetensors raises its own error types
-            raise ValueError(f"cannot read safetensors file {path}: {exc} (truncated or corrupt?)") from exc
-        size = path.stat().st_size
-        with open(path, "rb") as raw:
-            header_len = int.from_bytes(raw.read(8), "little")
-            header = json.loads(raw.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + header_len + end != size:
-            raise ValueError(f"safetensors file {path} is {size} bytes but its header describes "
-                             f"{8 + header_len + end}: truncated or corrupt")

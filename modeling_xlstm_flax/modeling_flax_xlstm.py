@@ -17,7 +17,9 @@ Shapes: B batch, S sequence, D embedding_dim, NH heads, DHQK / DHV head dims, V 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import weakref
 from functools import partial
 from pathlib import Path
@@ -35,7 +37,9 @@ from transformers.modeling_flax_utils import FlaxPreTrainedModel
 
 from .configuration import XLSTMFlaxConfig
 from . import mlstm_kernels
-from .input_checks import check_input_ids, check_inputs, check_mask, check_safetensors_files
+from .input_checks import check_input_ids, check_inputs, check_mask
+
+logger = logging.getLogger(__name__)
 
 # A finite "minus infinity" for gate pre-activations of masked (padding) tokens: exp() of it is 0, and rows made
 # only of masked tokens stay finite in every kernel form.
@@ -555,22 +559,13 @@ class XLSTMForCausalLMModule(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- HF wrappers
-def _pytorch_safetensors(directory: Path) -> bool:
-    """A single `model.safetensors` written by PyTorch (transformers' xLSTM layout)."""
-    path = directory / "model.safetensors"
-    if not path.is_file():
-        return False
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as handle:
-        return (handle.metadata() or {}).get("format") == "pt"
-
-
-def _only_sharded_safetensors(directory: Path) -> bool:
-    return (directory / "model.safetensors.index.json").is_file() and not any(
-        (directory / name).is_file()
-        for name in ("model.safetensors", "flax_model.msgpack", "flax_model.msgpack.index.json")
-    )
+# Options transformers' Auto classes and `from_pretrained` pass along that change nothing for this loader (it reads
+# the files themselves: `from_pt` is detected from the safetensors metadata).
+_IGNORED_LOADING_KWARGS = (
+    "from_pt", "from_tf", "from_flax", "trust_remote_code", "_from_auto", "_from_pipeline", "adapter_kwargs",
+    "_commit_hash", "user_agent", "code_revision", "resume_download", "use_auth_token", "mirror", "_fast_init",
+    "low_cpu_mem_usage", "ignore_mismatched_sizes", "use_safetensors", "variant", "output_loading_info",
+)
 
 
 def _as_flax_config(config) -> XLSTMFlaxConfig:
@@ -613,79 +608,121 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, *model_args, allow_missing_keys: bool = False,
-                        **kwargs):
-        """As `FlaxPreTrainedModel.from_pretrained`, with three differences:
+    def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, *model_args, param_dtype=None,
+                        allow_missing_keys: bool = False, check_finite: bool = True, **kwargs):
+        """A model folder or Hub id -> model (or `(model, params)` with `_do_init=False`), streamed tensor by tensor.
+
+        Reads every layout this port accepts (`checkpoint_io`): Flax safetensors (single or sharded), transformers'
+        PyTorch xLSTM safetensors (single or sharded, `from_pt` or not: the files say which), Flax msgpack. Each
+        tensor is read, checked (names, shapes, dtype class, finite values), cast to `param_dtype` (None: float32;
+        `jnp.bfloat16` halves the memory) and put on the device at once: no random init, no float32 copy of the
+        whole model on the host. A PyTorch `.bin` checkpoint (`from_pt=True`) goes through transformers' converter.
 
         * `dtype=None` (default) uses the config's `compute_dtype`;
-        * a checkpoint that lacks params the config needs is an error naming the first missing keys, where
-          transformers would only warn and initialise them randomly; `allow_missing_keys=True` restores that;
-        * unreadable (truncated, corrupt) safetensors files in a local directory are an error naming the file;
-        * local safetensors in transformers' PyTorch layout (with or without `from_pt=True`) and sharded safetensors
-          (`model.safetensors.index.json`, which transformers 4.57's Flax loader cannot read) are streamed tensor by
-          tensor into our layout, with names and shapes checked against the config.
+        * a backbone checkpoint (`FlaxXLSTMModel`) loads into `FlaxXLSTMForCausalLM` with the LM head initialised
+          and a warning naming it, as transformers does; any other missing param is an error naming it unless
+          `allow_missing_keys=True`; with `_do_init=False` the missing keys are recorded, so
+          `model.init_weights(rng, input_shape, params)` completes the params;
+        * `check_finite=False` skips the NaN/inf check (one pass over each tensor, about 0.3 s per GB).
         """
-        local = Path(str(pretrained_model_name_or_path))
-        if local.is_dir():
-            if kwargs.get("config") is None and not (local / "config.json").is_file():
-                raise ValueError(f"{local} has no config.json; pass config=... or use a model directory written by "
-                                 "save_pretrained or the conversion commands")
-            check_safetensors_files(local)
+        from . import checkpoint_io
+
         do_init = kwargs.pop("_do_init", True)
-        if local.is_dir() and (_only_sharded_safetensors(local) or _pytorch_safetensors(local)):
-            # transformers 4.57's Flax loader cannot read sharded safetensors (e.g. NX-AI/xLSTM-7b), and its
-            # PyTorch converter needs a randomly initialised model: stream the tensors into our layout instead
-            model, params = cls._from_sharded_safetensors(local, dtype, kwargs.get("config"))
-            if not do_init:
-                return model, params
-            model = cls(model.config, dtype=model.dtype, _do_init=True)
-            model.params = params
-            return model
-        if kwargs.get("from_pt"):
-            # a PyTorch .bin checkpoint (read with torch) or a Hub id: transformers' own converter, which needs an
-            # initialised model and so fills missing params randomly (with a warning) as transformers does
-            return super().from_pretrained(pretrained_model_name_or_path, dtype, *model_args, _do_init=do_init,
-                                           **kwargs)
-        model, params = super().from_pretrained(pretrained_model_name_or_path, dtype, *model_args, _do_init=False,
-                                                **kwargs)
-        missing = model.required_params - set(flatten_dict(unfreeze(params)))
-        if missing and not allow_missing_keys:
-            names = sorted("/".join(k) for k in missing)
-            raise ValueError(f"checkpoint {pretrained_model_name_or_path} lacks {len(names)} params the config needs "
-                             f"(first: {names[:10]}); pass allow_missing_keys=True to initialise them randomly")
+        config = kwargs.pop("config", None)
+        for name in _IGNORED_LOADING_KWARGS:  # transformers' loading options with no meaning here
+            kwargs.pop(name, None)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only",
+                                                 "force_download", "subfolder", "proxies") if k in kwargs}
+        directory = checkpoint_io.resolve_model_dir(pretrained_model_name_or_path, **hub_kwargs)
+        if config is None:
+            if not (directory / "config.json").is_file():
+                raise ValueError(f"{directory} has no config.json; pass config=... or use a model directory written "
+                                 "by save_pretrained or the conversion commands")
+            config = XLSTMFlaxConfig.from_pretrained(directory)
+        config = _as_flax_config(config)
+        for key, value in kwargs.items():  # the rest are config fields, as transformers' from_pretrained allows
+            if key not in config.to_dict() and not hasattr(config, key):
+                raise ValueError(f"from_pretrained got an unknown argument {key}={value!r}: neither a loading option "
+                                 "nor a field of XLSTMFlaxConfig")
+            setattr(config, key, value)
+        config.validate()
+        if not checkpoint_io.has_weights(directory):
+            bins = sorted(p.name for p in Path(directory).glob("pytorch_model*.bin*"))
+            if bins:  # transformers' own converter (needs torch and an initialised model)
+                return super().from_pretrained(directory, dtype, *model_args, config=config, from_pt=True,
+                                               _do_init=do_init, **hub_kwargs)
+            raise checkpoint_io.CheckpointFileError(
+                f"{directory}: no weights ({', '.join(checkpoint_io.WEIGHT_FILE_NAMES)} or pytorch_model.bin)")
+        model = cls(config, dtype=dtype, _do_init=False)
+        params, missing = model._load_checkpoint(directory, param_dtype, allow_missing_keys, check_finite)
         if not do_init:
             return model, params
-        model = cls(model.config, dtype=model.dtype, _do_init=True)
         if missing:
-            model._missing_keys = missing
-            params = model.init_weights(jax.random.PRNGKey(0), (1, 1), params)
+            params = model.init_weights(jax.random.PRNGKey(0), model.input_shape, params)
+        model._is_initialized = True
         model.params = params
         return model
 
-    @classmethod
-    def _from_sharded_safetensors(cls, directory: Path, dtype, config=None):
-        """(model without params, params) from `model.safetensors.index.json` shards, in our Flax layout or in
-        transformers' PyTorch layout (config model_type `xlstm`), read tensor by tensor."""
-        from .conversion.common import ConversionError, open_flax_dir, open_pytorch_dir
-        from .conversion.tensor_io import SafetensorsCheckpoint
+    def _load_checkpoint(self, directory, param_dtype, allow_missing_keys: bool, check_finite: bool):
+        """(params in this model's layout, missing names) from a local checkpoint folder (see `from_pretrained`)."""
+        from . import checkpoint_io, param_table
 
-        config = _as_flax_config(config if config is not None else XLSTMFlaxConfig.from_pretrained(directory))
-        pytorch_layout = SafetensorsCheckpoint(directory).metadata.get("format") == "pt"
-        try:
-            source = (open_pytorch_dir if pytorch_layout else open_flax_dir)(directory, config)
-        except ConversionError as exc:
-            raise ValueError(str(exc)) from exc
-        params = unflatten_dict({tuple(name.split("/")): np.asarray(t.read()) for name, t in source.tensors.items()})
-        if config.scan_blocks:
-            params = stack_block_params(params, config.num_blocks)
-        return cls(config, dtype=dtype, _do_init=False), params
+        plan = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(unfreeze(self.params_shape_tree)).items()}
+        expected = param_table.unrolled_plan(plan)
+        source = checkpoint_io.open_checkpoint(directory, expected, self.config.num_blocks)
+        is_lm = isinstance(self.module, XLSTMForCausalLMModule)
+        head = {k for k in expected if k.startswith(param_table.LM_HEAD + "/")}
+        has_head = any(k.startswith(param_table.LM_HEAD + "/") for k in source.tensors)
+        optional = set(source.tensors) if not is_lm else set()
+        optional = {k for k in optional if k.startswith(param_table.LM_HEAD + "/")}
+        if self.config.tie_word_embeddings:
+            optional |= {k for k in source.tensors if k.startswith(param_table.LM_HEAD + "/")}
+        may_be_missing = set(expected) if allow_missing_keys else (head if not has_head else set())
+        missing = checkpoint_io.check_source(source, expected, optional=optional, may_be_missing=may_be_missing)
+        def lm_names(name, shape):  # this model's name -> the unrolled causal-LM names it covers
+            name = name if is_lm else param_table.with_backbone_prefix(name)
+            return param_table.unrolled_names(name, shape[0]) if param_table.is_scanned(name) else [name]
 
-    def save_pretrained(self, save_directory, params=None, push_to_hub=False, max_shard_size="10GB", token=None,
-                        safe_serialization: bool = True, **kwargs):
-        """As `FlaxPreTrainedModel.save_pretrained`, but safetensors (`model.safetensors`) by default."""
-        return super().save_pretrained(save_directory, params=params, push_to_hub=push_to_hub,
-                                       max_shard_size=max_shard_size, token=token,
-                                       safe_serialization=safe_serialization, **kwargs)
+        missing_own = {name for name, shape in plan.items() if set(lm_names(name, shape)) & set(missing)}
+        if missing_own:
+            logger.warning("Some weights of %s were not in the checkpoint at %s and are newly initialized: %s. "
+                           "Train the model before using it for predictions.", type(self).__name__, directory,
+                           sorted(missing_own))
+        params = checkpoint_io.load_params(source, plan, dtype=param_dtype, check_finite=check_finite,
+                                           skip=missing_own)
+        self._missing_keys = {tuple(name.split("/")) for name in missing_own}
+        return params, missing_own
+
+    def save_pretrained(self, save_directory, params=None, push_to_hub: bool = False, max_shard_size="10GB",
+                        token=None, safe_serialization: bool = True, **kwargs):
+        """config.json, generation_config.json and the weights, written by `checkpoint_io`: safetensors by default
+        (`model.safetensors`, or shards of at most `max_shard_size` with `model.safetensors.index.json`), every
+        tensor C-contiguous whatever the params' memory layout; the new weight files replace the old ones only once
+        all are complete (and stale shards are removed). `safe_serialization=False` writes Flax msgpack.
+        `push_to_hub=True` uploads the folder afterwards (`repo_id`, `commit_message` as in transformers)."""
+        from . import checkpoint_io
+
+        save_directory = str(save_directory)
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_pretrained: {save_directory} is a file, expected a folder")
+        if push_to_hub:
+            commit_message = kwargs.pop("commit_message", None)
+            repo_id = kwargs.pop("repo_id", save_directory.split(os.path.sep)[-1])
+            repo_id = self._create_repo(repo_id, token=token, **kwargs)
+            files_timestamps = self._get_files_timestamps(save_directory)
+        params = self.params if params is None else params
+        tensors = checkpoint_io.params_tensors(params)
+        with checkpoint_io.replace_files_atomically(save_directory,
+                                                    stale=checkpoint_io.weight_files(save_directory)) as tmp:
+            self.config.architectures = [type(self).__name__[4:]]
+            self.config.save_pretrained(tmp)
+            if self.can_generate() and self.generation_config is not None:
+                self.generation_config.save_pretrained(tmp)
+            checkpoint_io.write_checkpoint(tmp, tensors, file_format="safetensors" if safe_serialization else "msgpack",
+                                           metadata_format="flax", max_shard_size=max_shard_size)
+        if push_to_hub:
+            self._upload_modified_files(save_directory, repo_id, files_timestamps, commit_message=commit_message,
+                                        token=token)
 
     def init_weights(self, rng, input_shape, params=None):
         input_ids = jnp.zeros(input_shape, dtype="i4")
@@ -734,6 +771,14 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         """
         check_input_ids(input_ids, self.config.vocab_size)
         check_mask(attention_mask, input_ids, "attention_mask")
+        resolved = generation_config if generation_config is not None else self.generation_config
+        if kwargs.get("eos_token_id", getattr(resolved, "eos_token_id", None)) is None:
+            # a checkpoint without an eos id (e.g. converted from upstream): generate to the length. transformers'
+            # loop needs some id; the vocabulary size is one no logit can produce (and processors that mask the
+            # eos column write out of bounds, which JAX drops).
+            kwargs["eos_token_id"] = self.config.vocab_size
+            if kwargs.get("pad_token_id", getattr(resolved, "pad_token_id", None)) is None:
+                kwargs["pad_token_id"] = 0
         pad = 0
         if pad_to_multiple_of is not None:
             multiple = pad_to_multiple_of
@@ -919,6 +964,17 @@ class FlaxXLSTMForCausalLM(FlaxXLSTMPreTrainedModel):
 
 
 # ---------------------------------------------------------------------------------------------- param layouts
+def param_shapes(config: XLSTMFlaxConfig, scanned: Optional[bool] = None, lm_head: bool = True
+                 ) -> dict[str, tuple[int, ...]]:
+    """`/`-joined param names -> shapes of the causal LM (or the backbone, `lm_head=False`) for `config`, computed
+    with `jax.eval_shape` (no weights). `scanned` None: as `config.scan_blocks` says."""
+    cfg = config if scanned is None or scanned == config.scan_blocks else \
+        config.__class__(**{**config.to_dict(), "scan_blocks": scanned})
+    module = (XLSTMForCausalLMModule if lm_head else XLSTMModule)(cfg, dtype=jnp.float32)
+    shapes = jax.eval_shape(lambda key: module.init(key, jnp.zeros((1, 1), "i4")), jax.random.PRNGKey(0))
+    return {k: tuple(v.shape) for k, v in flatten_dict(unfreeze(shapes["params"]), sep="/").items()}
+
+
 def stack_block_params(params: dict, num_blocks: int) -> dict:
     """Unrolled block params (`backbone/blocks/<i>/...`) -> scanned layout (`backbone/blocks/scanned/block/...`)."""
     params = unfreeze(params)

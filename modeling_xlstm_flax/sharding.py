@@ -70,6 +70,8 @@ from flax.core.frozen_dict import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from . import param_table
+
 logger = logging.getLogger(__name__)
 
 DATA, FSDP, TENSOR = "data", "fsdp", "tensor"
@@ -232,46 +234,17 @@ def param_partition_spec(path, shape: Sequence[int], config, mesh: AxisSizes,
     F = FSDP if size >= fsdp_min_weight_size else None
     T = TENSOR if is_head_parallel(config, mesh) else None
     M = TENSOR
-    FM = tuple(a for a in (F, M) if a)
-    name, last = path[-2] if len(path) > 1 else "", path[-1]
+    symbols = {"F": F, "T": T, "M": M, None: None}
 
-    def spec(*entries):
-        return fit_spec(lead + entries, shape, mesh)
+    def resolve(entry):
+        if isinstance(entry, tuple):
+            axes = tuple(a for a in (symbols[e] for e in entry) if a)
+            return axes if len(axes) > 1 else (axes[0] if axes else None)
+        return symbols[entry]
 
-    def choose(*candidates):
-        return _choose([lead + c for c in candidates], shape, mesh)
-
-    if path[-2:] == ("embeddings", "embedding"):
-        return choose((M, F), (F, M), (None, FM))
-    if path[0] == "lm_head" and last == "kernel":
-        return choose((F, M), (M, F), (FM, None))
-    if last == "scale":  # block norms, out_norm, post norms, qk norms: replicated; multihead norm by head
-        return spec(T) if name == "multihead_norm" else spec()
-    if "ffn" in path:
-        if name in ("proj_up", "proj_up_gate"):
-            return spec(F, M) if last == "kernel" else spec(M)
-        if name == "proj_down":
-            return spec(M, F) if last == "kernel" else spec()
-    if "mlstm_layer" in path:
-        if last == "learnable_skip":
-            return spec(T)
-        if name == "out_proj":
-            return spec(T, F) if last == "kernel" else spec()
-        if name in ("q", "k", "v", "ogate_preact", "proj_up_mlstm", "proj_up_z"):
-            return spec(F, T) if last == "kernel" else spec(T)
-        if name == "conv1d":
-            return spec(None, T) if last == "kernel" else spec(T)
-        if name in ("q_proj", "k_proj", "v_proj", "x_mlstm_conv_scaling"):  # no F: see the module docstring
-            return spec(T)
-        if name == "qk_proj":  # vmap_qk: a leading (q, k) axis of 2
-            return spec(None, T)
-        if name in ("igate_preact", "fgate_preact"):
-            if last == "bias":
-                return spec(T)
-            if len(inner_shape) == 3:  # gate_linear_headwise: (NH, 1, in/NH)
-                return spec(T)
-            return spec(F, T)
-    raise ValueError(f"no partition rule for parameter {'/'.join(path)} with shape {shape}")
+    candidates = [lead + tuple(resolve(e) for e in c)
+                  for c in param_table.sharding_candidates("/".join(path), len(inner_shape), config.layer_type)]
+    return _choose(candidates, shape, mesh) if len(candidates) > 1 else fit_spec(candidates[0], shape, mesh)
 
 
 def param_partition_specs(params, config, mesh: AxisSizes,
@@ -393,188 +366,32 @@ def activation_sharding(mesh: Mesh):
 
 
 # ---------------------------------------------------------------------------------------------- loading
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-
-
-def _checkpoint_files(model_dir: str) -> dict[str, tuple[str, tuple]]:
-    """{tensor name: (file, stored shape)} of a saved model dir: model.safetensors or an index
-    (model.safetensors.index.json). Reads the safetensors headers only."""
-    from safetensors import safe_open
-
-    index = os.path.join(model_dir, SAFE_WEIGHTS_INDEX_NAME)
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            files = {k: os.path.join(model_dir, v) for k, v in json.load(f)["weight_map"].items()}
-    else:
-        single = os.path.join(model_dir, SAFE_WEIGHTS_NAME)
-        if not os.path.isfile(single):
-            raise FileNotFoundError(f"no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME} in {model_dir}")
-        with safe_open(single, framework="numpy") as f:
-            files = {k: single for k in f.keys()}
-    out = {}
-    for file in sorted(set(files.values())):
-        with safe_open(file, framework="numpy") as f:
-            for k in f.keys():
-                if files.get(k) == file:
-                    out[k] = (file, tuple(f.get_slice(k).get_shape()))
-    missing = set(files) - set(out)
-    if missing:
-        raise KeyError(f"the index names tensors its files lack, e.g. {sorted(missing)[:5]}")
-    return out
-
-
-class _Source:
-    """Where one target param comes from: a stored tensor, optionally transposed (PyTorch Linear layout),
-    optionally one block of a stored stacked tensor, or a stack of per-block stored tensors."""
-
-    def __init__(self, parts: list[tuple[str, str, bool, Optional[int]]], stacked: bool):
-        self.parts = parts  # [(file, key, transpose, block index in a stored stacked tensor or None)]
-        self.stacked = stacked  # target has a leading block axis assembled from len(parts) stored tensors
-
-
-def _read(handles, file: str, key: str, transpose: bool, block: Optional[int], index: tuple) -> np.ndarray:
-    from safetensors import safe_open
-
-    if file not in handles:
-        handles[file] = safe_open(file, framework="numpy")
-    sl = handles[file].get_slice(key)
-    if transpose:  # stored (out, in) -> target (in, out): read the transposed window, transpose back
-        index = tuple(reversed(index))
-    if block is not None:
-        index = (slice(block, block + 1),) + tuple(index)
-    ndim = len(sl.get_shape())
-    index = tuple(index) + (slice(None),) * (ndim - len(index))
-    data = np.asarray(sl[index] if ndim else handles[file].get_tensor(key))
-    if block is not None:
-        data = data[0]
-    return data.T if transpose else data
-
-
-def _normalise_index(index: tuple, shape: tuple) -> tuple:
-    out = []
-    for s, n in zip(tuple(index) + (slice(None),) * (len(shape) - len(index)), shape):
-        start, stop, step = s.indices(n) if isinstance(s, slice) else (s, s + 1, 1)
-        out.append(slice(start, stop, step))
-    return tuple(out)
-
-
-def _plan_sources(targets: dict, stored: dict[str, tuple[str, tuple]], config, prefix: str) -> dict:
-    """Map each flat target key (tuple) to a `_Source`, accepting our Flax layout ("a.b.kernel") or transformers'
-    PyTorch layout ("a.b.weight", Linear transposed), unrolled or scanned blocks either side. Checks every stored
-    shape against the target's; warns about stored tensors nothing uses."""
-    from transformers.modeling_flax_pytorch_utils import rename_key_and_reshape_tensor
-
-    nb = config.num_blocks
-    renamed: dict[tuple, tuple[str, str, bool, tuple]] = {}  # flax-style key -> (file, name, transpose, shape)
-    target_keys = set(targets)
-    # the unrolled view of the targets, for renaming PyTorch keys (which are always unrolled)
-    unrolled_keys = set()
-    for key in targets:
-        if "scanned" in key:
-            i = key.index("scanned")
-            unrolled_keys.update(key[:i] + (str(b),) + key[i + 2:] for b in range(nb))
-        else:
-            unrolled_keys.add(key)
-    known = unrolled_keys | target_keys
-    for name, (file, shape) in stored.items():
-        key = tuple(name.replace("/", ".").split("."))
-        if key[0] != prefix and (prefix,) + key in known:
-            key = (prefix,) + key  # a bare backbone checkpoint loaded into the LM
-        if key in known:
-            renamed[key] = (file, name, False, shape)
-            continue
-        probe = np.zeros((2, 3))  # the renaming looks at the key (and at ndim only for 4-D convs)
-        new_key, probed = rename_key_and_reshape_tensor(key, probe, dict.fromkeys(unrolled_keys), prefix)
-        if new_key[0] != prefix and (prefix,) + new_key in unrolled_keys:
-            new_key = (prefix,) + new_key
-        transpose = probed.shape != probe.shape
-        renamed[new_key] = (file, name, transpose, tuple(reversed(shape)) if transpose else shape)
-
-    sources, missing, used, bad = {}, [], set(), []
-
-    def check(key, stored_shape, want):
-        if tuple(stored_shape) != tuple(want):
-            bad.append(f"{'/'.join(key)}: stored {tuple(stored_shape)}, model wants {tuple(want)}")
-
-    for key, struct in targets.items():
-        shape = tuple(struct.shape)
-        if key in renamed:
-            file, name, tr, stored_shape = renamed[key]
-            check(key, stored_shape, shape)
-            sources[key] = _Source([(file, name, tr, None)], stacked=False)
-            used.add(key)
-        elif "scanned" in key:  # stacked target from per-block stored tensors
-            i = key.index("scanned")
-            per_block = [key[:i] + (str(b),) + key[i + 2:] for b in range(nb)]
-            if all(k in renamed for k in per_block):
-                for k in per_block:
-                    check(k, renamed[k][3], shape[1:])
-                sources[key] = _Source([renamed[k][:3] + (None,) for k in per_block], stacked=True)
-                used.update(per_block)
-            else:
-                missing.append(key)
-        else:  # unrolled target from a stored stacked tensor
-            j = next((j for j, p in enumerate(key) if p.isdigit() and j > 0 and key[j - 1] == "blocks"), None)
-            scanned_key = None if j is None else key[:j] + ("scanned", "block") + key[j + 1:]
-            if scanned_key is not None and scanned_key in renamed:
-                file, name, tr, stored_shape = renamed[scanned_key]
-                check(scanned_key, stored_shape, (nb,) + shape)
-                sources[key] = _Source([(file, name, tr, int(key[j]))], stacked=False)
-                used.add(scanned_key)
-            else:
-                missing.append(key)
-    if missing:
-        raise KeyError(f"checkpoint lacks {len(missing)} params, e.g. {['/'.join(k) for k in missing[:5]]}")
-    if bad:
-        raise ValueError("checkpoint shapes do not match the config: " + "; ".join(bad[:5]))
-    unused = sorted(renamed[k][1] for k in set(renamed) - used)
-    if unused:
-        logger.warning("%d stored tensors are not used by the model, e.g. %s", len(unused), unused[:5])
-    return sources
-
-
 def load_sharded_params(model_dir: str, model, mesh: Mesh, dtype: Any = None,
-                        fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE,
+                        fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE, check_finite: bool = True,
                         on_read: Optional[Callable[[str, tuple, int], None]] = None):
-    """Params of a saved model dir (model.safetensors or a sharded index) placed straight into the mesh.
+    """Params of a saved model dir placed straight into the mesh, through the one checkpoint reader
+    (`checkpoint_io`: every layout `from_pretrained` reads, same checks).
 
-    Each param becomes a global array with `jax.make_array_from_callback`: every device's shard is read from
-    the file (safetensors `get_slice`, only that window) and put on that device, so neither one device nor the
-    host ever holds the full model (a replicated param is read once per device). Multi-host: each process reads
-    only its own devices' shards (the files must be visible to every host). Accepts our Flax layout
-    (`save_pretrained`) and transformers' PyTorch layout (`NX-AI/xLSTM-7b`: Linear weights transposed on the fly),
-    unrolled or scanned on either side (stacked/unstacked per shard). `model`: a `FlaxXLSTMPreTrainedModel`
-    (e.g. built with `_do_init=False`) whose config decides the target layout. `dtype`: cast on load (default:
-    the params' float32). `on_read(key, index, nbytes)` is called for every read (for diagnostics)."""
+    Each param becomes a global array with `jax.make_array_from_callback`: every device's window is read from the
+    file (safetensors `get_slice`, only that window) and put on that device, so neither one device nor the host
+    ever holds the full model (a replicated param is read once per device). Multi-host: each process reads only
+    its own devices' windows (the files must be visible to every host). `model`: a `FlaxXLSTMPreTrainedModel`
+    (e.g. built with `_do_init=False`) whose config decides the target layout. `dtype`: cast on load (default
+    float32). `on_read(name, index, nbytes)` is called for every read (diagnostics)."""
+    from . import checkpoint_io
+    from . import param_table
+
     config = model.config
-    targets = flatten_dict(_model_param_shapes(model))
-    stored = _checkpoint_files(model_dir)
-    sources = _plan_sources(targets, stored, config, model.base_model_prefix)
-    shardings = flatten_dict(param_shardings(unflatten_dict(targets), config, mesh, fsdp_min_weight_size))
-    handles: dict = {}
-    out = {}
-    try:
-        for key, struct in targets.items():
-            src = sources[key]
-            target_dtype = jnp.dtype(dtype) if dtype is not None else struct.dtype
-            shape = tuple(struct.shape)
-
-            def callback(index, src=src, shape=shape, target_dtype=target_dtype, key=key):
-                index = _normalise_index(index, shape)
-                if src.stacked:
-                    blocks = range(*index[0].indices(shape[0]))
-                    data = np.stack([_read(handles, *src.parts[b][:3], None, index[1:]) for b in blocks])
-                else:
-                    data = _read(handles, *src.parts[0], index)
-                if on_read is not None:
-                    on_read("/".join(key), index, data.nbytes)
-                return np.asarray(data).astype(target_dtype)
-
-            out[key] = jax.make_array_from_callback(shape, shardings[key], callback)
-    finally:
-        handles.clear()
-    return unflatten_dict(out)
+    plan = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(_model_param_shapes(model)).items()}
+    expected = param_table.unrolled_plan(plan)
+    source = checkpoint_io.open_checkpoint(model_dir, expected, config.num_blocks)
+    optional = {k for k in source.tensors if k.startswith(param_table.LM_HEAD + "/")}
+    checkpoint_io.check_source(source, expected, optional=optional)
+    shardings = flatten_dict(param_shardings(unflatten_dict({tuple(k.split("/")): jax.ShapeDtypeStruct(s, jnp.float32)
+                                                             for k, s in plan.items()}),
+                                             config, mesh, fsdp_min_weight_size), sep="/")
+    return checkpoint_io.load_params(source, plan, dtype=dtype, shardings=shardings, check_finite=check_finite,
+                                     on_read=on_read)
 
 
 def from_pretrained_sharded(model_dir: str, mesh: Mesh, dtype: Any = None, param_dtype: Any = None,

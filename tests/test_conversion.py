@@ -191,7 +191,8 @@ def test_pytorch_to_flax_sharded_input_matches_transformers(tmp_path, pt_dir, id
 
 def test_pytorch_to_flax_sharded_scanned_output_loads_with_from_pretrained(tmp_path, pt_dir, ids, pt_reference):
     out = tmp_path / "flax"
-    assert _run("pytorch_to_flax", pt_dir, out, "--max-shard-size", "150KB", "--override", "scan_blocks=true") == 0
+    assert _run("pytorch_to_flax", pt_dir, out, "--max-shard-size", "150KB", "--override", "scan_blocks=true",
+                "--flax-shard-format", "msgpack") == 0
     index = json.loads((out / "flax_model.msgpack.index.json").read_text())
     shards = sorted(p.name for p in out.glob("flax_model-*.msgpack"))
     assert len(shards) > 1 and set(index["weight_map"].values()) == set(shards)
@@ -357,9 +358,14 @@ def test_corrupt_orbax_file_is_an_error_and_removes_the_partial_output(tmp_path,
     assert _no_leftovers(out)  # the failure came mid-write: the temporary folder was removed
 
 
-def test_verify_failure_and_existing_output_leave_nothing(tmp_path, capsys):
+def test_verify_failure_and_existing_output_leave_nothing(tmp_path, capsys, monkeypatch):
+    from modeling_xlstm_flax.conversion import orbax_to_hf
+
+    real = orbax_to_hf.flax_dir_logits
+    monkeypatch.setattr(orbax_to_hf, "flax_dir_logits", lambda *a, **k: real(*a, **k) + 1e-3)  # a broken output
     out = tmp_path / "out"
-    assert _run("orbax_to_hf", ORBAX, out, "--verify", "--tolerance", "-1") == 3
+    assert _run("orbax_to_hf", ORBAX, out, "--verify") == 3
+    monkeypatch.undo()
     assert "verification failed" in capsys.readouterr().err
     assert _no_leftovers(out)
 
@@ -402,12 +408,12 @@ def test_xlstm_7b_shapes_match_the_converter_plan_in_both_layouts():
     from transformers import xLSTMConfig, xLSTMForCausalLM
 
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM, load_preset
-    from modeling_xlstm_flax.conversion import layouts
-    from modeling_xlstm_flax.conversion.common import Source, SourceTensor, output_tensors
+    from modeling_xlstm_flax import param_table
+    from modeling_xlstm_flax.conversion.common import Source, SourceTensor, model_plan, output_tensors
 
     config = load_preset("xlstm-7b")
     assert (config.vocab_size, config.embedding_dim, config.num_blocks, config.num_heads) == (50304, 4096, 32, 8)
-    plan = layouts.flax_plan(config)
+    plan = model_plan(config)
 
     def unreadable():
         raise AssertionError("the plan must not read weights")
@@ -433,5 +439,5 @@ def test_xlstm_7b_shapes_match_the_converter_plan_in_both_layouts():
                                                  num_heads=8))
     reference_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     assert written("pytorch", config, ".") == reference_shapes
-    assert layouts.pytorch_plan(config) == reference_shapes
+    assert param_table.pytorch_plan(plan) == reference_shapes
     assert len(reference_shapes) == 483
