@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One-shot accelerator check: correctness on the device, kernel speed, and the 7B shape against NX-AI's figures.
 
-    python3 benchmarks/device_check.py --out device_check              # one GPU: about 6-7 minutes on an H200
+    python3 benchmarks/device_check.py --out device_check              # one GPU: within 8 minutes on an H200
     python3 benchmarks/device_check.py --dry-run --out /tmp/dc         # CPU, tiny shapes, well under a minute
 
 Everything is built on the device from random weights (no downloads, no network). Writes
@@ -15,10 +15,11 @@ Sections, each item guarded (an error is recorded in the JSON, the rest still ru
    precision, which is TF32 on recent NVIDIA GPUs, and bfloat16), outputs and final states; and the upstream
    golden fixtures' logits (every kernel form, upstream's recurrent backend, and token-by-token decoding).
 2. `kernel`: our chunkwise forward at the TFLA shape (bfloat16, 8 x 8192 tokens, 16 heads, qk 128, v 256) for
-   each chunk size; the TFLA Triton kernel (`mlstm_kernels` PyTorch package) on the same shapes in the same run
-   when `torch` and `mlstm_kernels` import (optional).
+   each chunk size.
 3. `model`: the `xlstm-7b` preset, bfloat16 params and compute, random init compiled on the device: time to first
    token, prefill tokens/s, greedy decode ms/token after short and long contexts at batch 1 and 8, peak memory.
+4. `kernel.tfla` (optional, last, with the time left): the TFLA Triton kernel (`mlstm_kernels` PyTorch package) on
+   the same shapes as 2. in the same run, when `torch` (with CUDA) and `mlstm_kernels` import.
 
 A global time budget (`--time-budget-s`) skips what is left once it is spent (recorded as skipped).
 """
@@ -71,7 +72,7 @@ DEVICE_PEAKS = {
 
 FULL = {
     "check_cases": [(37, False), (37, True), (160, False), (160, True)],  # (S, with initial state), float32
-    "check_cases_other": [(37, False), (37, True), (160, False), (160, True)],  # the other dtype/precisions
+    "check_cases_other": [(37, False), (160, True)],  # the other dtype/precisions
     "check_shape": {"B": 2, "NH": 2, "DK": 16, "DV": 24},
     "check_chunk": 16,
     "fixtures": FIXTURE_MODELS,
@@ -389,9 +390,9 @@ def state_errors(state, ref_state) -> dict:
 # ---------------------------------------------------------------------------------------------- 1. correctness
 # (h tolerance, state tolerance) relative to max(1, max |reference|), per (dtype, matmul precision)
 FORM_TOLERANCES = {
-    ("float32", "highest"): (2e-5, 1e-4),  # as tests/test_kernels.py; CPU: <= 3e-7
+    ("float32", "highest"): (5e-5, 1e-4),  # CPU: h <= 8.3e-6 (recurrent form from a state), C <= 6e-7
     ("float32", "default"): (2e-2, 2e-2),  # TF32 matmuls on recent NVIDIA GPUs: about 1e-3 relative
-    ("bfloat16", "default"): (2e-2, 2e-2),  # CPU: h <= 3e-3, C <= 1.2e-3
+    ("bfloat16", "default"): (3e-2, 3e-2),  # CPU: h <= 5.6e-3, C <= 2.2e-3
 }
 
 
@@ -857,7 +858,7 @@ def model_section(rec: Recorder, args, shapes: dict) -> None:
             continue  # measured as a TTFT above
         plan.append((f"prefill_{batch}x{length}", lambda b=batch, n=length: bench.prefill(b, n)))
     for name, fn in plan:
-        rec.run("model", name, fn, need_s=15, requires=build)
+        rec.run("model", name, fn, need_s=30, requires=build)  # a 7B program compiles in tens of seconds
     rec.data["model"]["memory"] = {"status": "ok", "device_memory_end": device_memory(), "seconds": 0.0}
     rec.write()
 
@@ -902,9 +903,11 @@ def table_rows(data: dict) -> list:
                      "met": "-" if value is None else ("met" if value == "pass" else "missed")})
     kernel = data.get("kernel", {})
     ours = {k: v for k, v in kernel.items() if k.startswith("chunkwise_L") and v.get("status") == "ok"}
+    ks = data.get("meta", {}).get("shapes", {}).get("kernel_shape", {})
+    where = f"{ks.get('B')}x{ks.get('S')} tokens, {ks.get('NH')} heads, qk {ks.get('DK')}, v {ks.get('DV')}"
     for key, entry in ours.items():
-        add(f"our chunkwise forward, L={entry['chunk_size']}, ms", entry["ms"], ANCHORS_H100["tfla_forward_ms"],
-            unit="ms")
+        add(f"our chunkwise forward ({where}), L={entry['chunk_size']}, ms (anchor: TFLA)", entry["ms"],
+            ANCHORS_H100["tfla_forward_ms"], unit="ms")
     tfla = kernel.get("tfla", {})
     tfla_ms = [c["ms"] for c in tfla.get("chunks", {}).values() if c.get("status") == "ok"] \
         if tfla.get("status") == "ok" else []
@@ -1110,20 +1113,19 @@ def main(argv=None) -> int:
                     need_s=10)
         _CELL_INPUTS.clear()
         free_memory()
-    if "tfla" in sections:
+    if "model" in sections:
+        model_section(rec, args, shapes)
+        free_memory()
+    if "tfla" in sections:  # optional and compiles Triton kernels: last, with whatever time is left
         if args.dry_run:
             rec.data["kernel"]["tfla"] = {"status": "skipped", "reason": "dry run (CPU)"}
         else:
             reason = tfla_unavailable()
             if reason:
                 rec.data["kernel"]["tfla"] = {"status": "skipped", "reason": reason}
-            else:  # Triton compiles each chunk size: only when the model section keeps enough time
+            else:
                 rec.run("kernel", "tfla", lambda: tfla_section(K, shapes["kernel_shape"], shapes["kernel_chunks"],
-                                                               shapes["kernel_repeats"]), need_s=240)
-        rec.write()
-        free_memory()
-    if "model" in sections:
-        model_section(rec, args, shapes)
+                                                               shapes["kernel_repeats"]), need_s=45)
     rec.write()
     summary = rec.data["summary"]
     log(f"done in {budget.elapsed():.0f} s: correctness {'passed' if summary['correctness_passed'] else 'FAILED'}, "
