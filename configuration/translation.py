@@ -1,7 +1,7 @@
 """Translations of `XLSTMFlaxConfig` to and from the two config layouts users arrive with.
 
 * upstream xlstm-jax: the nested `xLSTMLMModelConfig` dict its checkpoints record (`dataclasses.asdict`, see
-  `../shared/fixtures/xlstm_jax/*/config.json`, or `metadata["model"]["model_config"]` of an orbax run);
+  `tests/fixtures/xlstm_jax/*/config.json`, or `metadata["model"]["model_config"]` of an orbax run);
 * transformers' `xLSTMConfig` (model_type `xlstm`, the `NX-AI/xLSTM-7b` config.json layout).
 
 A setting the target side cannot express raises `ValueError` naming it; nothing is silently dropped. Fields that

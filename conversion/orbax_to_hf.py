@@ -1,7 +1,7 @@
 """xlstm-jax orbax checkpoint -> Hugging Face model directory (Flax layout). Console script `xlstm-flax-from-orbax`,
 or `python -m modeling_xlstm_flax.conversion.orbax_to_hf`.
 
-Input: a `checkpoint_<step>` folder as upstream's trainer writes it (`../shared/fixtures/README.md`), or a run
+Input: a `checkpoint_<step>` folder as upstream's trainer writes it (`tests/fixtures/README.md`), or a run
 folder holding such folders (directly or under `checkpoints/`; the highest step unless `--step`). Read with
 `orbax-checkpoint` on CPU without a device mesh: the model config from `metadata/metadata` (JSON, `model` ->
 `model_config`, translated by `configuration.from_upstream_config`), the `params` item leaf by leaf (orbax partial

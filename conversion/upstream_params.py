@@ -1,6 +1,6 @@
 """Upstream xlstm-jax param trees <-> this port's params, whole trees at a time (the streaming converters use the
 same per-key functions). The names and reshapes live in the one param table, `modeling_xlstm_flax.param_table`;
-`../shared/fixtures/README.md` documents upstream's layout, e.g.
+`tests/fixtures/README.md` documents upstream's layout, e.g.
 `params/xlstm_block_stack/blocks/0/xlstm_res_block/xlstm/dense_q/Dense_0/kernel` <->
 `backbone/blocks/0/mlstm_layer/q/kernel`, `params/token_embedding/sharded/embedding (1, V, D)` <->
 `backbone/embeddings/embedding (V, D)`.

@@ -1,4 +1,5 @@
-"""Shared test helpers. Fixtures from upstream live in ../shared/fixtures (beside the repo); never edited."""
+"""Shared test helpers. The golden fixtures from upstream xlstm-jax live in tests/fixtures (copied unchanged from
+the project's shared fixtures; tests/fixtures/README.md says how they were made); never edited."""
 
 import json
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "xlstm_jax"
+FIXTURES = REPO / "tests" / "fixtures" / "xlstm_jax"
 FIXTURE_MODELS = ["v1", "v1_scan", "v2", "v2_ffn"]
 
 
@@ -20,7 +21,7 @@ def load_fixture(name: str, **overrides):
 
     folder = FIXTURES / name
     if not folder.is_dir():
-        pytest.fail(f"upstream fixtures missing at {folder} (expected ../shared/fixtures beside the repo)")
+        pytest.fail(f"upstream fixtures missing at {folder} (tests/fixtures is part of the repository)")
     config = from_upstream_config(json.loads((folder / "config.json").read_text()), **overrides)
     params = upstream_to_flax(load_file(str(folder / "params.safetensors")), config)
     return config, params, np.load(folder / "inputs.npy"), np.load(folder / "logits.npy")

@@ -1,4 +1,4 @@
-"""Parity with upstream xlstm-jax: golden logits from ../shared/fixtures (float32, tolerance 1e-4)."""
+"""Parity with upstream xlstm-jax: golden logits from tests/fixtures (float32, tolerance 1e-4)."""
 
 import numpy as np
 import pytest
