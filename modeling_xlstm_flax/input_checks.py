@@ -9,6 +9,7 @@ arguments (generation options, batch sizes) run in traces too.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +17,19 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+class _DropAutoClassNote(logging.Filter):
+    """transformers' Auto classes pass `trust_remote_code=True` on to the model class they resolved, whose
+    `from_pretrained` then says the argument "has no effect here": on a correct remote-code load of this model that
+    note is wrong, so it is dropped (only that message, only from transformers' Flax loader)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("The argument `trust_remote_code` is to be used with Auto classes")
+
+
+if not any(isinstance(f, _DropAutoClassNote) for f in logging.getLogger("transformers.modeling_flax_utils").filters):
+    logging.getLogger("transformers.modeling_flax_utils").addFilter(_DropAutoClassNote())
 
 
 def _is_traced(x: Any) -> bool:

@@ -576,6 +576,7 @@ def _only_sharded_safetensors(directory: Path) -> bool:
 
 def _as_flax_config(config) -> XLSTMFlaxConfig:
     if isinstance(config, XLSTMFlaxConfig):
+        config.validate()  # a model is only ever built from a valid config (assignments are checked too)
         return config
     if type(config).__name__ == "xLSTMConfig":  # transformers' PyTorch config (e.g. NX-AI/xLSTM-7b)
         from .configuration import from_transformers_config
