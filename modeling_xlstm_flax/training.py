@@ -318,6 +318,13 @@ def check_args(args) -> None:
     if args.steps < args.warmup_steps:
         raise UsageError(f"--steps {args.steps} is below --warmup-steps {args.warmup_steps}: the learning rate would "
                          "never reach its peak --lr; use fewer warmup steps or more steps")
+    if args.set:
+        if args.model:
+            raise UsageError("--set changes the config of a model trained from scratch; with --model the saved "
+                             "config is used (drop --set, or use --config/--preset)")
+        from .configuration import parse_field_overrides
+
+        parse_field_overrides(args.set, "--set")
     if not math.isfinite(args.lr) or args.lr <= 0:
         raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
     if not math.isfinite(args.min_lr_ratio) or not 0 <= args.min_lr_ratio <= 1:
