@@ -371,6 +371,9 @@ def _main(argv=None) -> int:
     if args.config and not Path(args.config).is_file():
         raise FileNotFoundError(f"--config {args.config}: no such file")
     check_output_location(args.output_dir, "--output-dir")
+    import datasets
+
+    datasets.disable_progress_bars()  # "Generating train split" bars; the training bar is the one that matters
     train(args)
     return 0
 
