@@ -110,7 +110,8 @@ def resolve_model_source(value, option: str = "--model", need_config: bool = Tru
         raise UsageError(f"{option} {text}: cannot be read ({exc.strerror or exc})") from None
     if exists:
         if not path.is_dir():
-            raise UsageError(f"{option} {text}: is a file; expected a model folder (config.json, model.safetensors)")
+            wanted = "a model folder (config.json, model.safetensors)" if need_config else "a folder"
+            raise UsageError(f"{option} {text}: is a file; expected {wanted}")
         if need_config and not (path / "config.json").is_file():
             raise UsageError(f"{option} {text}: the folder has no config.json, so it is not a model folder")
         return str(path)
