@@ -11,7 +11,10 @@ through `jax.sharding` (see the README, "Many devices").
 
 from __future__ import annotations
 
+import difflib
+import functools
 import inspect
+import json
 import math
 from typing import Any, Optional, Sequence, Union
 
@@ -218,6 +221,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
     ):
         if "tie_weights" in kwargs:  # upstream spelling
             tie_word_embeddings = kwargs.pop("tie_weights")
+        check_field_names(kwargs, "XLSTMFlaxConfig()")
         # transformers' `dtype`/`torch_dtype` names a torch dtype; ours is `compute_dtype` (see the README)
         kwargs.pop("dtype", None)
         kwargs.pop("torch_dtype", None)
@@ -287,6 +291,50 @@ class XLSTMFlaxConfig(PretrainedConfig):
             **kwargs,
         )
         self.validate()
+        # from now on every assignment is checked (see __setattr__); set last, so construction itself is not
+        self.__dict__[_CHECK_ASSIGNMENTS] = True
+
+    # ------------------------------------------------------------------ assignment
+    def __setattr__(self, key: str, value: Any) -> None:
+        """After construction: an unknown public name is an error (it would be saved into a config.json that cannot be
+        loaded again), and a change to one of our fields is validated with the whole config (type, range and the
+        cross-field sizes); an invalid value is refused and the old one kept. `update()` sets several at once."""
+        if not self.__dict__.get(_CHECK_ASSIGNMENTS):
+            return super().__setattr__(key, value)
+        key = type(self).attribute_map.get(key, key)
+        if not key.startswith("_"):
+            check_field_names([key], f"setting XLSTMFlaxConfig.{key}")
+        if key not in _own_fields():
+            return super().__setattr__(key, value)
+        try:
+            self.update({key: value})
+        except ValueError as exc:
+            raise ValueError(f"cannot set XLSTMFlaxConfig.{key}={value!r} (the config keeps {key}="
+                             f"{getattr(self, key)!r}): {exc}") from None
+
+    def update(self, config_dict: dict[str, Any]) -> None:
+        """Set several fields at once (names checked first), then validate the result; on error the config is left
+        as it was."""
+        config_dict = {type(self).attribute_map.get(k, k): v for k, v in dict(config_dict).items()}
+        check_field_names([k for k in config_dict if not k.startswith("_")], "XLSTMFlaxConfig.update()")
+        missing = object()
+        old = {k: self.__dict__.get(k, missing) for k in config_dict}
+        for key, value in config_dict.items():
+            if key in _LIST_FIELDS and isinstance(value, tuple):  # as the constructor stores them
+                value = list(value)
+            if key in _own_fields():
+                object.__setattr__(self, key, value)
+            else:
+                PretrainedConfig.__setattr__(self, key, value)
+        try:
+            self.validate()
+        except ValueError:
+            for key, value in old.items():
+                if value is missing:
+                    self.__dict__.pop(key, None)
+                else:
+                    self.__dict__[key] = value
+            raise
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -436,7 +484,30 @@ class XLSTMFlaxConfig(PretrainedConfig):
         """As `PretrainedConfig.to_dict`, without transformers' torch `dtype` (ours is `compute_dtype`)."""
         output = super().to_dict()
         output.pop("dtype", None)
+        output.pop(_CHECK_ASSIGNMENTS, None)
         return output
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        """The JSON object of `json_file`; anything else (a list, a number) is an error naming the file."""
+        with open(json_file, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {json_file} holds a JSON {type(data).__name__}, not an object of config "
+                             "fields ({\"vocab_size\": ..., ...})")
+        if data.get("model_type", cls.model_type) == cls.model_type:  # transformers' `xlstm` is translated instead
+            check_field_names(data, f"config file {json_file}")
+        return data
+
+    @classmethod
+    def _get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """As `PretrainedConfig._get_config_dict`, but a folder without the config file is an error (transformers
+        hands back nothing, and `from_pretrained` then built the default 7B config)."""
+        config_dict, unused = super()._get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict is None:
+            raise ValueError(f"{pretrained_model_name_or_path} has no config.json (no XLSTMFlaxConfig to load); give "
+                             "a model folder written by save_pretrained or the conversion commands")
+        return config_dict, unused
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -452,15 +523,70 @@ class XLSTMFlaxConfig(PretrainedConfig):
         if model_type != cls.model_type:
             raise ValueError(f"config model_type {model_type!r} cannot be loaded as {cls.__name__}; expected "
                              f"{cls.model_type!r} (or transformers' 'xlstm')")
-        unknown = sorted(k for k in set(config_dict) - _known_fields() if not k.startswith("_"))
-        if unknown:
-            raise ValueError(f"config has fields {cls.__name__} does not know: {unknown}; remove them or fix "
-                             "their names (see configuration.FIELD_DOCS)")
+        check_field_names(config_dict, "config")
         return super().from_dict(config_dict, **kwargs)
 
 
-def _known_fields() -> set[str]:
-    own = set(inspect.signature(XLSTMFlaxConfig.__init__).parameters) - {"self", "kwargs"}
-    common = set(PretrainedConfig().to_dict())
-    return own | common | {"tie_weights", "model_type", "transformers_version", "architectures", "auto_map",
-                           "_name_or_path", "dtype", "torch_dtype", "attn_implementation", "custom_pipelines"}
+# Set in an instance's __dict__ once construction has finished: from then on assignments are validated.
+_CHECK_ASSIGNMENTS = "_xlstm_flax_check_assignments"
+_LIST_FIELDS = ("slstm_at", "igate_bias_init_range", "fgate_bias_init_range")
+
+# Attributes transformers itself defines, sets or reads on model configs beyond what `PretrainedConfig()` holds:
+# accepted in the constructor and by assignment, and written and read back by save_pretrained / from_pretrained.
+TRANSFORMERS_FIELDS = frozenset({
+    "tie_weights", "model_type", "transformers_version", "architectures", "auto_map", "name_or_path", "dtype",
+    "torch_dtype", "attn_implementation", "custom_pipelines", "use_cache", "gradient_checkpointing",
+    "output_attentions", "output_hidden_states", "return_dict", "use_bfloat16", "tf_legacy_loss", "num_labels",
+    "pruned_heads", "torchscript", "task_specific_params", "hidden_size", "num_hidden_layers",
+})
+
+
+@functools.lru_cache(maxsize=None)
+def _own_fields() -> frozenset:
+    """This config's own constructor fields (besides **kwargs)."""
+    return frozenset(set(inspect.signature(XLSTMFlaxConfig.__init__).parameters) - {"self", "kwargs"})
+
+
+@functools.lru_cache(maxsize=None)
+def _known_fields() -> frozenset:
+    """Every name a config may hold: our fields, `PretrainedConfig`'s and transformers' common ones."""
+    return _own_fields() | frozenset(PretrainedConfig().to_dict()) | TRANSFORMERS_FIELDS
+
+
+def known_field_names() -> list[str]:
+    """Sorted names `XLSTMFlaxConfig` accepts (its own fields, then transformers' standard config attributes)."""
+    return sorted(_known_fields())
+
+
+def _suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name, sorted(_own_fields()), n=1, cutoff=0.6) or difflib.get_close_matches(
+        name, sorted(_known_fields()), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_field_names(names, where: str) -> None:
+    """Raise ValueError if any of `names` is not a field of XLSTMFlaxConfig (names starting with `_` are
+    transformers' bookkeeping and pass), naming each unknown name with the closest known field."""
+    unknown = sorted(str(k) for k in names if not str(k).startswith("_") and k not in _known_fields())
+    if unknown:
+        details = "; ".join(f"{name!r}{_suggestion(name)}" for name in unknown)
+        raise ValueError(f"{where}: unknown XLSTMFlaxConfig field{'s' if len(unknown) > 1 else ''} {details}. "
+                         "Fields are listed in modeling_xlstm_flax.configuration.FIELD_DOCS")
+
+
+def parse_field_overrides(items: Optional[Sequence[str]], option: str = "--set") -> dict[str, Any]:
+    """Command-line overrides ["field=value", ...] -> {field: value}. Values are parsed as JSON where they parse
+    (true, 3, 1e-5, null, [1, 2]) and kept as strings otherwise; field names are checked (ValueError naming the
+    option, the item and the closest field)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{option} {item!r}: expected FIELD=VALUE, e.g. {option} num_blocks=4")
+        check_field_names([key], f"{option} {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

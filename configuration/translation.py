@@ -6,7 +6,8 @@
 
 A setting the target side cannot express raises `ValueError` naming it; nothing is silently dropped. Fields that
 are runtime choices rather than model definition (device mesh, kernel backends, chunked inference) are mapped where
-a counterpart exists and otherwise logged.
+a counterpart exists and otherwise logged. A key the translation does not know at all is a `ValueError` naming it
+(upstream dicts: every level; transformers' `xLSTMConfig`: every key except transformers' bookkeeping ones).
 """
 
 from __future__ import annotations
@@ -298,10 +299,54 @@ def _ffn_factor_building(width: int, hidden_size: int, factor: float, multiple_o
                      f"multiple {multiple_of}")
 
 
+# xLSTMConfig fields read by `from_transformers_config` (translated, or checked and refused when not expressible)
+_PT_READ = {
+    "vocab_size", "hidden_size", "embedding_dim", "num_hidden_layers", "num_blocks", "num_heads", "use_bias",
+    "norm_reduction_force_float32", "tie_word_embeddings", "add_out_norm", "norm_eps", "qk_dim_factor",
+    "v_dim_factor", "chunkwise_kernel", "chunk_size", "eps", "inference_state_dtype", "ffn_proj_factor",
+    "ffn_round_up_to_multiple_of", "gate_soft_cap", "output_logit_soft_cap", "weight_mode", "pad_token_id",
+    "bos_token_id", "eos_token_id", "dtype", "torch_dtype",
+}
+# xLSTMConfig fields that choose PyTorch kernels or inference behaviour, not the model: logged when not the default
+_PT_RUNTIME = {
+    "sequence_kernel": "native_sequence__native", "step_kernel": "native", "mode": "inference",
+    "return_last_states": True, "autocast_kernel_dtype": "bfloat16", "max_inference_chunksize": 16384,
+    "use_cache": True, "force_bos_token_insert": None,  # the last one: NX-AI/xLSTM-7b's config.json, tokenizing
+}
+# Bookkeeping keys transformers writes into every config.json (besides PretrainedConfig()'s own attributes)
+_PT_BOOKKEEPING = {"model_type", "transformers_version", "architectures", "auto_map", "_name_or_path", "name_or_path",
+                   "output_attentions", "custom_pipelines", "attn_implementation"}
+
+
+def _check_transformers_keys(keys) -> None:
+    """Every key of a transformers xLSTM config is read, runtime (logged) or bookkeeping; others are refused."""
+    from transformers import PretrainedConfig
+
+    known = _PT_READ | set(_PT_RUNTIME) | _PT_BOOKKEEPING | set(PretrainedConfig().to_dict())
+    unknown = sorted(k for k in keys if not str(k).startswith("_") and k not in known)
+    if unknown:
+        raise ValueError(f"transformers xLSTMConfig has fields this translation does not know: {unknown}; they "
+                         "would be dropped, so the config is refused (remove them or extend "
+                         "configuration.translation)")
+
+
 def from_transformers_config(pt_config, **overrides) -> XLSTMFlaxConfig:
-    """Translate transformers' `xLSTMConfig` (or its dict) into an `XLSTMFlaxConfig`."""
-    get = (lambda k, d=None: pt_config.get(k, d)) if isinstance(pt_config, dict) else (
-        lambda k, d=None: getattr(pt_config, k, d))
+    """Translate transformers' `xLSTMConfig` (or its dict) into an `XLSTMFlaxConfig`.
+
+    Every key is accounted for: model fields are translated (or refused when this port cannot express the value),
+    PyTorch kernel/inference choices (`sequence_kernel`, `step_kernel`, `mode`, `autocast_kernel_dtype`, ...) are
+    logged when not the default, transformers' bookkeeping keys pass, and any other key is a `ValueError` naming it.
+    """
+    if not isinstance(pt_config, dict):
+        if not hasattr(pt_config, "to_dict"):
+            raise ValueError(f"expected transformers' xLSTMConfig or its dict, got {type(pt_config).__name__}")
+        pt_config = pt_config.to_dict()
+    _check_transformers_keys(pt_config)
+    runtime = {k: pt_config[k] for k, default in _PT_RUNTIME.items() if k in pt_config and pt_config[k] != default}
+    if runtime:
+        logger.info("transformers xLSTMConfig fields %s choose PyTorch kernels or inference behaviour; this port "
+                    "has its own (sequence_kernel, chunk_size, compute_dtype): not translated", runtime)
+    get = lambda k, d=None: pt_config.get(k, d)  # noqa: E731
     if get("use_bias", False):
         raise ValueError("xLSTMConfig.use_bias=True adds biases to the norms too, which this port does not model")
     if get("weight_mode", "single") != "single":

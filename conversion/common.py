@@ -292,17 +292,10 @@ def check_logits(source: np.ndarray, output: np.ndarray, tolerance: float, ids: 
 
 # ---------------------------------------------------------------------------------------------- command lines
 def parse_overrides(items: Optional[list[str]]) -> dict:
-    """["field=value", ...] -> {field: value}, values parsed as JSON where they parse (true, 3, 1e-5, null)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConversionError(f"--override {item!r}: expected FIELD=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+    """["field=value", ...] -> {field: value} (`configuration.parse_field_overrides`: JSON values, names checked)."""
+    from ..configuration import parse_field_overrides
+
+    return parse_field_overrides(items, option="--override")
 
 
 TOKENIZER_HELP = ("tokenizer to add instead of the input's tokenizer files: a folder, a single file, or a Hub id "
@@ -386,6 +379,9 @@ def run_cli(convert: Callable[[argparse.Namespace], Any], parser: argparse.Argum
     """Parse `argv`, run `convert` and print "wrote <the path it returns>"; print any error as one line and return
     the exit status (0 done, 1 bad input or any other failure, 2 usage, 3 verification failed, 130 interrupted).
     `--debug` prints the traceback of an unexpected error too."""
+    from ..cli import quiet_transformers
+
+    quiet_transformers()
     args = parser.parse_args(argv)
     try:
         print(f"wrote {convert(args)}")

@@ -711,35 +711,22 @@ def replace_files_atomically(directory, stale: Iterable[str] = ()) -> Iterator[P
 def resolve_model_dir(name_or_path, subfolder: str = "", **hub_kwargs) -> Path:
     """A local model folder (symlinks resolved), or a Hub repo id downloaded with huggingface_hub (config, weights,
     tokenizer and generation files). ValueError naming the path when it is a file, a broken link or a link loop,
-    or neither an existing folder nor a valid repo id."""
-    path = Path(str(name_or_path)).expanduser()
-    if path.exists() or os.path.islink(path):
-        try:
-            resolved = path.resolve(strict=True)
-        except (OSError, RuntimeError) as e:
-            raise ValueError(f"model path {path} cannot be resolved ({e}): a broken symlink or a symlink loop"
-                             ) from None
-        if not resolved.is_dir():
-            raise ValueError(f"model path {path} is a file; expected a model folder (config.json + weights) or a "
-                             "Hub repo id")
-        return resolved / subfolder if subfolder else resolved
-    name = str(name_or_path)
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    or neither an existing folder nor a valid repo id (`cli.resolve_model_source` decides which)."""
+    from .cli import resolve_model_source
 
-    try:
-        if name.startswith(("/", ".", "~")) or os.sep in name.strip("/").replace("/", "", 1):
-            raise HFValidationError(name)
-        validate_repo_id(name)
-    except HFValidationError:
-        raise ValueError(f"model {name!r}: no such local folder, and not a valid Hub repo id") from None
+    source = resolve_model_source(name_or_path, option="model", need_config=False)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path.resolve()
+        return path / subfolder if subfolder else path
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.msgpack", "*.txt", "*.model", "*.jinja", "*.md"]
     try:
-        local = snapshot_download(name, allow_patterns=[f"{subfolder}/{p}" if subfolder else p for p in patterns],
+        local = snapshot_download(source, allow_patterns=[f"{subfolder}/{p}" if subfolder else p for p in patterns],
                                   **hub_kwargs)
     except Exception as e:
-        raise OSError(f"cannot get model {name!r} from the Hub ({type(e).__name__}: {e})") from None
+        raise OSError(f"cannot get model {source!r} from the Hub ({type(e).__name__}: {e})") from None
     return Path(local) / subfolder if subfolder else Path(local)
 
 

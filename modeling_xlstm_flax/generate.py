@@ -10,6 +10,7 @@ through the text-generation pipeline when available, else `model.generate`; repo
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -45,17 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    import modeling_xlstm_flax as xf
+    """The command: bad input (a missing model folder, an invalid option value) is one line on stderr, exit 1."""
+    from .cli import run_command
+
+    return run_command("xlstm-flax-generate", _main, argv)
+
+
+def _check_options(args) -> None:
+    from .cli import UsageError
 
     if args.max_new_tokens <= 0:
-        raise SystemExit(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+        raise UsageError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if args.num_beams < 1:
+        raise UsageError(f"--num-beams must be >= 1 (1: no beam search), got {args.num_beams}")
+    if args.do_sample:
+        if not math.isfinite(args.temperature) or args.temperature <= 0:
+            raise UsageError(f"--temperature must be a positive finite number, got {args.temperature}")
+        if args.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0 (0: no top-k filter), got {args.top_k}")
+        if not 0 < args.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_options(args)
+    import modeling_xlstm_flax as xf
+
     dtype = None if args.dtype is None else getattr(jax.numpy, args.dtype)
     sample = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) if args.do_sample else {}
     if not args.preset:
+        from .cli import resolve_model_source
         from .pipeline import text_generation_pipeline
 
-        source = args.model or str(bundled_model_path())
+        source = resolve_model_source(args.model) if args.model else str(bundled_model_path())
         generator = text_generation_pipeline(source, model_kwargs={"dtype": dtype})
         call = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams,
                     seed=args.seed, return_full_text=True, **sample)

@@ -23,6 +23,8 @@ import argparse
 import ast
 import importlib.util
 import json
+import logging
+import os
 import re
 import shutil
 import sys
@@ -38,6 +40,7 @@ AUTO_MAP = {
     "FlaxAutoModel": "modeling_flax_xlstm.FlaxXLSTMModel",
     "FlaxAutoModelForCausalLM": "modeling_flax_xlstm.FlaxXLSTMForCausalLM",
 }
+logger = logging.getLogger(__name__)
 HEADER = ("# Exported for the Hugging Face Hub by modeling_xlstm_flax.hub (xlstm-flax {version}) from {module}.\n"
           "# Package-relative imports are rewritten to this repo's flat modules; edit the package source instead.\n")
 
@@ -251,48 +254,96 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
     `card`: a ready `ModelCard`; otherwise one is built with `model_cards.build_model_card(model.config,
     model_name=..., repo_id=..., **card_kwargs)` (license, base_model, datasets, perplexity, eval_dataset, ...).
     Returns the folder."""
-    from transformers import AutoTokenizer, FlaxAutoModelForCausalLM
+    from transformers import FlaxAutoModelForCausalLM
 
     from .model_cards import build_model_card, check_model_card
 
+    folder = Path(save_directory).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder} is not empty; pass overwrite=True (--overwrite) to replace it")
     source_dir = None
     if isinstance(model, (str, Path)):
         source_dir = str(model)
         model = FlaxAutoModelForCausalLM.from_pretrained(source_dir)
         if tokenizer is None:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(source_dir)
-            except (OSError, ValueError):
-                tokenizer = None
-    elif isinstance(tokenizer, (str, Path)):
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
-    folder = Path(save_directory)
-    if folder.exists() and any(folder.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{folder} is not empty; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+            tokenizer = _model_tokenizer(source_dir)
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = _load_tokenizer(str(tokenizer))
 
-    params = model.params if params is None else params
-    model.save_pretrained(folder, params=params)  # config.json, model.safetensors, generation_config.json
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["auto_map"] = dict(AUTO_MAP)
-    config["architectures"] = ["FlaxXLSTMForCausalLM"]
-    config.pop("_name_or_path", None)
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    write_code_files(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+    # Written into a temporary folder beside the target and renamed at the end: an existing export is replaced
+    # only by a complete one, and a failed export leaves nothing behind.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        params = model.params if params is None else params
+        model.save_pretrained(tmp, params=params)  # config.json, model.safetensors, generation_config.json
+        config_path = tmp / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["auto_map"] = dict(AUTO_MAP)
+        config["architectures"] = ["FlaxXLSTMForCausalLM"]
+        config.pop("_name_or_path", None)
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_code_files(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
 
-    name = model_name or (repo_id.split("/")[-1] if repo_id else None) or (
-        Path(source_dir).name if source_dir else "xlstm-flax")
-    if card is None:
-        card = build_model_card(model.config, model_name=name, repo_id=repo_id or name, params=params,
-                                **card_kwargs)
-    check_model_card(card)
-    card.save(str(folder / "README.md"))
+        name = model_name or (repo_id.split("/")[-1] if repo_id else None) or (
+            Path(source_dir).name if source_dir else "xlstm-flax")
+        if card is None:
+            card = build_model_card(model.config, model_name=name, repo_id=repo_id or name, params=params,
+                                    **card_kwargs)
+        check_model_card(card)
+        card.save(str(tmp / "README.md"))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.rename(folder, old)
+            os.rename(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "merges.txt")
+
+
+def _load_tokenizer(source: str):
+    """`AutoTokenizer.from_pretrained(source)`, with a clear error when `source` holds no usable tokenizer."""
+    from transformers import AutoTokenizer
+
+    path = Path(source)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"tokenizer {source}: is a file; give the folder holding tokenizer.json / "
+                         "tokenizer_config.json")
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"tokenizer {source}: the folder has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])})")
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:  # transformers raises KeyError/TypeError/AttributeError for folders it cannot map
+        raise ValueError(f"cannot load a tokenizer from {source}: {type(exc).__name__}: {exc}") from exc
+
+
+def _model_tokenizer(source_dir: str):
+    """The tokenizer saved with a model, or None (with a warning) when the model folder has none."""
+    path = Path(source_dir)
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        logger.warning("%s has no tokenizer files: exporting without a tokenizer (add one with tokenizer=... / "
+                       "--tokenizer DIR)", source_dir)
+        return None
+    try:
+        return _load_tokenizer(source_dir)
+    except ValueError as exc:
+        logger.warning("%s; exporting without a tokenizer (add one with tokenizer=... / --tokenizer DIR)", exc)
+        return None
 
 
 def push_to_hub(model_or_folder, repo_id: str, tokenizer=None, *, token: Optional[str] = None,
@@ -352,6 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """The command: bad input (a missing model folder, an unwritable output) is one line on stderr, exit 1."""
+    from .cli import run_command
+
+    return run_command("xlstm-flax-export-hub", _main, argv)
+
+
+def _main(argv=None) -> int:
+    from .cli import UsageError, check_output_location, resolve_model_source
+
     args = build_parser().parse_args(argv)
     card_kwargs = dict(license=args.license, base_model=args.base_model, datasets=args.dataset,
                        perplexity=args.perplexity, eval_dataset=args.eval_dataset, eval_split=args.eval_split,
@@ -359,16 +419,19 @@ def main(argv=None) -> int:
                        model_name=args.model_name)
     card_kwargs = {k: v for k, v in card_kwargs.items() if v is not None}
     if args.output is None and args.push_to_hub is None:
-        raise SystemExit("give --output, --push-to-hub, or both")
-    source: Any = args.model
+        raise UsageError("give --output, --push-to-hub, or both")
+    model = resolve_model_source(args.model)
+    tokenizer = resolve_model_source(args.tokenizer, "--tokenizer", need_config=False) if args.tokenizer else None
+    source: Any = model
     if args.output is not None:
-        folder = export_hub_folder(args.model, args.output, args.tokenizer, repo_id=args.push_to_hub,
+        check_output_location(args.output)
+        folder = export_hub_folder(model, args.output, tokenizer, repo_id=args.push_to_hub,
                                    overwrite=args.overwrite, **card_kwargs)
         print(f"wrote {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir())))
         source = folder
     if args.push_to_hub:
         kwargs = {} if args.output is not None else card_kwargs
-        info = push_to_hub(source, args.push_to_hub, args.tokenizer, token=args.token, private=args.private or None,
+        info = push_to_hub(source, args.push_to_hub, tokenizer, token=args.token, private=args.private or None,
                            commit_message=args.commit_message, **kwargs)
         print(f"uploaded to {args.push_to_hub}: {getattr(info, 'commit_url', info)}")
     return 0

@@ -1,18 +1,35 @@
 """Host-side checks of model inputs and checkpoint files, run before any compute.
 
 JAX would otherwise clamp an out-of-range embedding gather, broadcast a mis-shaped mask or fail deep inside XLA.
-Checks run on concrete inputs only: inside `jax.jit` (traced inputs) they are skipped, and out-of-range ids there
-are clamped by XLA's gather as usual (see the README, "Errors and guarantees").
+Checks of arrays run on concrete inputs only: inside `jax.jit` (traced inputs) they are skipped, and out-of-range ids
+there are clamped into [0, vocab_size) by the embedding (see the README, "Errors and limits"). Checks of plain Python
+arguments (generation options, batch sizes) run in traces too.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+
+class _DropAutoClassNote(logging.Filter):
+    """transformers' Auto classes pass `trust_remote_code=True` on to the model class they resolved, whose
+    `from_pretrained` then says the argument "has no effect here": on a correct remote-code load of this model that
+    note is wrong, so it is dropped (only that message, only from transformers' Flax loader)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("The argument `trust_remote_code` is to be used with Auto classes")
+
+
+if not any(isinstance(f, _DropAutoClassNote) for f in logging.getLogger("transformers.modeling_flax_utils").filters):
+    logging.getLogger("transformers.modeling_flax_utils").addFilter(_DropAutoClassNote())
 
 
 def _is_traced(x: Any) -> bool:
@@ -67,3 +84,160 @@ def check_inputs(input_ids, attention_mask: Optional[Any], document_borders: Opt
     check_input_ids(input_ids, vocab_size)
     check_mask(attention_mask, input_ids, "attention_mask")
     check_mask(document_borders, input_ids, "document_borders")
+# ---------------------------------------------------------------------------------------------- generate
+# Longest sequence `generate` accepts (prompt + new tokens): its output buffer is allocated up front.
+MAX_GENERATION_LENGTH = 1 << 24
+
+
+def _as_array(value: Any, name: str) -> Any:
+    """A list/tuple given for an array argument as a numpy array (as the model call accepts); arrays pass."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    try:
+        return np.asarray(value)
+    except ValueError as exc:  # ragged rows
+        raise ValueError(f"{name} is a ragged list (rows of different lengths): pad the prompts on the left and "
+                         "pass an attention_mask") from exc
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_int(name: str, value: Any, low: int, high: Optional[int] = None, hint: str = "") -> None:
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        allowed = f"an int >= {low}" + (f" and <= {high}" if high is not None else "")
+        raise ValueError(f"{name}={value!r} is invalid: must be {allowed}{hint}")
+
+
+def check_left_padding(attention_mask: Any) -> None:
+    """`generate` continues after the last position of every row: a row that ends in padding (right padding) or has
+    no token at all is refused. Padding inside or before a prompt is fine (it never touches the state)."""
+    if attention_mask is None or _is_traced(attention_mask):
+        return
+    mask = np.asarray(attention_mask).astype(bool)
+    empty = ~mask.any(axis=1)
+    if empty.any():
+        raise ValueError(f"attention_mask row {int(np.argmax(empty))} is all zeros: that prompt has no tokens")
+    right = ~mask[:, -1]
+    if right.any():
+        row = int(np.argmax(right))
+        raise ValueError(f"attention_mask row {row} ends with padding ({np.asarray(attention_mask)[row].tolist()}): "
+                         "generate continues after the last position, so pad prompts on the left "
+                         "(tokenizer.padding_side = 'left')")
+
+
+def check_generation_options(generation_config: Any, kwargs: dict, prompt_length: int) -> None:
+    """The length, beam and sampling options `generate` will use (`kwargs` over `generation_config`), each named with
+    its value and what is allowed. Plain Python values, so this runs inside traces too."""
+    from transformers import GenerationConfig
+
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise ValueError(f"generation_config must be a transformers GenerationConfig, got "
+                         f"{type(generation_config).__name__}")
+    config = generation_config if generation_config is not None else GenerationConfig()
+    get = lambda name: kwargs[name] if name in kwargs else getattr(config, name, None)  # noqa: E731
+    limit = MAX_GENERATION_LENGTH
+    new_tokens = get("max_new_tokens")
+    if new_tokens is not None:
+        _check_int("max_new_tokens", new_tokens, 1, limit - prompt_length,
+                   f" (the prompt has {prompt_length} tokens; prompt + new tokens may be at most {limit})")
+    else:
+        max_length = get("max_length")
+        if max_length is not None and max_length != GenerationConfig().max_length:  # transformers adds the prompt
+            # to its default max_length; any other value counts the prompt
+            _check_int("max_length", max_length, prompt_length + 1, limit,
+                       f" (it counts the prompt's {prompt_length} tokens, so it must exceed them to generate "
+                       "anything; or pass max_new_tokens)")
+    for name in ("min_length", "min_new_tokens"):
+        if get(name) is not None:
+            _check_int(name, get(name), 0, limit)
+    _check_int("num_beams", get("num_beams") if get("num_beams") is not None else 1, 1, None,
+               " (1: no beam search)")
+    if get("num_return_sequences") is not None:
+        _check_int("num_return_sequences", get("num_return_sequences"), 1)
+    if not get("do_sample"):
+        return
+    temperature, top_k, top_p = get("temperature"), get("top_k"), get("top_p")
+    if temperature is not None and (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+                                    or not math.isfinite(temperature) or temperature <= 0):
+        raise ValueError(f"temperature={temperature!r} is invalid when sampling: must be a positive finite number")
+    if top_k is not None:
+        _check_int("top_k", top_k, 0, None, " when sampling (0: no top-k filter)")
+    if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool)
+                              or not math.isfinite(top_p) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r} is invalid when sampling: must be in (0, 1]")
+
+
+def check_generate_inputs(model: Any, input_ids: Any, attention_mask: Any, generation_config: Any,
+                          kwargs: dict) -> tuple[Any, Any]:
+    """Everything `model.generate` can check before compiling: lists become arrays (as in the model call), the prompt
+    ids and mask (left padding only), and the generation options (`kwargs` over `generation_config`, else the model's
+    own). Returns (input_ids, attention_mask)."""
+    input_ids = _as_array(input_ids, "input_ids")
+    attention_mask = _as_array(attention_mask, "attention_mask")
+    if generation_config is None:
+        generation_config = model.generation_config
+    check_input_ids(input_ids, model.config.vocab_size)
+    check_mask(attention_mask, input_ids, "attention_mask")
+    check_left_padding(attention_mask)
+    check_generation_options(generation_config, kwargs, int(np.shape(input_ids)[-1]))
+    return input_ids, attention_mask
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def check_batch_size(batch_size: Any, name: str = "batch_size") -> None:
+    """A positive int (Python or numpy)."""
+    _check_int(name, batch_size, 1)
+
+
+def _describe(tree: Any) -> str:
+    if isinstance(tree, dict):
+        return f"a dict with keys {sorted(map(str, tree))}"
+    if isinstance(tree, (list, tuple)):
+        return f"a {type(tree).__name__} of {len(tree)}"
+    return type(tree).__name__
+
+
+def _compare(got: Any, want: Any, path: str) -> None:
+    """Structure, shapes and dtypes of `got` against the abstract cache `want`, naming the first difference."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict) or set(map(str, got)) != set(want):
+            raise ValueError(f"{path} must be {_describe(want)}, got {_describe(got)}")
+        for key in want:
+            _compare(got[key], want[key], f"{path}[{key!r}]")
+        return
+    if isinstance(want, (list, tuple)):
+        if not isinstance(got, (list, tuple)) or len(got) != len(want):
+            raise ValueError(f"{path} must be a list of {len(want)} per-block states (one per block), got "
+                             f"{_describe(got)}")
+        for i, (g, w) in enumerate(zip(got, want)):
+            _compare(g, w, f"{path}[{i}]")
+        return
+    shape, dtype = getattr(got, "shape", None), getattr(got, "dtype", None)
+    if shape is None or dtype is None:
+        raise ValueError(f"{path} must be an array of shape {tuple(want.shape)} ({want.dtype}), got "
+                         f"{type(got).__name__}")
+    if tuple(shape) != tuple(want.shape) or np.dtype(dtype) != np.dtype(want.dtype):
+        raise ValueError(f"{path} has shape {tuple(shape)} ({np.dtype(dtype)}), expected {tuple(want.shape)} "
+                         f"({want.dtype}): the cache was built for another batch size or config "
+                         "(init_cache(batch_size) builds a matching one)")
+
+
+_all_finite = jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))
+
+
+def check_cache(cache: Any, init_cache, input_ids: Any, name: str = "past_key_values") -> None:
+    """A cache must have `init_cache(batch)`'s structure, shapes and float32 dtype, and be finite; checked on the host
+    for concrete caches (skipped when traced). `init_cache` is the model's method (only its shapes are used)."""
+    if cache is None or _is_traced(input_ids):
+        return
+    leaves = jax.tree_util.tree_leaves(cache)
+    if any(_is_traced(leaf) for leaf in leaves):
+        return
+    batch = int(np.shape(input_ids)[0])
+    want = jax.eval_shape(lambda: init_cache(batch))
+    _compare(cache, want, name)
+    if not bool(_all_finite(leaves)):
+        raise ValueError(f"{name} holds NaN or infinite values: a cache from a diverged or corrupted run; start "
+                         "from init_cache(batch_size)")

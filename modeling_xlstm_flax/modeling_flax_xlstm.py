@@ -37,7 +37,7 @@ from transformers.modeling_flax_utils import FlaxPreTrainedModel
 
 from .configuration import XLSTMFlaxConfig
 from . import mlstm_kernels
-from .input_checks import check_input_ids, check_inputs, check_mask
+from .input_checks import check_batch_size, check_cache, check_generate_inputs, check_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -494,7 +494,7 @@ class XLSTMModule(nn.Module):
 
     def __call__(self, input_ids, attention_mask=None, document_borders=None, cache=None, deterministic=True,
                  output_hidden_states=False, return_dict=True):
-        x = self.embeddings(input_ids)
+        x = self.embeddings(jnp.clip(input_ids, 0, self.config.vocab_size - 1))  # traced ids: clamped, never NaN
         if self.config.add_embedding_dropout:
             x = self.dropout(x, deterministic=deterministic)
         embedded = x
@@ -570,6 +570,7 @@ _IGNORED_LOADING_KWARGS = (
 
 def _as_flax_config(config) -> XLSTMFlaxConfig:
     if isinstance(config, XLSTMFlaxConfig):
+        config.validate()  # a model is only ever built from a valid config (assignments are checked too)
         return config
     if type(config).__name__ == "xLSTMConfig":  # transformers' PyTorch config (e.g. NX-AI/xLSTM-7b)
         from .configuration import from_transformers_config
@@ -745,6 +746,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         conv (B, K-1, inner_dim); all float32. A list over blocks, or with `scan_blocks` one dict whose leaves
         carry the block axis second: (B, NB, ...).
         """
+        check_batch_size(batch_size)
         cfg = self.config
         state = mlstm_kernels.zero_state(batch_size, cfg.num_heads, cfg.qk_head_dim, cfg.v_head_dim)._asdict()
         if cfg.layer_type == "mlstm":
@@ -769,8 +771,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         cut from the returned sequences, so they are what the unpadded call returns (an explicit `max_length` /
         `min_length` still counts the unpadded prompt).
         """
-        check_input_ids(input_ids, self.config.vocab_size)
-        check_mask(attention_mask, input_ids, "attention_mask")
+        input_ids, attention_mask = check_generate_inputs(self, input_ids, attention_mask, generation_config, kwargs)
         resolved = generation_config if generation_config is not None else self.generation_config
         if kwargs.get("eos_token_id", getattr(resolved, "eos_token_id", None)) is None:
             # a checkpoint without an eos id (e.g. converted from upstream): generate to the length. transformers'
@@ -877,6 +878,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         alive at a time, so memory does not grow with the prompt beyond its hidden states (B, S, D).
         """
         check_inputs(input_ids, attention_mask, document_borders, self.config.vocab_size)
+        check_cache(past_key_values, self.init_cache, input_ids)
         is_causal_lm = isinstance(self.module, XLSTMForCausalLMModule)
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep={logits_to_keep!r} is invalid: must be an int >= 0 (0: every position)")

@@ -21,8 +21,9 @@ The class is registered with transformers' `PIPELINE_REGISTRY` under the task na
     generator = pipeline("xlstm-flax-text-generation", model=flax_model, tokenizer=tokenizer)
     generator("The xLSTM", max_new_tokens=32, do_sample=False)   # [{"generated_text": "The xLSTM ..."}]
 
-as does the stock task with an explicit class: `pipeline("text-generation", model=..., tokenizer=...,
-pipeline_class=FlaxTextGenerationPipeline)`. transformers' `pipeline()` itself needs PyTorch (or TensorFlow)
+as does the stock task, with or without an explicit class: `pipeline("text-generation", model=<Flax model>,
+tokenizer=...)` (registration points the stock task at a dispatcher that builds this class for Flax models and
+transformers' `TextGenerationPipeline` for every other model). transformers' `pipeline()` itself needs PyTorch (or TensorFlow)
 installed to infer the framework and to parse its `dtype` argument; without torch pass `framework="flax", dtype=None`,
 or use `text_generation_pipeline(...)` below, which does that and also accepts a model directory or Hub id.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import weakref
 from typing import Any, Optional
@@ -101,11 +103,17 @@ class FlaxTextGenerationPipeline(TextGenerationPipeline):
                              "TextGenerationPipeline for PyTorch/TensorFlow models")
         if tokenizer is None:
             raise ValueError("FlaxTextGenerationPipeline needs a tokenizer")
+        _checked_batch_size(kwargs.get("batch_size"))
         self._rng = jax.random.PRNGKey(seed)
         self._call_batch_size: Optional[int] = None
         # Pipeline.__init__ (not TextGenerationPipeline.__init__, whose model check needs torch's model mappings).
         # framework="flax" up front: inferring it needs torch or TensorFlow installed.
-        Pipeline.__init__(self, model, tokenizer, *args, framework=framework or "flax", **kwargs)
+        device_note = logging.getLogger("transformers.pipelines.base")
+        device_note.addFilter(_drop_device_note)  # "Device set to use 0": JAX places arrays, `device` is unused
+        try:
+            Pipeline.__init__(self, model, tokenizer, *args, framework=framework or "flax", **kwargs)
+        finally:
+            device_note.removeFilter(_drop_device_note)
         self.generation_config = self._pipeline_generation_config()
         # TextGenerationPipeline.__init__'s `prefix` handling (from the model config), without its model check.
         if "prefix" not in self._preprocess_params and self.prefix is not None:
@@ -154,7 +162,9 @@ class FlaxTextGenerationPipeline(TextGenerationPipeline):
     def __call__(self, text_inputs, **kwargs):
         """As `TextGenerationPipeline.__call__`: a prompt gives `[{"generated_text": ...}]` (one dict per returned
         sequence), a list of prompts a list of those. `batch_size` batches list inputs (left padding)."""
-        self._call_batch_size = kwargs.pop("batch_size", None)
+        if isinstance(text_inputs, (list, tuple)) and len(text_inputs) == 0:
+            raise ValueError("no prompts given (an empty list): pass a prompt string or a non-empty list of prompts")
+        self._call_batch_size = _checked_batch_size(kwargs.pop("batch_size", None))
         try:
             return super().__call__(text_inputs, **kwargs)
         finally:
@@ -309,6 +319,32 @@ class FlaxTextGenerationPipeline(TextGenerationPipeline):
         return fn
 
 
+def _drop_device_note(record) -> bool:
+    return not str(record.msg).startswith("Device set to use")
+
+
+def _checked_batch_size(batch_size):
+    """None or a positive int; anything else is a ValueError naming it."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r} is invalid: must be a positive int (prompts per batch)")
+    return batch_size
+
+
+class _TextGenerationDispatch(TextGenerationPipeline):
+    """What the stock "text-generation" task builds once `register_pipeline` ran: for a Flax model that can generate
+    a `FlaxTextGenerationPipeline` (transformers' own class would fail on it with a list of PyTorch model names and
+    "flax is not a valid TensorType"), for any other model transformers' `TextGenerationPipeline`, unchanged."""
+
+    def __new__(cls, *args, **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        if _is_flax_generator(model):
+            return FlaxTextGenerationPipeline(*args, **kwargs)
+        pipe = TextGenerationPipeline.__new__(TextGenerationPipeline)
+        pipe.__init__(*args, **kwargs)  # not an instance of cls, so Python does not call __init__ itself
+        return pipe
+
+
 def _is_flax_generator(model) -> bool:
     from transformers.modeling_flax_utils import FlaxPreTrainedModel
 
@@ -327,10 +363,16 @@ def _load_model_and_tokenizer(name_or_path, tokenizer=None, **model_kwargs):
 def register_pipeline() -> None:
     """Register `FlaxTextGenerationPipeline` under `TASK` with transformers' `PIPELINE_REGISTRY` (idempotent)."""
     current = PIPELINE_REGISTRY.supported_tasks.get(TASK)
-    if current is not None and current.get("impl") is FlaxTextGenerationPipeline:
+    stock = PIPELINE_REGISTRY.supported_tasks.get("text-generation") or {}
+    if (current is not None and current.get("impl") is FlaxTextGenerationPipeline
+            and stock.get("impl") is not TextGenerationPipeline):
         return
     # No PyTorch/TensorFlow classes: pipeline() gets a Flax model instance (or use text_generation_pipeline).
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=FlaxTextGenerationPipeline, pt_model=(), type="text")
+    # The stock task: Flax models get this module's class, every other model transformers' own (see the class).
+    stock = PIPELINE_REGISTRY.supported_tasks.get("text-generation")
+    if stock is not None and stock.get("impl") is TextGenerationPipeline:
+        stock["impl"] = _TextGenerationDispatch
 
 
 def text_generation_pipeline(model, tokenizer=None, task: str = TASK, model_kwargs: Optional[dict] = None,

@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,19 @@ from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from . import data as data_lib
+from .cli import UsageError
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradients stopped being finite: the run stops before anything of that step is saved."""
+
+
+def raise_non_finite(step: int, loss: float, grad_norm: float, last_checkpoint: Optional[Path], args) -> None:
+    """Stop the run: the loss or gradient norm of `step` is not finite (the step's update is discarded)."""
+    raise NonFiniteLossError(
+        f"step {step}: the training loss is {loss} (gradient norm {grad_norm}); stopping. Nothing from this step "
+        "was saved" + (f"; the last checkpoint is {last_checkpoint}" if last_checkpoint else "")
+        + f". Try a lower --lr (now {args.lr}) or --grad-clip (now {args.grad_clip}).")
 
 
 # ----------------------------------------------------------------------------------------------- model and loss
@@ -104,24 +117,12 @@ def restore_checkpoint(path: Path, params, opt_state):
 
 
 # ----------------------------------------------------------------------------------------------- setup
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    overrides = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
-
-
 def build_model_and_tokenizer(args, train_texts):
     """The model (initialised or loaded) and its tokenizer, following the command line."""
     from transformers import AutoTokenizer, FlaxAutoModelForCausalLM
 
     import modeling_xlstm_flax as xf
+    from .configuration import parse_field_overrides
 
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
     tokenizer = None
@@ -133,15 +134,15 @@ def build_model_and_tokenizer(args, train_texts):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         except (OSError, ValueError) as exc:
             if args.tokenizer:
-                raise SystemExit(f"cannot load tokenizer {args.tokenizer}: {exc}") from exc
+                raise UsageError(f"cannot load tokenizer {args.tokenizer}: {exc}") from exc
     if tokenizer is None:
         tokenizer = data_lib.train_bpe_tokenizer(train_texts, args.tokenizer_vocab_size)
     if tokenizer.eos_token_id is None:
-        raise SystemExit("the tokenizer has no eos token; documents are joined with it")
+        raise UsageError("the tokenizer has no eos token; documents are joined with it")
     if args.model:
         model = FlaxAutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
         if len(tokenizer) > model.config.vocab_size:
-            raise SystemExit(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            raise UsageError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
                              f"{model.config.vocab_size}")
         return model, tokenizer
     if args.config:
@@ -151,7 +152,7 @@ def build_model_and_tokenizer(args, train_texts):
     overrides = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                      context_length=args.seq_len, compute_dtype="bfloat16" if args.bf16 else "float32")
-    overrides.update(_parse_overrides(args.set))
+    overrides.update(parse_field_overrides(args.set, "--set"))
     config = xf.XLSTMFlaxConfig(**{**config.to_dict(), **overrides})
     return xf.FlaxXLSTMForCausalLM(config, seed=args.seed, dtype=dtype), tokenizer
 
@@ -201,8 +202,10 @@ def train(args) -> dict:
     optimizer, schedule = make_optimizer(args, params, config)
     opt_state = optimizer.init(params)
     state = {"step": 0, "history": [], "args": vars(args)}
-    if args.resume and latest_checkpoint(ckpt_dir) is not None:
+    if args.resume:
         path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            raise UsageError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start afresh")
         params, opt_state, state = restore_checkpoint(path, params, opt_state)
         print(f"resumed from {path} at step {state['step']}", file=sys.stderr)
 
@@ -221,7 +224,11 @@ def train(args) -> dict:
     for step in bar:
         batch = data_lib.random_windows(train_stream, args.seq_len, args.batch_size, step, args.seed)
         rng = jax.random.fold_in(jax.random.PRNGKey(args.seed), step)
-        params, opt_state, loss, grad_norm = train_step(params, opt_state, batch, rng)
+        new_params, new_opt_state, loss, grad_norm = train_step(params, opt_state, batch, rng)
+        if not (math.isfinite(float(loss)) and math.isfinite(float(grad_norm))):
+            bar.close()
+            raise_non_finite(step + 1, float(loss), float(grad_norm), latest_checkpoint(ckpt_dir), args)
+        params, opt_state = new_params, new_opt_state  # only finite updates are kept (and so ever saved)
         state["step"] = step + 1
         if (step + 1) % args.log_every == 0 or step == start_step:
             record = {"step": step + 1, "loss": float(loss), "grad_norm": float(grad_norm),
@@ -296,11 +303,77 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def check_args(args) -> None:
+    """Every numeric option in range, the data and --resume usable: `UsageError` naming the option and value."""
+    from .cli import UsageError
+
     for name in ("seq_len", "batch_size", "steps", "tokenizer_vocab_size", "log_every"):
         if getattr(args, name) <= 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("warmup_steps", "eval_every", "save_every"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.stop_at_step is not None and args.stop_at_step <= 0:
+        raise UsageError(f"--stop-at-step must be positive, got {args.stop_at_step}")
+    if args.steps < args.warmup_steps:
+        raise UsageError(f"--steps {args.steps} is below --warmup-steps {args.warmup_steps}: the learning rate would "
+                         "never reach its peak --lr; use fewer warmup steps or more steps")
+    if args.set:
+        if args.model:
+            raise UsageError("--set changes the config of a model trained from scratch; with --model the saved "
+                             "config is used (drop --set, or use --config/--preset)")
+        from .configuration import parse_field_overrides
+
+        parse_field_overrides(args.set, "--set")
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
+    if not math.isfinite(args.min_lr_ratio) or not 0 <= args.min_lr_ratio <= 1:
+        raise UsageError(f"--min-lr-ratio must be in [0, 1], got {args.min_lr_ratio}")
+    if not math.isfinite(args.weight_decay) or args.weight_decay < 0:
+        raise UsageError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
+    if not math.isfinite(args.grad_clip) or args.grad_clip <= 0:
+        raise UsageError(f"--grad-clip must be a positive finite number, got {args.grad_clip}")
+    if not (math.isfinite(args.val_fraction) and 0 < args.val_fraction < 1):
+        raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    for path in args.text_file or []:
+        file = Path(path)
+        if not file.is_file():
+            what = "is a folder; give text files" if file.is_dir() else (
+                "not a regular file" if file.exists() else "no such file")
+            raise UsageError(f"--text-file {path}: {what}")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--text-file {path}: cannot be read as UTF-8 text ({exc})") from None
+        if not text.strip():
+            raise UsageError(f"--text-file {path}: the file is empty (no text to train on)")
+    if args.resume and latest_checkpoint(Path(args.output_dir) / "checkpoints") is None:
+        raise UsageError(f"--resume: no checkpoint in {Path(args.output_dir) / 'checkpoints'}; run without --resume "
+                         "to start afresh")
+
+
+def main(argv=None) -> int:
+    """The command: bad input is one line on stderr and exit status 1, before any data is read."""
+    from .cli import run_command
+
+    return run_command("xlstm-flax-train", _main, argv)
+
+
+def _main(argv=None) -> int:
+    from .cli import check_output_location, resolve_model_source
+
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    if args.model:
+        args.model = resolve_model_source(args.model)
+    if args.tokenizer:
+        args.tokenizer = resolve_model_source(args.tokenizer, "--tokenizer", need_config=False)
+    if args.config and not Path(args.config).is_file():
+        raise FileNotFoundError(f"--config {args.config}: no such file")
+    check_output_location(args.output_dir, "--output-dir")
+    import datasets
+
+    datasets.disable_progress_bars()  # "Generating train split" bars; the training bar is the one that matters
     train(args)
     return 0
 

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -315,3 +316,28 @@ def test_export_command(models, tokenizer, tmp_path, fake_hub, capsys):
     assert "uploaded to someone/cli" in capsys.readouterr().out
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
     assert scripts.get("xlstm-flax-export-hub") == "modeling_xlstm_flax.hub:main"
+
+
+# ---------------------------------------------------------------------------------------------- bad input (issue 13)
+def test_export_command_tokenizer_sources_and_safe_overwrite(models, tokenizer, tmp_path, caplog, capsys):
+    """A model folder without tokenizer files exports without one (and says so); --tokenizer DIR adds one; a failing
+    --overwrite export leaves the previous output as it was and nothing half-written beside it."""
+    source, tok_dir, out = tmp_path / "model", tmp_path / "tok", tmp_path / "out"
+    models["mlstm_v1"].save_pretrained(source)
+    tokenizer.save_pretrained(tok_dir)
+    with caplog.at_level(logging.WARNING, logger="modeling_xlstm_flax.hub"):
+        assert main(["--model", str(source), "--output", str(out)]) == 0
+    assert "has no tokenizer files: exporting without a tokenizer" in caplog.text
+    assert not (out / "tokenizer.json").exists() and (out / "model.safetensors").is_file()
+
+    assert main(["--model", str(source), "--output", str(out), "--tokenizer", str(tok_dir), "--overwrite"]) == 0
+    assert (out / "tokenizer.json").is_file()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    capsys.readouterr()
+    assert main(["--model", str(source), "--output", str(out), "--tokenizer", str(source), "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"xlstm-flax-export-hub: error: tokenizer {source}: the folder has no tokenizer files " \
+                  "(tokenizer.json, tokenizer_config.json)"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out", "tok"]  # no partial folders left

@@ -194,3 +194,38 @@ def test_works_without_torch(tmp_path, model, tokenizer, refs):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == refs[0]
+
+
+# ---------------------------------------------------------------------------------------------- bad input (issue 13)
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda gen: gen([]), r"no prompts given \(an empty list\)"),
+        (lambda gen: gen(PROMPTS, batch_size=0), r"batch_size=0 is invalid: must be a positive int"),
+        (lambda gen: gen(PROMPTS, batch_size=-2), r"batch_size=-2 is invalid"),
+        (lambda gen: gen(PROMPTS[0], max_new_tokens=2, do_sample=True, top_p=1.5), r"top_p=1.5 is invalid"),
+        (lambda gen: gen(PROMPTS[0], max_new_tokens=2, num_beams=0), r"num_beams=0 is invalid"),
+    ],
+)
+def test_bad_calls_rejected(generator, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(generator)
+
+
+def test_bad_batch_size_at_construction(model, tokenizer):
+    from transformers import pipeline
+
+    with pytest.raises(ValueError, match=r"batch_size=0 is invalid"):
+        pipeline(TASK, model=model, tokenizer=tokenizer, batch_size=0)
+
+
+def test_stock_task_without_pipeline_class_builds_ours(model, tokenizer, refs):
+    """pipeline("text-generation", model=<Flax model>) alone: transformers' own class would fail on a Flax model;
+    registration points the stock task at a dispatcher, so it builds FlaxTextGenerationPipeline."""
+    pytest.importorskip("torch")  # transformers' pipeline() needs it to read its dtype argument
+    from transformers import pipeline
+
+    stock = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    assert type(stock) is FlaxTextGenerationPipeline
+    out = stock(PROMPTS[0], max_new_tokens=NEW, do_sample=False, return_tensors=True)
+    assert out[0]["generated_token_ids"] == refs[0]
