@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final learning rate / peak")
-    p.add_argument("--warmup-steps", type=int, default=100, help="linear warmup steps")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warmup steps, at most --steps (default: 100, or a tenth of --steps below 100 steps)")
     p.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine", help="decay after warmup")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices")
     p.add_argument("--grad-clip", type=float, default=1.0, help="global gradient norm clip")
@@ -310,6 +311,8 @@ def check_args(args) -> None:
     for name in ("seq_len", "batch_size", "steps", "tokenizer_vocab_size", "log_every"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.warmup_steps is None:  # the default: never longer than the run
+        args.warmup_steps = 100 if args.steps >= 100 else args.steps // 10
     for name in ("warmup_steps", "eval_every", "save_every"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")

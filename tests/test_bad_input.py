@@ -127,7 +127,7 @@ def test_generation_config_values_checked_too(model):
         model.generate(IDS, generation_config=GenerationConfig(num_beams=0, max_new_tokens=2))
 
 
-def test_generate_accepts_lists_and_inner_padding(model):
+def test_generate_accepts_lists(model):
     want = np.asarray(model.generate(IDS, max_new_tokens=3, pad_token_id=1).sequences)
     got = np.asarray(model.generate(IDS.tolist(), max_new_tokens=3, pad_token_id=1).sequences)
     np.testing.assert_array_equal(got, want)
