@@ -100,6 +100,9 @@ FIELD_DOCS = {
     "prefill_segment_size": "Tokens per segment when a long prompt is run with a cache (generate's prefill): the "
                             "prompt goes through the recurrent state segment by segment, so only one segment's "
                             "activations are alive; None: one pass. Results are the same either way.",
+    "gradient_checkpointing": "Rematerialise each block in the backward pass (`nn.remat`): less training memory, "
+                              "about one more forward pass of compute; same results. Default of new models; "
+                              "`model.enable_gradient_checkpointing()` switches an existing one.",
 }
 
 
@@ -214,6 +217,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
         chunk_size: int = 64,
         cell_eps: float = 1e-6,
         prefill_segment_size: Optional[int] = 1024,
+        gradient_checkpointing: bool = False,
         bos_token_id: Optional[int] = None,
         eos_token_id: Optional[int] = None,
         pad_token_id: Optional[int] = None,
@@ -283,6 +287,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
         self.chunk_size = chunk_size
         self.cell_eps = cell_eps
         self.prefill_segment_size = prefill_segment_size
+        self.gradient_checkpointing = gradient_checkpointing
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
             bos_token_id=bos_token_id,
@@ -418,7 +423,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
         for field in ("tie_word_embeddings", "weight_decay_on_embedding", "add_embedding_dropout",
                       "add_post_blocks_norm", "bias", "scan_blocks", "add_post_norm", "ff_round_proj_up_dim_up",
                       "vmap_qk", "round_proj_up_dim_up", "debug_cell", "add_qk_norm", "gate_linear_headwise",
-                      "reset_at_document_boundaries"):
+                      "reset_at_document_boundaries", "gradient_checkpointing"):
             _check_bool(field, getattr(self, field))
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             _fail("dropout", self.dropout, "must be a number in [0, 1)")

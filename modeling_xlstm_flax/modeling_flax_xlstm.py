@@ -389,9 +389,10 @@ class XLSTMFeedForward(nn.Module):
         return nn.Dropout(rate=cfg.dropout)(y, deterministic=deterministic)
 
 
-class XLSTMBlock(nn.Module):
+class FlaxXLSTMBlock(nn.Module):
     """Pre-norm residual block: x + mLSTM(norm(x)), then x + FFN(norm(x)); optional post-norms on the branch
-    outputs. x: (B, S, D) -> (B, S, D), new layer state."""
+    outputs. x: (B, S, D) -> (B, S, D), new layer state. `deterministic` is positional argument 5 (counting
+    self), static under `nn.remat`."""
 
     config: XLSTMFlaxConfig
     dtype: Any = jnp.float32
@@ -416,29 +417,35 @@ class XLSTMBlock(nn.Module):
 
 
 class _ScannedBlock(nn.Module):
-    """`XLSTMBlock` in the (carry, xs) -> (carry, ys) form `nn.scan` needs; ys = (new state, block output)."""
+    """`FlaxXLSTMBlock` in the (carry, xs) -> (carry, ys) form `nn.scan` needs; ys = (new state, block output).
+    `deterministic` is positional argument 5 (counting self), static under `nn.remat`."""
 
     config: XLSTMFlaxConfig
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, state, attention_mask, document_borders, deterministic):
-        x, new_state = XLSTMBlock(self.config, dtype=self.dtype, name="block")(
+        x, new_state = FlaxXLSTMBlock(self.config, dtype=self.dtype, name="block")(
             x, attention_mask, document_borders, state, deterministic
         )
         return x, (new_state, x)
 
 
-class XLSTMBlockCollection(nn.Module):
+class FlaxXLSTMBlockCollection(nn.Module):
     """The stack of blocks, unrolled (`blocks/<i>/...`) or scanned (`blocks/scanned/block/...`, leading axis).
 
     cache: per-block states (a list, or one pytree with a leading block axis when scanned), or None.
-    Returns the last hidden state (B, S, D), the new cache (same layout, or None) and the hidden states after
-    the embedding and each block when `output_hidden_states`.
+    Returns the last block's output (B, S, D), the new cache (same layout, or None) and, when
+    `output_hidden_states`, the tuple of the NB block outputs, each (B, S, D).
+
+    gradient_checkpointing: each block runs under `nn.remat` (inside the `nn.scan` body when scanned), so a
+    backward pass keeps only the blocks' inputs (B, S, D) and recomputes everything inside a block; same
+    numbers, same param tree.
     """
 
     config: XLSTMFlaxConfig
     dtype: Any = jnp.float32
+    gradient_checkpointing: bool = False
 
     @nn.compact
     def __call__(self, x, attention_mask=None, document_borders=None, cache=None, deterministic=True,
@@ -448,8 +455,11 @@ class XLSTMBlockCollection(nn.Module):
             # the cache is batch-first (B, NB, ...) so generation utilities can gather beams; scan wants NB first
             if cache is not None:
                 cache = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 1, 0), cache)
+            body = _ScannedBlock
+            if self.gradient_checkpointing:  # scan already stops CSE across iterations: prevent_cse is not needed
+                body = nn.remat(_ScannedBlock, static_argnums=(5,), prevent_cse=False)
             scan = nn.scan(
-                _ScannedBlock,
+                body,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(0 if cache is not None else nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
@@ -462,11 +472,12 @@ class XLSTMBlockCollection(nn.Module):
             if new_cache is not None:
                 new_cache = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1), new_cache)
             return x, new_cache, hidden
+        block_cls = nn.remat(FlaxXLSTMBlock, static_argnums=(5,)) if self.gradient_checkpointing else FlaxXLSTMBlock
         new_cache = [] if cache is not None else None
         hidden = ()
         for i in range(cfg.num_blocks):
             state = None if cache is None else cache[i]
-            x, new_state = XLSTMBlock(cfg, dtype=self.dtype, name=str(i))(
+            x, new_state = block_cls(cfg, dtype=self.dtype, name=str(i))(
                 x, attention_mask, document_borders, state, deterministic
             )
             hidden += (x,)
@@ -475,11 +486,17 @@ class XLSTMBlockCollection(nn.Module):
         return x, new_cache, (hidden if output_hidden_states else None)
 
 
-class XLSTMModule(nn.Module):
-    """Embeddings, blocks and the post-blocks norm. input_ids (B, S) -> last hidden state (B, S, D)."""
+class FlaxXLSTMModule(nn.Module):
+    """Embeddings, blocks and the post-blocks norm. input_ids (B, S) -> last hidden state (B, S, D).
+
+    hidden_states (with `output_hidden_states`), as transformers' PyTorch `xLSTMModel` returns them: NB + 1
+    arrays (B, S, D), the output of each of the NB blocks, then the final (normalised) state, equal to
+    `last_hidden_state`. The embeddings are not included.
+    """
 
     config: XLSTMFlaxConfig
     dtype: Any = jnp.float32
+    gradient_checkpointing: bool = False
 
     def setup(self):
         cfg = self.config
@@ -488,7 +505,8 @@ class XLSTMModule(nn.Module):
             embedding_init=small_init(cfg.embedding_dim, cfg.init_distribution_embed),
         )
         self.dropout = nn.Dropout(rate=cfg.dropout)
-        self.blocks = XLSTMBlockCollection(cfg, dtype=self.dtype)
+        self.blocks = FlaxXLSTMBlockCollection(cfg, dtype=self.dtype,
+                                               gradient_checkpointing=self.gradient_checkpointing)
         if cfg.add_post_blocks_norm:
             self.out_norm = XLSTMNorm(cfg.norm_type, cfg.norm_eps, dtype=self.dtype)
 
@@ -497,13 +515,12 @@ class XLSTMModule(nn.Module):
         x = self.embeddings(jnp.clip(input_ids, 0, self.config.vocab_size - 1))  # traced ids: clamped, never NaN
         if self.config.add_embedding_dropout:
             x = self.dropout(x, deterministic=deterministic)
-        embedded = x
         x, new_cache, hidden = self.blocks(x, attention_mask, document_borders, cache, deterministic,
                                            output_hidden_states)
-        if output_hidden_states:
-            hidden = (embedded,) + hidden
         if self.config.add_post_blocks_norm:
             x = self.out_norm(x)
+        if output_hidden_states:
+            hidden = hidden + (x,)
         if not return_dict:
             return tuple(v for v in (x, hidden, new_cache) if v is not None)
         output = FlaxBaseModelOutput(last_hidden_state=x, hidden_states=hidden)
@@ -513,15 +530,16 @@ class XLSTMModule(nn.Module):
         return self.embeddings.embedding
 
 
-class XLSTMForCausalLMModule(nn.Module):
+class FlaxXLSTMForCausalLMModule(nn.Module):
     """Backbone plus LM head (dense or tied), optional logit soft cap; logits float32 (B, S, V)."""
 
     config: XLSTMFlaxConfig
     dtype: Any = jnp.float32
+    gradient_checkpointing: bool = False
 
     def setup(self):
         cfg = self.config
-        self.backbone = XLSTMModule(cfg, dtype=self.dtype)
+        self.backbone = FlaxXLSTMModule(cfg, dtype=self.dtype, gradient_checkpointing=self.gradient_checkpointing)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Dense(
                 cfg.vocab_size, use_bias=False, dtype=jnp.dtype(cfg.lm_head_dtype), param_dtype=jnp.float32,
@@ -556,6 +574,13 @@ class XLSTMForCausalLMModule(nn.Module):
         else:
             logits = self.lm_head(x)
         return soft_cap(logits.astype(jnp.float32), cfg.logits_soft_cap)
+
+
+# The names before transformers' Flax naming convention (`Flax<Model>Module`); same classes, same param tree.
+XLSTMBlock = FlaxXLSTMBlock
+XLSTMBlockCollection = FlaxXLSTMBlockCollection
+XLSTMModule = FlaxXLSTMModule
+XLSTMForCausalLMModule = FlaxXLSTMForCausalLMModule
 
 
 # ---------------------------------------------------------------------------------------------- HF wrappers
@@ -602,11 +627,32 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
     main_input_name = "input_ids"
     module_class: nn.Module = None
 
-    def __init__(self, config, input_shape=(1, 1), seed: int = 0, dtype=None, _do_init: bool = True, **kwargs):
+    def __init__(self, config, input_shape=(1, 1), seed: int = 0, dtype=None, _do_init: bool = True,
+                 gradient_checkpointing: Optional[bool] = None, **kwargs):
+        """gradient_checkpointing: None takes the config's `gradient_checkpointing` field."""
         config = _as_flax_config(config)
         dtype = jnp.dtype(config.compute_dtype) if dtype is None else jnp.dtype(dtype)
-        module = self.module_class(config=config, dtype=dtype, **kwargs)
+        if gradient_checkpointing is None:
+            gradient_checkpointing = getattr(config, "gradient_checkpointing", False)
+        module = self.module_class(config=config, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
+                                   **kwargs)
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
+
+    def enable_gradient_checkpointing(self):
+        """Rematerialise each block in the backward pass (`nn.remat` over the blocks, inside `nn.scan` with
+        `scan_blocks`): a training step keeps only the blocks' inputs (B, S, D) and recomputes the rest, trading
+        about one more forward pass for memory. Same outputs, gradients and params. Rebuilds the module; the
+        config is left as it is (its `gradient_checkpointing` field is the default for newly built models)."""
+        self._module = self.module_class(config=self.config, dtype=self.dtype, gradient_checkpointing=True)
+
+    def disable_gradient_checkpointing(self):
+        """Undo `enable_gradient_checkpointing`: keep every activation for the backward pass."""
+        self._module = self.module_class(config=self.config, dtype=self.dtype, gradient_checkpointing=False)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the blocks run under `nn.remat` (see `enable_gradient_checkpointing`)."""
+        return self.module.gradient_checkpointing
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, dtype=None, *model_args, param_dtype=None,
@@ -671,7 +717,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         plan = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(unfreeze(self.params_shape_tree)).items()}
         expected = param_table.unrolled_plan(plan)
         source = checkpoint_io.open_checkpoint(directory, expected, self.config.num_blocks)
-        is_lm = isinstance(self.module, XLSTMForCausalLMModule)
+        is_lm = isinstance(self.module, FlaxXLSTMForCausalLMModule)
         head = {k for k in expected if k.startswith(param_table.LM_HEAD + "/")}
         has_head = any(k.startswith(param_table.LM_HEAD + "/") for k in source.tensors)
         optional = set(source.tensors) if not is_lm else set()
@@ -845,7 +891,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         of one token inside its `lax.while_loop`, whose carry must keep one structure, so it gets no
         `logits_to_keep` (its logits have one position anyway)."""
         inputs = {"past_key_values": self.init_cache(input_ids.shape[0], max_length), "attention_mask": attention_mask}
-        if input_ids.shape[1] > 1 and isinstance(self.module, XLSTMForCausalLMModule):
+        if input_ids.shape[1] > 1 and isinstance(self.module, FlaxXLSTMForCausalLMModule):
             inputs["logits_to_keep"] = 1
         return inputs
 
@@ -860,18 +906,37 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         self,
         input_ids,
         attention_mask=None,
-        document_borders=None,
-        past_key_values=None,
+        position_ids=None,
         params: Optional[dict] = None,
+        past_key_values=None,
         dropout_rng: Optional[jax.Array] = None,
         train: bool = False,
+        output_attentions: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        *,
+        document_borders=None,
         logits_to_keep: int = 0,
+        use_cache: Optional[bool] = None,
     ):
-        """input_ids (B, S) int; attention_mask (B, S) 0/1; document_borders (B, S) bool (True where a new
-        document starts); past_key_values: the recurrent cache from `init_cache` or a previous call;
-        logits_to_keep (causal LM only): 0 for logits at every position, k > 0 for the last k positions only.
+        """Forward pass; positional order as transformers' Flax causal LMs (FlaxLlama, FlaxGPT2).
+
+        input_ids (B, S) int; attention_mask (B, S) 0/1 (0: padding, which never touches the state);
+        position_ids (B, S): accepted for transformers compatibility and ignored - a recurrent model has no
+        positions, the state carries the order; params: the param tree (default `self.params`);
+        past_key_values: the recurrent cache from `init_cache` or a previous call (per block c (B, NH, DHQK, DHV),
+        n (B, NH, DHQK), m (B, NH), conv (B, K-1, inner_dim) for `mlstm`); dropout_rng / train: dropout;
+        output_attentions: xLSTM has no attention, so True is a `ValueError` (None/False are accepted);
+        output_hidden_states: also return NB + 1 arrays (B, S, D), each block's output and the final normalised
+        state (== `last_hidden_state`), as transformers' PyTorch xLSTM does; return_dict: a ModelOutput (default)
+        or a tuple.
+
+        Keyword-only: document_borders (B, S) bool (True where a new document starts; with
+        `reset_at_document_boundaries` the memory is reset there); logits_to_keep (causal LM only): 0 for logits
+        (B, S, V) at every position, k > 0 for the last k positions only (B, k, V); use_cache: True returns the
+        new recurrent state as `past_key_values` (starting from a zero state when none is given), False does not
+        return it (a given `past_key_values` is still the starting state), None returns it when
+        `past_key_values` is given.
 
         With a cache, no hidden states asked for and more than `config.prefill_segment_size` tokens (a prefill),
         the tokens run through the state segment by segment (`lax.scan`): only one segment's activations are
@@ -879,7 +944,11 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         """
         check_inputs(input_ids, attention_mask, document_borders, self.config.vocab_size)
         check_cache(past_key_values, self.init_cache, input_ids)
-        is_causal_lm = isinstance(self.module, XLSTMForCausalLMModule)
+        if output_attentions:
+            raise ValueError("output_attentions=True is not supported: xLSTM is a recurrent model and has no "
+                             "attention weights to return")
+        del position_ids  # a recurrent model has no positions
+        is_causal_lm = isinstance(self.module, FlaxXLSTMForCausalLMModule)
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep={logits_to_keep!r} is invalid: must be an int >= 0 (0: every position)")
         if logits_to_keep and not is_causal_lm:
@@ -895,6 +964,8 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             attention_mask = jnp.asarray(attention_mask, dtype="i4")
         if document_borders is not None:
             document_borders = jnp.asarray(document_borders, dtype=bool)
+        if use_cache and past_key_values is None:
+            past_key_values = self.init_cache(input_ids.shape[0])
         variables = {"params": params or self.params}
         segment = self.config.prefill_segment_size
         if (is_causal_lm and past_key_values is not None and not train and not output_hidden_states
@@ -907,16 +978,16 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             outputs, new_cache = self.module.apply(
                 variables,
                 input_ids,
-                attention_mask,
-                document_borders,
-                past_key_values,
-                not train,
-                output_hidden_states,
-                True,
+                attention_mask=attention_mask,
+                document_borders=document_borders,
+                cache=past_key_values,
+                deterministic=not train,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
                 rngs=rngs,
                 **extra,
             )
-        if past_key_values is not None:
+        if past_key_values is not None and use_cache is not False:
             outputs["past_key_values"] = new_cache
         if not return_dict:
             return outputs.to_tuple()
@@ -929,7 +1000,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         B, S = input_ids.shape
         L = self.config.prefill_segment_size
         n, r = divmod(S, L)
-        run = partial(self.module.apply, variables, method=XLSTMForCausalLMModule.last_hidden_state)
+        run = partial(self.module.apply, variables, method=FlaxXLSTMForCausalLMModule.last_hidden_state)
 
         def split(a):  # (B, S, ...) -> leading (B, r, ...), segments (n, B, L, ...)
             if a is None:
@@ -949,20 +1020,20 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         cache, xs = jax.lax.scan(segment_step, cache, (ids, mask, borders))
         hidden.append(jnp.moveaxis(xs, 0, 1).reshape(B, n * L, xs.shape[-1]))
         x = jnp.concatenate(hidden, axis=1) if len(hidden) > 1 else hidden[0]
-        logits = self.module.apply(variables, x, logits_to_keep, method=XLSTMForCausalLMModule.logits)
+        logits = self.module.apply(variables, x, logits_to_keep, method=FlaxXLSTMForCausalLMModule.logits)
         return logits, cache
 
 
 class FlaxXLSTMModel(FlaxXLSTMPreTrainedModel):
     """The bare xLSTM backbone returning the last hidden state (B, S, D)."""
 
-    module_class = XLSTMModule
+    module_class = FlaxXLSTMModule
 
 
 class FlaxXLSTMForCausalLM(FlaxXLSTMPreTrainedModel):
     """The xLSTM language model: logits (B, S, V) in float32."""
 
-    module_class = XLSTMForCausalLMModule
+    module_class = FlaxXLSTMForCausalLMModule
 
 
 # ---------------------------------------------------------------------------------------------- param layouts
@@ -972,7 +1043,7 @@ def param_shapes(config: XLSTMFlaxConfig, scanned: Optional[bool] = None, lm_hea
     with `jax.eval_shape` (no weights). `scanned` None: as `config.scan_blocks` says."""
     cfg = config if scanned is None or scanned == config.scan_blocks else \
         config.__class__(**{**config.to_dict(), "scan_blocks": scanned})
-    module = (XLSTMForCausalLMModule if lm_head else XLSTMModule)(cfg, dtype=jnp.float32)
+    module = (FlaxXLSTMForCausalLMModule if lm_head else FlaxXLSTMModule)(cfg, dtype=jnp.float32)
     shapes = jax.eval_shape(lambda key: module.init(key, jnp.zeros((1, 1), "i4")), jax.random.PRNGKey(0))
     return {k: tuple(v.shape) for k, v in flatten_dict(unfreeze(shapes["params"]), sep="/").items()}
 
