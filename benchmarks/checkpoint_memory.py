@@ -43,8 +43,8 @@ from modeling_xlstm_flax.conversion.common import model_plan
 from modeling_xlstm_flax import param_table
 
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
-config = load_preset("xlstm-7b", compute_dtype="bfloat16")
-to_transformers_config(config).to_json_file(str(out / "config.json"))
+config = load_preset("xlstm-7b", compute_dtype="bfloat16", reset_at_document_boundaries=False)  # PyTorch-expressible
+to_transformers_config(config).to_json_file(str(out / "config.json"), use_diff=False)
 rng = np.random.default_rng(0)
 def tensor(name, shape):
     def parts():  # generated in row blocks, so the writer never holds more than one block
@@ -141,6 +141,9 @@ def main(argv=None) -> int:
     try:
         if not (checkpoint / "model.safetensors.index.json").is_file():
             results["generate"] = run_child(GENERATE, str(checkpoint))
+            print("generate", json.dumps(results["generate"]), flush=True)
+            if results["generate"]["exit_status"] != 0:
+                return 1
         for name in args.only or list(MEASURE):
             extra = [str(work / "flax-7b-bf16")] if name == "convert" else []
             shutil.rmtree(work / "flax-7b-bf16", ignore_errors=True)

@@ -342,32 +342,23 @@ def device_info() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- float64 reference
-def reference_float64(q, k, v, igate, fgate, state=None, eps: float = 1e-6):
-    """The mLSTM recurrence token by token in float64 NumPy.
+def _load_reference():
+    """`reference_float64` of `modeling_xlstm_flax/mlstm_reference.py` (NumPy only: loaded on its own if the
+    package does not import)."""
+    try:
+        from modeling_xlstm_flax.mlstm_reference import reference_float64
+    except Exception:  # noqa: BLE001
+        path = REPO / "modeling_xlstm_flax" / "mlstm_reference.py"
+        spec = importlib.util.spec_from_file_location("_device_check_mlstm_reference", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        reference_float64 = module.reference_float64
+    return reference_float64
 
-    q, k (B, NH, S, DK); v (B, NH, S, DV); igate, fgate pre-activations (B, NH, S); state (C (B, NH, DK, DV),
-    n (B, NH, DK), m (B, NH)) or None for the zero state. Returns h (B, NH, S, DV) and the final (C, n, m).
-    """
-    q, k, v, igate, fgate = (np.asarray(x, np.float64) for x in (q, k, v, igate, fgate))
-    B, NH, S, DK = q.shape
-    k = k * (1.0 / math.sqrt(DK))
-    if state is None:
-        C, n, m = np.zeros((B, NH, DK, v.shape[-1])), np.zeros((B, NH, DK)), np.zeros((B, NH))
-    else:
-        C, n, m = (np.array(x, np.float64) for x in state)
-    h = np.empty(v.shape)
-    for t in range(S):
-        log_f = -np.logaddexp(0.0, -fgate[:, :, t])  # log sigmoid
-        m_next = np.maximum(m + log_f, igate[:, :, t])
-        decay = np.exp(m + log_f - m_next)[..., None]
-        gain = np.exp(igate[:, :, t] - m_next)[..., None]
-        C = decay[..., None] * C + gain[..., None] * (k[:, :, t, :, None] * v[:, :, t, None, :])
-        n = decay * n + gain * k[:, :, t]
-        m = m_next
-        qn = np.abs(np.sum(q[:, :, t] * n, axis=-1))
-        denominator = np.maximum(qn, np.exp(-m)) + eps
-        h[:, :, t] = np.einsum("bhd,bhde->bhe", q[:, :, t], C) / denominator[..., None]
-    return h, (C, n, m)
+
+def reference_float64(*args, **kwargs):
+    """The float64 NumPy mLSTM recurrence (see `modeling_xlstm_flax.mlstm_reference`)."""
+    return _load_reference()(*args, **kwargs)
 
 
 def random_cell_inputs(seed: int, B: int, NH: int, S: int, DK: int, DV: int, gate_scale: float = 5.0):

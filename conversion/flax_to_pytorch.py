@@ -18,6 +18,7 @@ document resets - is an error naming the field, `--override` can change such a f
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional
 
 import numpy as np
@@ -59,17 +60,21 @@ def convert_flax_to_pytorch(input_dir, output_dir, *, dtype: str = "keep", max_s
                               f"expected {XLSTMFlaxConfig.model_type!r} (this port's Flax layout)")
     try:
         config = XLSTMFlaxConfig.from_pretrained(input_dir)
-        for key, value in (overrides or {}).items():
-            if not hasattr(config, key):
-                raise ValueError(f"--override {key}: XLSTMFlaxConfig has no such field")
-            setattr(config, key, value)
-        config.validate()
+        if overrides:
+            config.update(overrides)  # names checked, all fields validated together
         pt_config = to_transformers_config(config)
     except (ValueError, TypeError) as e:
         raise ConversionError(f"{Path(input_dir) / 'config.json'}: cannot be expressed as transformers' "
                               f"xLSTMConfig: {e} (--override FIELD=VALUE changes a field explicitly, e.g. "
                               "reset_at_document_boundaries=false, which only matters with document_borders)"
                               ) from None
+    if config.qk_dim % 64:
+        limit = (f"transformers' PyTorch xLSTM cannot run a model whose hidden_size x qk_dim_factor "
+                 f"({config.embedding_dim} x {config.qk_dim_factor} = {config.qk_dim}) is not a multiple of 64 (a limit "
+                 "of its kernels, which fail with 'matC_old has wrong shape')")
+        if verify:
+            raise ConversionError(f"{limit}; the files would be written correctly, but --verify cannot run them")
+        print(f"warning: {limit}; the files are written, but transformers cannot run them", file=sys.stderr)
     source = open_flax_dir(input_dir, config)
     tensors = output_tensors(source, config, "pytorch", dtype)
     float_dtypes = {t.dtype for t in tensors if t.dtype in (np.dtype(np.float32), DTYPES["bfloat16"],

@@ -353,3 +353,20 @@ def test_conversion_commands_turn_unexpected_errors_into_one_line(tmp_path, caps
     assert err.strip().splitlines() == ["error: RuntimeError: disk on fire (--debug shows the traceback)"]
     assert pytorch_to_flax.main([str(tmp_path / "a"), str(tmp_path / "b"), "--debug"]) == common.EXIT_BAD_INPUT
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_conversion_command_options_and_pytorch_limits(tmp_path, capsys):
+    from modeling_xlstm_flax import FlaxXLSTMForCausalLM
+    from modeling_xlstm_flax.conversion import flax_to_pytorch
+
+    config = _pt_config()  # hidden 64 x qk_dim_factor 0.5 = 32: transformers' kernels need a multiple of 64
+    FlaxXLSTMForCausalLM(config, seed=0).save_pretrained(tmp_path / "flax")
+    assert flax_to_pytorch.main([str(tmp_path / "flax"), str(tmp_path / "pt"), "--verify", "-q"]) == 1
+    assert "is not a multiple of 64" in capsys.readouterr().err and not (tmp_path / "pt").exists()
+    for bad in (["--tolerance", "nan"], ["--tolerance", "-1"], ["--verify-length", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            flax_to_pytorch.main([str(tmp_path / "flax"), str(tmp_path / "pt"), *bad])
+        assert exit_info.value.code == 2
+        assert bad[0] in capsys.readouterr().err
+    assert flax_to_pytorch.main([str(tmp_path / "missing"), str(tmp_path / "pt"), "-q"]) == 1
+    assert "missing" in capsys.readouterr().err

@@ -93,23 +93,6 @@ def test_table_and_markdown(result):
     assert "done in" in stdout
 
 
-def test_float64_reference_matches_the_tests_one():
-    """The script's float64 recurrence and tests/test_kernels.py's agree (with and without an initial state)."""
-    device_check = _script()
-    from test_kernels import random_inputs, reference_float64
-
-    inputs = random_inputs(11, 23)
-    ours_h, ours_state = device_check.reference_float64(*inputs)
-    ref_h, ref_state = reference_float64(*inputs)
-    np.testing.assert_allclose(ours_h, ref_h, rtol=1e-12, atol=1e-12)
-    _, start = reference_float64(*random_inputs(3, 9))
-    ours_h, ours_state = device_check.reference_float64(*inputs, state=start)
-    ref_h, ref_state = reference_float64(*inputs, state=start)
-    np.testing.assert_allclose(ours_h, ref_h, rtol=1e-12, atol=1e-12)
-    for a, b in zip(ours_state, ref_state):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-
-
 def _script():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:

@@ -6,29 +6,8 @@ import pytest
 
 from conftest import max_abs_diff, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
+from modeling_xlstm_flax.mlstm_reference import reference_float64
 from modeling_xlstm_flax import mlstm_kernels as K
-
-
-def reference_float64(q, k, v, igate, fgate, state=None, eps=1e-6):
-    """Plain float64 loop over time of the mLSTM recurrence (B, NH, S, D) -> h, (C, n, m)."""
-    q, k, v, igate, fgate = (np.asarray(x, np.float64) for x in (q, k, v, igate, fgate))
-    B, NH, S, DK = q.shape
-    k = k / np.sqrt(DK)
-    if state is None:
-        C, n, m = np.zeros((B, NH, DK, v.shape[-1])), np.zeros((B, NH, DK)), np.zeros((B, NH))
-    else:
-        C, n, m = (np.asarray(x, np.float64) for x in state)
-    out = np.zeros(v.shape)
-    for t in range(S):
-        log_f = -np.logaddexp(0.0, -fgate[:, :, t])
-        m_new = np.maximum(log_f + m, igate[:, :, t])
-        f_act, i_act = np.exp(log_f + m - m_new), np.exp(igate[:, :, t] - m_new)
-        C = f_act[..., None, None] * C + i_act[..., None, None] * np.einsum("bhd,bhe->bhde", k[:, :, t], v[:, :, t])
-        n = f_act[..., None] * n + i_act[..., None] * k[:, :, t]
-        m = m_new
-        den = np.maximum(np.abs(np.einsum("bhd,bhd->bh", q[:, :, t], n)), np.exp(-m)) + eps
-        out[:, :, t] = np.einsum("bhd,bhde->bhe", q[:, :, t], C) / den[..., None]
-    return out, (C, n, m)
 
 
 def random_inputs(seed, S, B=2, NH=2, DK=8, DV=6, gate_scale=5.0):
