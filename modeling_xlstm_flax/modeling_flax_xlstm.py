@@ -440,7 +440,8 @@ class FlaxXLSTMBlockCollection(nn.Module):
 
     gradient_checkpointing: each block runs under `nn.remat` (inside the `nn.scan` body when scanned), so a
     backward pass keeps only the blocks' inputs (B, S, D) and recomputes everything inside a block; same
-    numbers, same param tree.
+    numbers, same param tree. (XLA:CPU does not lower its peak for the unrolled layout, only for the scanned
+    one: `benchmarks/README.md`.)
     """
 
     config: XLSTMFlaxConfig
@@ -641,8 +642,9 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
     def enable_gradient_checkpointing(self):
         """Rematerialise each block in the backward pass (`nn.remat` over the blocks, inside `nn.scan` with
         `scan_blocks`): a training step keeps only the blocks' inputs (B, S, D) and recomputes the rest, trading
-        about one more forward pass for memory. Same outputs, gradients and params. Rebuilds the module; the
-        config is left as it is (its `gradient_checkpointing` field is the default for newly built models)."""
+        about one more forward pass for memory (XLA:CPU lowers the peak only with `scan_blocks=True`:
+        `benchmarks/README.md`). Same outputs, gradients and params. Rebuilds the module; the config is left as
+        it is (its `gradient_checkpointing` field is the default for newly built models)."""
         self._module = self.module_class(config=self.config, dtype=self.dtype, gradient_checkpointing=True)
 
     def disable_gradient_checkpointing(self):
