@@ -73,21 +73,13 @@ def model_plan(config) -> dict[str, tuple[int, ...]]:
 def open_flax_dir(directory, config) -> Source:
     """A Flax-layout checkpoint directory, checked against `config` (names, shapes, scanned or not)."""
     source = checkpoint_io.open_flax_dir(directory, config.num_blocks)
-    stored_scanned = any(param_table.is_scanned(k.replace(".", "/")) for k in _stored_names(directory))
+    stored_scanned = source.stacked_blocks
     if stored_scanned != bool(config.scan_blocks):
         raise ConversionError(f"Flax checkpoint {directory}: its config says scan_blocks={config.scan_blocks}, but "
                               f"the weights are {'stacked' if stored_scanned else 'unrolled'} "
                               f"({'backbone.blocks.scanned.block.*' if stored_scanned else 'backbone.blocks.<i>.*'})")
     checkpoint_io.check_source(source, model_plan(config))
     return source
-
-
-def _stored_names(directory) -> list[str]:
-    directory = Path(directory)
-    if (directory / checkpoint_io.SAFE_WEIGHTS_NAME).is_file() or \
-            (directory / checkpoint_io.SAFE_WEIGHTS_INDEX_NAME).is_file():
-        return list(checkpoint_io.SafetensorsCheckpoint(directory).stored())
-    return list(checkpoint_io.MsgpackCheckpoint(directory).stored())
 
 
 def open_pytorch_dir(directory, config) -> Source:

@@ -229,6 +229,8 @@ class Source:
 
     description: str
     tensors: dict[str, SourceTensor]
+    # whether the input stores block params stacked (scan_blocks layout); the source itself is always unrolled
+    stacked_blocks: bool = False
     # a param of ours as this input names and shapes it: (name, shape) -> (name, shape), for messages
     input_naming: Callable[[str, tuple], tuple] = lambda name, shape: (name, tuple(shape))
 
@@ -319,11 +321,11 @@ def open_flax_dir(directory, num_blocks: int) -> Source:
     else:
         raise CheckpointFileError(f"{directory}: no Flax weights ({', '.join(WEIGHT_FILE_NAMES)})")
     stored = ckpt.stored()
-    prefix = "" if any(n.startswith(param_table.BACKBONE + "/") for n in names.values()) else param_table.BACKBONE + "/"
+    backbone_only = param_table.is_backbone_plan(names.values())
     tensors: dict[str, SourceTensor] = {}
     for key, name in names.items():
         shape, dtype = stored[key]
-        name = param_table.with_backbone_prefix(name) if prefix else name
+        name = param_table.with_backbone_prefix(name) if backbone_only else name
         if param_table.is_scanned(name):
             if not shape or shape[0] != num_blocks:
                 raise CheckpointFileError(f"{ckpt.describe(key)}: stacked block tensor {tuple(shape)} should have "
@@ -335,7 +337,8 @@ def open_flax_dir(directory, num_blocks: int) -> Source:
         else:
             tensors[name] = SourceTensor(tuple(shape), dtype, lambda index=(), k=key: ckpt.read(k, tuple(index)),
                                          ckpt.describe(key))
-    source = Source(f"Flax checkpoint {directory}", tensors)
+    source = Source(f"Flax checkpoint {directory}", tensors,
+                    stacked_blocks=any(param_table.is_scanned(n) for n in names.values()))
     _check_float(source)
     return source
 
@@ -370,7 +373,7 @@ def open_pytorch_dir(directory, plan: dict[str, tuple[int, ...]]) -> Source:
     if unexpected:
         raise CheckpointFileError(f"PyTorch checkpoint {directory} does not fit its config:\n  {len(unexpected)} "
                                   "unexpected tensors (no counterpart in the model):" + _fmt_list(unexpected))
-    source = Source(f"PyTorch checkpoint {directory}", tensors, lambda name, shape: (
+    source = Source(f"PyTorch checkpoint {directory}", tensors, input_naming=lambda name, shape: (
         param_table.flax_to_pytorch_name(name), param_table.flax_to_pytorch_shape(name, shape)))
     _check_float(source)
     return source
@@ -389,10 +392,10 @@ def params_source(params, description: str = "params in memory") -> Source:
     from flax.traverse_util import flatten_dict
 
     flat = flatten_dict(unfreeze(params), sep="/")
-    prefix = "" if any(k.startswith(param_table.BACKBONE + "/") for k in flat) else param_table.BACKBONE + "/"
+    backbone_only = param_table.is_backbone_plan(flat)
     tensors = {}
     for key, value in flat.items():
-        name = param_table.with_backbone_prefix(key) if prefix else key
+        name = param_table.with_backbone_prefix(key) if backbone_only else key
         if param_table.is_scanned(name):
             for i, unrolled in enumerate(param_table.unrolled_names(name, np.shape(value)[0])):
                 tensors[unrolled] = SourceTensor(tuple(np.shape(value)[1:]), np.dtype(value.dtype),
@@ -430,7 +433,7 @@ def load_params(source: Source, plan: dict[str, tuple[int, ...]], *, dtype=None,
     dtype = np.dtype(np.float32) if dtype is None else np.dtype(dtype)
     skip = set(skip)
     out = {}
-    backbone_only = _backbone_plan(plan)
+    backbone_only = param_table.is_backbone_plan(plan)
     for name, shape in plan.items():
         if name in skip:
             continue
@@ -463,11 +466,6 @@ def load_params(source: Source, plan: dict[str, tuple[int, ...]], *, dtype=None,
             out[name] = jax.make_array_from_callback(
                 tuple(shape), sharding, lambda index, w=window, s=tuple(shape): w(_normalise_index(index, s)))
     return unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})
-
-
-def _backbone_plan(plan) -> bool:
-    """A plan of the bare backbone (`FlaxXLSTMModel`): no `backbone/` prefix."""
-    return not any(k.startswith(param_table.BACKBONE + "/") for k in plan)
 
 
 def _normalise_index(index: tuple, shape: tuple) -> tuple:

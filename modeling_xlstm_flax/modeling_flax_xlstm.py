@@ -721,12 +721,10 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         source = checkpoint_io.open_checkpoint(directory, expected, self.config.num_blocks)
         is_lm = isinstance(self.module, FlaxXLSTMForCausalLMModule)
         head = {k for k in expected if k.startswith(param_table.LM_HEAD + "/")}
-        has_head = any(k.startswith(param_table.LM_HEAD + "/") for k in source.tensors)
-        optional = set(source.tensors) if not is_lm else set()
-        optional = {k for k in optional if k.startswith(param_table.LM_HEAD + "/")}
-        if self.config.tie_word_embeddings:
-            optional |= {k for k in source.tensors if k.startswith(param_table.LM_HEAD + "/")}
-        may_be_missing = set(expected) if allow_missing_keys else (head if not has_head else set())
+        source_head = {k for k in source.tensors if k.startswith(param_table.LM_HEAD + "/")}
+        # a head the model does not use (bare backbone, tied embeddings) may be stored; a missing head is initialised
+        optional = source_head if not is_lm or self.config.tie_word_embeddings else set()
+        may_be_missing = set(expected) if allow_missing_keys else (head if not source_head else set())
         missing = checkpoint_io.check_source(source, expected, optional=optional, may_be_missing=may_be_missing)
         def lm_names(name, shape):  # this model's name -> the unrolled causal-LM names it covers
             name = name if is_lm else param_table.with_backbone_prefix(name)

@@ -184,10 +184,15 @@ def unrolled_names(name: str, num_blocks: int) -> list[str]:
     return [f"{BLOCKS}/{i}/{rest}" for i in range(num_blocks)]
 
 
+def is_backbone_plan(names) -> bool:
+    """Names of the bare backbone (`FlaxXLSTMModel`): none carries the `backbone/` prefix."""
+    return not any(k.startswith(BACKBONE + "/") for k in names)
+
+
 def unrolled_plan(plan: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     """A plan (names -> shapes) in the unrolled causal-LM naming, whatever the plan's layout."""
     out = {}
-    backbone_only = not any(k.startswith(BACKBONE + "/") for k in plan)
+    backbone_only = is_backbone_plan(plan)
     for name, shape in plan.items():
         name = with_backbone_prefix(name) if backbone_only else name
         if is_scanned(name):
