@@ -41,7 +41,7 @@ _NATIVE_CHUNK = 1 << 30  # larger than any sequence: the wrapper never calls the
 def load_config(spec: str):
     """An `XLSTMFlaxConfig` from a preset name (`xlstm-160m`) or a JSON file (ours, or transformers' xLSTM)."""
     import modeling_xlstm_flax as xf
-    from modeling_xlstm_flax.configuration import XLSTMFlaxConfig, from_transformers_config
+    from modeling_xlstm_flax.configuration_xlstm_flax import XLSTMFlaxConfig, from_transformers_config
 
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
@@ -63,7 +63,7 @@ def pt_config_for(config, chunk_size: Optional[int] = None):
     factor so both sides build the same width, and this checks it again. Returns (pt_config, notes).
     """
     import torch
-    from modeling_xlstm_flax.configuration import to_transformers_config
+    from modeling_xlstm_flax.configuration_xlstm_flax import to_transformers_config
 
     pt = to_transformers_config(config)
     notes = {}
@@ -200,7 +200,7 @@ class Models:
             from safetensors.numpy import load_file
             from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
 
-            from modeling_xlstm_flax.configuration import from_transformers_config
+            from modeling_xlstm_flax.configuration_xlstm_flax import from_transformers_config
 
             config = from_transformers_config(self.pt_config)
             model = xf.FlaxXLSTMForCausalLM(config, dtype=jnp.float32)

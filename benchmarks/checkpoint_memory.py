@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 from modeling_xlstm_flax import load_preset
 from modeling_xlstm_flax.checkpoint_io import OutTensor, write_checkpoint
-from modeling_xlstm_flax.configuration import to_transformers_config
-from modeling_xlstm_flax.conversion.common import model_plan
+from modeling_xlstm_flax.configuration_xlstm_flax import to_transformers_config
+from modeling_xlstm_flax.convert_common import model_plan
 from modeling_xlstm_flax import param_table
 
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ print(sum(x.size for x in __import__("jax").tree_util.tree_leaves(model.params))
 """,
     "convert": r"""
 import sys
-from modeling_xlstm_flax.conversion.pytorch_to_flax import main
+from modeling_xlstm_flax.convert_pytorch_to_flax import main
 raise SystemExit(main([sys.argv[1], sys.argv[2], "--dtype", "bfloat16", "-q"]))
 """,
     "sharded": r"""

@@ -39,9 +39,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax.traverse_util import unflatten_dict
 from modeling_xlstm_flax import load_preset
-from modeling_xlstm_flax.configuration import to_upstream_config
-from modeling_xlstm_flax.conversion import flax_to_upstream
-from modeling_xlstm_flax.conversion.common import model_plan as flax_plan
+from modeling_xlstm_flax.configuration_xlstm_flax import to_upstream_config
+from modeling_xlstm_flax.upstream_params import flax_to_upstream
+from modeling_xlstm_flax.convert_common import model_plan as flax_plan
 
 out, blocks = Path(sys.argv[1]), int(sys.argv[2])
 config = load_preset("tiny-mlstm-v1", embedding_dim=2048, num_heads=4, num_blocks=blocks, vocab_size=50304,
@@ -65,7 +65,7 @@ ocp.PyTreeCheckpointer().save(str(ckpt / "params"), unflatten_dict(tree))
 print(json.dumps({"largest_tensor_bytes": max(v.nbytes for v in upstream.values())}))
 """
 
-BASELINE = "import modeling_xlstm_flax.conversion.orbax_to_hf, orbax.checkpoint, jax.numpy as jnp; jnp.zeros(1)"
+BASELINE = "import modeling_xlstm_flax.convert_orbax_to_hf, orbax.checkpoint, jax.numpy as jnp; jnp.zeros(1)"
 
 
 def run_measured(argv: list[str], env: dict, cwd: Path) -> tuple[int, float, float, str]:
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         print(f"baseline (imports only): peak RSS {baseline / GB:.2f} GB")
         results.update(checkpoint_bytes=size, largest_tensor_bytes=largest, baseline_rss_bytes=baseline)
 
-        mod = "modeling_xlstm_flax.conversion."
+        mod = "modeling_xlstm_flax.convert_"
         runs = [
             ("orbax -> Flax", [py, "-m", mod + "orbax_to_hf", str(work / "orbax"), str(work / "flax"), "-q"]),
             ("Flax -> PyTorch (500MB shards)", [py, "-m", mod + "flax_to_pytorch", str(work / "flax"),

@@ -283,7 +283,7 @@ def import_package() -> str:
 
         return f"installed: {modeling_xlstm_flax.__file__}"
     except ModuleNotFoundError as err:
-        if err.name not in ("modeling_xlstm_flax", "modeling_xlstm_flax.configuration"):
+        if err.name not in ("modeling_xlstm_flax", "modeling_xlstm_flax.configuration_xlstm_flax"):
             raise
     for name in [n for n in sys.modules if n.split(".")[0] == "modeling_xlstm_flax"]:
         del sys.modules[name]
@@ -485,8 +485,8 @@ def load_fixture_model(folder: Path, **overrides):
     from safetensors.numpy import load_file
 
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM
-    from modeling_xlstm_flax.configuration import from_upstream_config
-    from modeling_xlstm_flax.conversion import upstream_to_flax
+    from modeling_xlstm_flax.configuration_xlstm_flax import from_upstream_config
+    from modeling_xlstm_flax.upstream_params import upstream_to_flax
 
     config = from_upstream_config(json.loads((folder / "config.json").read_text()), **overrides)
     params = upstream_to_flax(load_file(str(folder / "params.safetensors")), config)

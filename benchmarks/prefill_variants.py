@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import modeling_xlstm_flax as xf
-    from modeling_xlstm_flax.modeling_flax_xlstm import soft_cap
+    from modeling_xlstm_flax.xlstm_layers import soft_cap
 
     cfg = xf.load_preset(args.config, prefill_segment_size=None)  # `full`: one pass, as before segmenting existed
     model = xf.FlaxXLSTMForCausalLM(cfg, seed=0, dtype=jnp.float32)

@@ -5,7 +5,7 @@ Importing the package registers the config with `AutoConfig` (model_type `xlstm_
 (model_type `xlstm`), so a `NX-AI/xLSTM-7b`-layout directory loads with `from_pt=True`.
 """
 
-from .configuration import XLSTMFlaxConfig, load_preset, preset_names
+from .configuration_xlstm_flax import XLSTMFlaxConfig, load_preset, preset_names
 from .modeling_flax_xlstm import (
     FlaxXLSTMForCausalLM,
     FlaxXLSTMModel,

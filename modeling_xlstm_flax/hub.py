@@ -7,10 +7,10 @@ flax loads with one line, without this package:
 
 It holds `config.json` (with `auto_map` for `AutoConfig`, `FlaxAutoModel` and `FlaxAutoModelForCausalLM`),
 `model.safetensors`, `generation_config.json`, the tokenizer files, a `README.md` model card
-(`modeling_xlstm_flax.model_cards`) and the model code. transformers' remote-code loader imports the code files as
+(`modeling_xlstm_flax.model_card`) and the model code. transformers' remote-code loader imports the code files as
 flat modules of one folder, following `from .module import ...` lines, so the export copies the package modules the
 model needs (`modeling_flax_xlstm`, `configuration_xlstm_flax`, `translation`, `mlstm_kernels`, `input_checks`, ...,
-found by following the imports) and rewrites their package-relative imports (`from .configuration import
+found by following the imports) and rewrites their package-relative imports (`from .configuration_xlstm_flax import
 XLSTMFlaxConfig`, `from . import mlstm_kernels`) to those flat modules. The package sources are never modified.
 
 `push_to_hub(model_or_folder, repo_id)` exports (for a model) and uploads with `HfApi.create_repo` and
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
 import logging
 import os
@@ -32,160 +31,59 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
-PACKAGE = "modeling_xlstm_flax"
-# The modules the auto classes point at; everything they import from the package is found from there.
-ROOT_MODULES = (f"{PACKAGE}.configuration.configuration_xlstm_flax", f"{PACKAGE}.modeling_flax_xlstm")
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The modules the auto classes point at; every module they import from the package is found from there.
+ROOT_MODULES = ("configuration_xlstm_flax", "modeling_flax_xlstm")
 AUTO_MAP = {
     "AutoConfig": "configuration_xlstm_flax.XLSTMFlaxConfig",
     "FlaxAutoModel": "modeling_flax_xlstm.FlaxXLSTMModel",
     "FlaxAutoModelForCausalLM": "modeling_flax_xlstm.FlaxXLSTMForCausalLM",
 }
 logger = logging.getLogger(__name__)
-HEADER = ("# Exported for the Hugging Face Hub by modeling_xlstm_flax.hub (xlstm-flax {version}) from {module}.\n"
-          "# Package-relative imports are rewritten to this repo's flat modules; edit the package source instead.\n")
 
-__all__ = ["AUTO_MAP", "flat_code_files", "write_code_files", "export_hub_folder", "push_to_hub", "main"]
+__all__ = ["AUTO_MAP", "code_files", "write_code_files", "export_hub_folder", "push_to_hub", "main"]
 
 
 # ---------------------------------------------------------------------------------------------- code files
-def _spec(module: str):
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ValueError(f"cannot find module {module}")
-    return spec
-
-
-def _is_package(module: str) -> bool:
-    return _spec(module).submodule_search_locations is not None
-
-
-def _module_exists(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _package_exports(package: str) -> dict[str, tuple[str, str]]:
-    """Names a package's `__init__` re-exports from its submodules: name -> (module, name in that module)."""
-    tree = ast.parse(Path(_spec(package).origin).read_text(encoding="utf-8"))
-    exports = {}
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.level >= 1 and node.module:
-            source = importlib.util.resolve_name("." * node.level + node.module, package)
-            for alias in node.names:
-                exports[alias.asname or alias.name] = (source, alias.name)
-    return exports
-
-
-def _resolve_import(node: ast.ImportFrom, module: str) -> list[tuple[str, Optional[str], Optional[str]]]:
-    """A relative import in `module` as (target module, imported name or None for the module itself, alias)."""
-    package = module if _is_package(module) else module.rpartition(".")[0]
-    base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
-    targets = []
-    for alias in node.names:
-        if alias.name == "*":
-            raise ValueError(f"{module}: star imports cannot be flattened")
-        if _is_package(base):
-            if _module_exists(f"{base}.{alias.name}") and not _is_package(f"{base}.{alias.name}"):
-                targets.append((f"{base}.{alias.name}", None, alias.asname or alias.name))
-                continue
-            exports = _package_exports(base)
-            if alias.name not in exports or _is_package(exports[alias.name][0]):
-                raise ValueError(f"{module}: cannot flatten `from {'.' * node.level}{node.module or ''} import "
-                                 f"{alias.name}`: it is defined in the package {base}'s __init__, which is not "
-                                 "exported; import it from its module")
-            source, name = exports[alias.name]
-            targets.append((source, name, alias.asname or (alias.name if alias.name != name else None)))
-        else:
-            targets.append((base, alias.name, alias.asname))
-    return targets
-
-
-def _flat_name(module: str) -> str:
-    return module.rpartition(".")[2]
-
-
-def _render_imports(targets, indent: str) -> list[str]:
-    lines: list[str] = []
-    grouped: dict[str, list[str]] = {}
-    for target, name, alias in targets:
-        flat = _flat_name(target)
-        if name is None:  # a module import (the root file's listing block makes the loader copy it)
-            lines.append(f"{indent}from . import {flat}" + (f" as {alias}" if alias and alias != flat else ""))
-        else:
-            grouped.setdefault(flat, []).append(name + (f" as {alias}" if alias and alias != name else ""))
-    for flat, names in grouped.items():
-        lines.append(f"{indent}from .{flat} import {', '.join(names)}")
-    return lines
-
-
-def _flatten_module(module: str) -> tuple[str, list[str]]:
-    """(rewritten source, package modules it imports) for one module."""
-    from . import __version__
-
-    source = Path(_spec(module).origin).read_text(encoding="utf-8")
-    lines = source.splitlines(keepends=True)
-    tree = ast.parse(source)
-    needed: list[str] = []
-    replacements = []
+def _package_imports(module: str) -> set[str]:
+    """The package modules `module` imports (`from .x import ...` and `from . import x`, at any depth)."""
+    tree = ast.parse((PACKAGE_DIR / f"{module}.py").read_text(encoding="utf-8"))
+    found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level >= 1:
-            targets = _resolve_import(node, module)
-            for target, _, _ in targets:
-                if not target.startswith(PACKAGE + ".") or _is_package(target):
-                    raise ValueError(f"{module}: relative import of {target} cannot be flattened")
-                needed.append(target)
-            first, last = node.lineno - 1, node.end_lineno - 1
-            before, after = lines[first][: node.col_offset], lines[last][node.end_col_offset :]
-            if before.strip() or after.strip().split("#")[0].strip():
-                raise ValueError(f"{module}:{node.lineno}: an import sharing its line with other code cannot be "
-                                 "flattened")
-            replacements.append((first, last, _render_imports(targets, before)))
-    for first, last, new_lines in sorted(replacements, reverse=True):
-        lines[first : last + 1] = [line + "\n" for line in new_lines]
-    text = HEADER.format(version=__version__, module=module) + "".join(lines)
-    ast.parse(text)  # still valid Python
-    return text, needed
+        if isinstance(node, ast.ImportFrom) and node.level:
+            if node.level != 1:
+                raise ValueError(f"{module}.py: `from {'.' * node.level}{node.module or ''} import ...` leaves the "
+                                 "package; the exported repo is one flat folder")
+            found |= {node.module} if node.module else {alias.name for alias in node.names}
+    return {name.split(".")[0] for name in found}
 
 
-LISTING = '''
-
-# Added by modeling_xlstm_flax.hub. transformers' remote-code loader copies the modules that this file names in
-# `from .module import ...` lines (for a local folder it does not follow their own imports), so every module this
-# file needs, directly or not, is named here. Never executed.
-if False:
-{lines}
-'''
+def _loader_imports(module: str) -> set[str]:
+    """The modules transformers' remote-code loader copies next to `module`: for a local folder only those named
+    in the file's own `from .x import` lines (it does not follow their imports)."""
+    text = (PACKAGE_DIR / f"{module}.py").read_text(encoding="utf-8")
+    return set(re.findall(r"^\s*from\s+\.(\S+)\s+import", text, flags=re.MULTILINE))
 
 
-def flat_code_files() -> dict[str, str]:
-    """{file name: source} of the flat modules the exported repo needs, imports rewritten. Each root module (the
-    `auto_map` targets) ends with a never-executed block naming every module it needs, directly or not."""
-    files: dict[str, str] = {}
-    origin: dict[str, str] = {}
-    imports: dict[str, list[str]] = {}
-    queue = list(ROOT_MODULES)
-    while queue:
-        module = queue.pop(0)
-        name = _flat_name(module) + ".py"
-        if name in files:
-            if origin[name] != module:
-                raise ValueError(f"two package modules would both be {name}: {origin[name]} and {module}")
-            continue
-        files[name], imports[module] = _flatten_module(module)
-        origin[name] = module
-        queue += imports[module]
+def code_files() -> dict[str, Path]:
+    """{file name: package source file} of every module the exported repo needs: the closure of `ROOT_MODULES`'
+    package imports. Copied as they are (the package is flat, its imports relative). Raises ValueError when a
+    root module does not itself name every module it needs (the loader would miss it): a packaging bug."""
+    closure: dict[str, set[str]] = {}
     for root in ROOT_MODULES:
-        closure, todo = [], list(imports[root])
+        seen, todo = set(), [root]
         while todo:
-            module = todo.pop(0)
-            if module != root and module not in closure:
-                closure.append(module)
-                todo += imports[module]
-        if closure:
-            lines = "\n".join(f"    from .{_flat_name(m)} import __name__" for m in closure)
-            files[_flat_name(root) + ".py"] += LISTING.format(lines=lines)
+            module = todo.pop()
+            if module not in seen:
+                seen.add(module)
+                todo += sorted(_package_imports(module))
+        missing = seen - {root} - _loader_imports(root)
+        if missing:
+            raise ValueError(f"{root}.py needs {sorted(missing)} through other modules but does not import them "
+                             "itself with `from .module import ...`; transformers' remote-code loader would not "
+                             "copy them")
+        closure[root] = seen
+    files = {f"{m}.py": PACKAGE_DIR / f"{m}.py" for m in sorted(set().union(*closure.values()))}
     _check_requirements(files)
     return files
 
@@ -216,32 +114,28 @@ def _remote_modules() -> set[str]:
             if any(norm(owner) in dists for owner in owners)} | set(sys.stdlib_module_names) | {"__future__"}
 
 
-def _check_requirements(files: dict[str, str]) -> None:
+def _check_requirements(files: dict[str, Path]) -> None:
     """transformers' remote-code loader demands every package a file imports outside `try` blocks: the exported
     code may only need what transformers/jax/flax users have."""
     from transformers.dynamic_module_utils import get_imports
 
     allowed = _remote_modules()
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, text in files.items():
-            path = Path(tmp) / name
-            path.write_text(text, encoding="utf-8")
-            extra = sorted(set(get_imports(path)) - allowed)
-            if extra:
-                raise ValueError(f"exported {name} imports {extra} outside a try block; transformers' remote-code "
-                                 "loader would require them of every user (import them inside try/except "
-                                 "ImportError)")
+    for name, path in files.items():
+        extra = sorted(set(get_imports(path)) - allowed)
+        if extra:
+            raise ValueError(f"exported {name} imports {extra} outside a try block; transformers' remote-code "
+                             "loader would require them of every user (import them inside try/except "
+                             "ImportError)")
 
 
 def write_code_files(directory: Union[str, Path]) -> list[Path]:
-    """Write the flat code files into `directory`; returns their paths."""
+    """Copy the model's code files (`code_files`) into `directory`; returns their paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in flat_code_files().items():
-        path = directory / name
-        path.write_text(text, encoding="utf-8")
-        paths.append(path)
+    for name, source in code_files().items():
+        shutil.copyfile(source, directory / name)
+        paths.append(directory / name)
     return paths
 
 
@@ -256,7 +150,7 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
     Returns the folder."""
     from transformers import FlaxAutoModelForCausalLM
 
-    from .model_cards import build_model_card, check_model_card
+    from .model_card import build_model_card, check_model_card
 
     folder = Path(save_directory).absolute()
     if folder.exists() and not folder.is_dir():

@@ -8,10 +8,8 @@ arguments (generation options, batch sizes) run in traces too.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from pathlib import Path
 from typing import Any, Optional
 
 import jax

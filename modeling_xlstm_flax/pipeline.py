@@ -8,8 +8,8 @@ chat inputs, `handle_long_generation`, the output format) and swaps in a Flax ba
 
 * prompts are tokenized to numpy, batched with **left padding** and an `attention_mask` (the xLSTM never lets padded
   tokens touch its recurrent state, so a padded prompt generates what it generates alone);
-* generation is transformers' Flax `generate()` under `jax.jit`, compiled once per generation config and input shape
-  (`pad_to_multiple_of` buckets prompt lengths to bound recompilation);
+* generation is `model.generate()`, compiled once per model, generation config and input shape (one cache for every
+  pipeline over a model; `pad_to_multiple_of` buckets prompt lengths to bound recompilation);
 * sampling is driven by an explicit PRNG key: `seed=` makes a call reproducible, without it every call draws a fresh
   key from the pipeline's own key stream (seeded by `seed=` at construction, default 0).
 
@@ -34,11 +34,9 @@ on its own next to a model on the Hub.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import weakref
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -47,8 +45,6 @@ from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.pipelines.text_generation import TextGenerationPipeline
 
 TASK = "xlstm-flax-text-generation"
-# Compiled generate functions per model, shared by all pipelines over that model: {model: {config key: jitted fn}}.
-_COMPILED: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
 
 __all__ = ["TASK", "FlaxTextGenerationPipeline", "register_pipeline", "text_generation_pipeline"]
 
@@ -199,10 +195,7 @@ class FlaxTextGenerationPipeline(TextGenerationPipeline):
     def _run_batch(self, prompts, batch_index, preprocess_params, forward_params, postprocess_params):
         encoded = [self.preprocess(prompt, **preprocess_params) for prompt in prompts]
         lengths = [int(e["input_ids"].shape[1]) for e in encoded]
-        multiple = forward_params.get("pad_to_multiple_of")
-        width = max(lengths)
-        if multiple:
-            width = -(-width // multiple) * multiple
+        width = max(lengths)  # left-padded to the longest prompt; model.generate buckets to pad_to_multiple_of
         pad_id = self._pad_token_id()
         input_ids = np.full((len(encoded), width), pad_id, dtype=np.int32)
         attention_mask = np.zeros((len(encoded), width), dtype=np.int32)
@@ -210,7 +203,6 @@ class FlaxTextGenerationPipeline(TextGenerationPipeline):
             mask = e.get("attention_mask")
             input_ids[row, width - n :] = e["input_ids"][0]
             attention_mask[row, width - n :] = 1 if mask is None else mask[0]
-        forward_params = {k: v for k, v in forward_params.items() if k != "pad_to_multiple_of"}
         output = self.forward({"input_ids": input_ids, "attention_mask": attention_mask,
                                "batch_index": batch_index}, **forward_params)
         results = []
@@ -232,7 +224,7 @@ class FlaxTextGenerationPipeline(TextGenerationPipeline):
 
     # ------------------------------------------------------------------------------------------ generation
     def _forward(self, model_inputs, seed=None, prng_key=None, prefix_length=0, generation_config=None,
-                 **generate_kwargs):
+                 pad_to_multiple_of=None, **generate_kwargs):
         """Generate for one left-padded batch: `{"generated_sequence": (B, num_return_sequences, L)}` (numpy)."""
         input_ids = np.asarray(model_inputs["input_ids"])
         attention_mask = model_inputs.get("attention_mask")
@@ -284,8 +276,10 @@ class FlaxTextGenerationPipeline(TextGenerationPipeline):
             attention_mask = None
 
         key = self._prng_key(seed, prng_key, batch_index)
-        generate = self._compiled_generate(config, attention_mask is not None)
-        sequences = np.asarray(generate(self.model.params, input_ids, attention_mask, key))
+        mask = {} if attention_mask is None else {"attention_mask": attention_mask}
+        # model.generate compiles once per model, generation config and input shape (`generation.generate`)
+        sequences = np.asarray(self.model.generate(input_ids, generation_config=config, prng_key=key,
+                                                   pad_to_multiple_of=pad_to_multiple_of, **mask).sequences)
         return {"generated_sequence": sequences.reshape(batch, copies, sequences.shape[-1])}
 
     def _prng_key(self, seed, prng_key, batch_index):
@@ -297,26 +291,6 @@ class FlaxTextGenerationPipeline(TextGenerationPipeline):
             self._rng, key = jax.random.split(self._rng)
             return key
         return jax.random.fold_in(key, batch_index) if batch_index else key
-
-    def _compiled_generate(self, config: GenerationConfig, with_mask: bool):
-        """`model.generate(...).sequences` under `jax.jit`, one compiled function per model and generation config
-        (jit then caches one program per input shape), shared by every pipeline over the same model."""
-        compiled = _COMPILED.setdefault(self.model, {})
-        cache_key = (json.dumps(config.to_dict(), sort_keys=True, default=str), with_mask)
-        fn = compiled.get(cache_key)
-        if fn is None:
-            model_ref = weakref.ref(self.model)  # the cache must not keep the model alive
-
-            def run(params, input_ids, attention_mask, key):
-                mask = {"attention_mask": attention_mask} if with_mask else {}
-                return model_ref().generate(input_ids, params=params, prng_key=key, generation_config=config,
-                                            **mask).sequences
-
-            fn = jax.jit(run)
-            if len(compiled) >= 32:  # a bounded cache: drop the oldest entry
-                compiled.pop(next(iter(compiled)))
-            compiled[cache_key] = fn
-        return fn
 
 
 def _drop_device_note(record) -> bool:

@@ -2,7 +2,7 @@
 
 from transformers import AutoConfig, FlaxAutoModel, FlaxAutoModelForCausalLM, xLSTMConfig
 
-from .configuration import XLSTMFlaxConfig
+from .configuration_xlstm_flax import XLSTMFlaxConfig
 from .modeling_flax_xlstm import FlaxXLSTMForCausalLM, FlaxXLSTMModel
 
 

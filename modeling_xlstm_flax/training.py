@@ -122,7 +122,7 @@ def build_model_and_tokenizer(args, train_texts):
     from transformers import AutoTokenizer, FlaxAutoModelForCausalLM
 
     import modeling_xlstm_flax as xf
-    from .configuration import parse_field_overrides
+    from .configuration_xlstm_flax import parse_field_overrides
 
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
     tokenizer = None
@@ -325,7 +325,7 @@ def check_args(args) -> None:
         if args.model:
             raise UsageError("--set changes the config of a model trained from scratch; with --model the saved "
                              "config is used (drop --set, or use --config/--preset)")
-        from .configuration import parse_field_overrides
+        from .configuration_xlstm_flax import parse_field_overrides
 
         parse_field_overrides(args.set, "--set")
     if not math.isfinite(args.lr) or args.lr <= 0:

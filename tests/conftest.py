@@ -16,8 +16,8 @@ def load_fixture(name: str, **overrides):
     """(config, params, inputs, logits) of an upstream fixture, params mapped to our layout."""
     from safetensors.numpy import load_file
 
-    from modeling_xlstm_flax.configuration import from_upstream_config
-    from modeling_xlstm_flax.conversion import upstream_to_flax
+    from modeling_xlstm_flax.configuration_xlstm_flax import from_upstream_config
+    from modeling_xlstm_flax.upstream_params import upstream_to_flax
 
     folder = FIXTURES / name
     if not folder.is_dir():

@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 
 from conftest import max_abs_diff, tiny_config  # noqa: E402
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM  # noqa: E402
-from modeling_xlstm_flax import sharding as sh  # noqa: E402
+from modeling_xlstm_flax import sharded_steps as steps, sharding as sh  # noqa: E402
 
 MESHES = {"8x1x1": (8, 1, 1), "2x2x2": (2, 2, 2), "1x1x8": (1, 1, 8), "1x4x2": (1, 4, 2)}
 B, S = 8, 12
@@ -109,7 +109,7 @@ def run_case(name, layer_type, scan, plan, results, num_heads=8, fsdp_min=0):
             params, ids, mask))
         if "grad" in wanted:
             loss_grad = jax.jit(jax.value_and_grad(
-                lambda p, i, m: sh.causal_lm_loss(model(i, attention_mask=m, params=p).logits, i, m)))
+                lambda p, i, m: steps.causal_lm_loss(model(i, attention_mask=m, params=p).logits, i, m)))
             ref["loss"], ref["grads"] = jax.device_get(loss_grad(params, ids, mask))
         if "generate" in wanted:
             generate = jax.jit(lambda p, i, m: model.generate(i, attention_mask=m, params=p,
@@ -131,21 +131,21 @@ def run_case(name, layer_type, scan, plan, results, num_heads=8, fsdp_min=0):
         r = {"checks": sorted(checks)}
         sparams = sh.shard_params(params, config, mesh, fsdp_min)
         r["sharding_mismatches"], r["table"] = sharding_report(sparams, config, mesh, fsdp_min)
-        forward = sh.sharded_forward(model, mesh, fsdp_min)
+        forward = steps.sharded_forward(model, mesh, fsdp_min)
         with clock("forward"):
             logits = forward(sparams, ids, mask)
             r["logits_diff"] = max_abs_diff(logits, ref["logits"])
             r["logits_spec"] = str(logits.sharding.spec)
         if "grad" in checks:
             with clock("grad"):
-                loss, grads = sh.sharded_loss_and_grad(model, mesh, fsdp_min)(sparams, ids, mask)
+                loss, grads = steps.sharded_loss_and_grad(model, mesh, fsdp_min)(sparams, ids, mask)
                 r["loss_diff"] = abs(float(loss) - float(ref["loss"]))
                 r["grad_diff"] = tree_diff(jax.device_get(grads), ref["grads"])
                 r["grad_scale"] = max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(ref["grads"]))
                 r["grad_sharding_mismatches"] = sharding_report(grads, config, mesh, fsdp_min)[0]
         if "generate" in checks:
             with clock("generate"):
-                tokens = sh.sharded_generate(model, mesh, fsdp_min, max_new_tokens=NEW_TOKENS)(
+                tokens = steps.sharded_generate(model, mesh, fsdp_min, max_new_tokens=NEW_TOKENS)(
                     sparams, ids[:, :PROMPT], mask[:, :PROMPT])
                 r["tokens_equal"] = bool(np.array_equal(np.asarray(tokens), ref["tokens"]))
                 r["tokens_shape"] = list(np.shape(tokens))
@@ -210,15 +210,15 @@ def run_train_step(results):
     tx = optax.sgd(0.5, momentum=0.9)
 
     def step(p, o, i):
-        loss, grads = jax.value_and_grad(lambda q: sh.causal_lm_loss(model(i, params=q).logits, i))(p)
+        loss, grads = jax.value_and_grad(lambda q: steps.causal_lm_loss(model(i, params=q).logits, i))(p)
         return optax.apply_updates(p, tx.update(grads, o, p)[0]), loss
 
     ref_params, ref_loss = jax.device_get(jax.jit(step)(params, tx.init(params), ids))
     mesh = sh.make_mesh(2, 2, 2)
     sparams = sh.shard_params(params, config, mesh, 0)
-    opt_state = sh.init_sharded_optimizer_state(tx, sparams, config, mesh, 0)
+    opt_state = steps.init_sharded_optimizer_state(tx, sparams, config, mesh, 0)
     trace_mismatches = sharding_report(opt_state[0].trace, config, mesh, 0)[0]
-    new_params, opt_state, loss = sh.sharded_train_step(model, mesh, tx, 0)(sparams, opt_state, ids)
+    new_params, opt_state, loss = steps.sharded_train_step(model, mesh, tx, 0)(sparams, opt_state, ids)
     results["train_step"] = {
         "param_diff": tree_diff(jax.device_get(new_params), ref_params),
         "changed": tree_diff(ref_params, params),
@@ -268,7 +268,7 @@ def run_loading(results, tmp):
     out["indexed_dtypes"] = sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(loaded2)})
     out["indexed_sharding_mismatches"] = sharding_report(loaded2, config, mesh2, 0)[0]
     ids = np.random.RandomState(5).randint(3, 97, (B, S))
-    out["indexed_logits_diff"] = max_abs_diff(sh.sharded_forward(model2, mesh2, 0)(loaded2, ids),
+    out["indexed_logits_diff"] = max_abs_diff(steps.sharded_forward(model2, mesh2, 0)(loaded2, ids),
                                               model(ids, params=bf16).logits)
 
     # PyTorch layout (Linear weights (out, in), norms/embeddings "weight") into a scan_blocks model

@@ -36,7 +36,7 @@ def worker(out_dir: str, port: int, process_id: int, num_processes: int, full: b
 
     from conftest import max_abs_diff, tiny_config
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM
-    from modeling_xlstm_flax import sharding as sh
+    from modeling_xlstm_flax import sharded_steps as steps, sharding as sh
 
     config = tiny_config("mlstm_v1", num_heads=8)
     config.eos_token_id = config.vocab_size
@@ -51,7 +51,7 @@ def worker(out_dir: str, port: int, process_id: int, num_processes: int, full: b
     mesh = sh.make_mesh(2, 2, 2)
     model, params = sh.from_pretrained_sharded(model_dir, mesh, fsdp_min_weight_size=0)
     ids = np.random.RandomState(0).randint(3, 97, (8, 10)).astype(np.int32)  # the same global batch everywhere
-    logits = sh.sharded_forward(model, mesh, 0)(params, ids)
+    logits = steps.sharded_forward(model, mesh, 0)(params, ids)
     result = {
         "process_count": jax.process_count(),
         "global_devices": jax.device_count(),
@@ -64,11 +64,11 @@ def worker(out_dir: str, port: int, process_id: int, num_processes: int, full: b
     ref_logits = jax.jit(lambda p: local(ids, params=p).logits)(ref_params)
     result["logits_diff"] = max_abs_diff(multihost_utils.process_allgather(logits, tiled=True), ref_logits)
     if full:
-        loss, grads = sh.sharded_loss_and_grad(model, mesh, 0)(params, ids)
-        tokens = sh.sharded_generate(model, mesh, 0, max_new_tokens=4)(params, ids[:, :6])
+        loss, grads = steps.sharded_loss_and_grad(model, mesh, 0)(params, ids)
+        tokens = steps.sharded_generate(model, mesh, 0, max_new_tokens=4)(params, ids[:, :6])
         loss, grads, tokens = multihost_utils.process_allgather((loss, grads, tokens), tiled=True)
         ref_loss, ref_grads = jax.value_and_grad(
-            lambda p: sh.causal_lm_loss(local(ids, params=p).logits, ids))(ref_params)
+            lambda p: steps.causal_lm_loss(local(ids, params=p).logits, ids))(ref_params)
         ref_tokens = local.generate(ids[:, :6], params=ref_params, max_new_tokens=4).sequences
         result["loss_diff"] = abs(float(loss) - float(ref_loss))
         result["grad_diff"] = max(max_abs_diff(a, b) for a, b in zip(jax.tree_util.tree_leaves(grads),

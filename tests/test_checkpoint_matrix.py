@@ -64,12 +64,12 @@ def _load(directory):
 def _convert(module: str, *argv) -> None:
     import importlib
 
-    status = importlib.import_module(f"modeling_xlstm_flax.conversion.{module}").main([str(a) for a in argv] + ["-q"])
+    status = importlib.import_module(f"modeling_xlstm_flax.convert_{module}").main([str(a) for a in argv] + ["-q"])
     assert status == 0, f"{module} {argv} exited {status}"
 
 
 def _pt_config():
-    from modeling_xlstm_flax.configuration import from_transformers_config
+    from modeling_xlstm_flax.configuration_xlstm_flax import from_transformers_config
     from transformers import xLSTMConfig
 
     return from_transformers_config(xLSTMConfig(**PT_KW, dtype="float32"))
@@ -295,7 +295,7 @@ def test_other_missing_params_stay_an_error_unless_allowed(saved):
     ("missing", ("parallel_stabilized", 64)),
 ])
 def test_upstream_backend_in_every_stored_form(backend, expect):
-    from modeling_xlstm_flax.configuration import from_upstream_config
+    from modeling_xlstm_flax.configuration_xlstm_flax import from_upstream_config
 
     upstream = json.loads((FIXTURES / "v1" / "config.json").read_text())
     cell = upstream["mlstm_block"]["mlstm"]["mlstm_cell"]
@@ -310,7 +310,7 @@ def test_upstream_backend_in_every_stored_form(backend, expect):
 
 @pytest.mark.parametrize("backend", [{"name": "no_such_backend", "kwargs": {}}, "garbage(", 3])
 def test_upstream_backend_errors_are_value_errors(backend):
-    from modeling_xlstm_flax.configuration import from_upstream_config
+    from modeling_xlstm_flax.configuration_xlstm_flax import from_upstream_config
 
     upstream = json.loads((FIXTURES / "v1" / "config.json").read_text())
     upstream["mlstm_block"]["mlstm"]["mlstm_cell"]["backend"] = backend
@@ -342,7 +342,7 @@ def test_orbax_run_with_repr_backend_converts_and_generates_without_eos(tmp_path
 
 
 def test_conversion_commands_turn_unexpected_errors_into_one_line(tmp_path, capsys, monkeypatch):
-    from modeling_xlstm_flax.conversion import common, pytorch_to_flax
+    from modeling_xlstm_flax.upstream_params import common, pytorch_to_flax
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
@@ -357,7 +357,7 @@ def test_conversion_commands_turn_unexpected_errors_into_one_line(tmp_path, caps
 
 def test_conversion_command_options_and_pytorch_limits(tmp_path, capsys):
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM
-    from modeling_xlstm_flax.conversion import flax_to_pytorch
+    from modeling_xlstm_flax.upstream_params import flax_to_pytorch
 
     config = _pt_config()  # hidden 64 x qk_dim_factor 0.5 = 32: transformers' kernels need a multiple of 64
     FlaxXLSTMForCausalLM(config, seed=0).save_pretrained(tmp_path / "flax")

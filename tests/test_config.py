@@ -6,7 +6,7 @@ import pytest
 
 from conftest import FIXTURE_MODELS, FIXTURES, config_fields
 from modeling_xlstm_flax import XLSTMFlaxConfig, load_preset, preset_names
-from modeling_xlstm_flax.configuration import FIELD_DOCS, from_upstream_config, to_upstream_config
+from modeling_xlstm_flax.configuration_xlstm_flax import FIELD_DOCS, from_upstream_config, to_upstream_config
 
 
 @pytest.mark.parametrize(

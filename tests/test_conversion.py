@@ -26,7 +26,7 @@ PT_KW = dict(vocab_size=101, hidden_size=128, num_hidden_layers=2, num_heads=2, 
 def _run(module: str, *argv) -> int:
     import importlib
 
-    return importlib.import_module(f"modeling_xlstm_flax.conversion.{module}").main([str(a) for a in argv] + ["-q"])
+    return importlib.import_module(f"modeling_xlstm_flax.convert_{module}").main([str(a) for a in argv] + ["-q"])
 
 
 def _no_leftovers(out) -> bool:
@@ -84,7 +84,7 @@ def _flax_model(tie: bool = False, scan: bool = False, seed: int = 0):
     from transformers import xLSTMConfig
 
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM
-    from modeling_xlstm_flax.configuration import from_transformers_config
+    from modeling_xlstm_flax.configuration_xlstm_flax import from_transformers_config
 
     config = from_transformers_config(xLSTMConfig(**PT_KW, tie_word_embeddings=tie), scan_blocks=scan)
     model = FlaxXLSTMForCausalLM(config, seed=seed)
@@ -151,7 +151,7 @@ def test_orbax_scanned_upstream_checkpoint(tmp_path):
 
     from conftest import load_fixture
     from modeling_xlstm_flax import unstack_block_params
-    from modeling_xlstm_flax.conversion.common import load_flax_params
+    from modeling_xlstm_flax.convert_common import load_flax_params
 
     run = _orbax_from_fixture("v1_scan", tmp_path / "run")
     assert _run("orbax_to_hf", run, tmp_path / "scanned") == 0
@@ -168,8 +168,8 @@ def test_orbax_scanned_upstream_checkpoint(tmp_path):
 
 
 def test_orbax_picks_highest_step_or_the_named_one(tmp_path):
-    from modeling_xlstm_flax.conversion.common import ConversionError
-    from modeling_xlstm_flax.conversion.orbax_to_hf import find_checkpoint
+    from modeling_xlstm_flax.convert_common import ConversionError
+    from modeling_xlstm_flax.convert_orbax_to_hf import find_checkpoint
 
     for step in (3, 12, 7):
         (tmp_path / "checkpoints" / f"checkpoint_{step}" / "params").mkdir(parents=True)
@@ -201,8 +201,8 @@ def test_pytorch_to_flax_sharded_scanned_output_loads_with_from_pretrained(tmp_p
 
 
 def test_pytorch_to_flax_sharded_safetensors_output(tmp_path, pt_dir, ids, pt_reference):
-    from modeling_xlstm_flax.configuration import XLSTMFlaxConfig
-    from modeling_xlstm_flax.conversion.common import flax_logits, load_flax_params
+    from modeling_xlstm_flax.configuration_xlstm_flax import XLSTMFlaxConfig
+    from modeling_xlstm_flax.convert_common import flax_logits, load_flax_params
 
     out = tmp_path / "flax"
     assert _run("pytorch_to_flax", pt_dir, out, "--max-shard-size", "150KB", "--flax-shard-format", "safetensors") == 0
@@ -359,7 +359,7 @@ def test_corrupt_orbax_file_is_an_error_and_removes_the_partial_output(tmp_path,
 
 
 def test_verify_failure_and_existing_output_leave_nothing(tmp_path, capsys, monkeypatch):
-    from modeling_xlstm_flax.conversion import orbax_to_hf
+    from modeling_xlstm_flax.upstream_params import orbax_to_hf
 
     real = orbax_to_hf.flax_dir_logits
     monkeypatch.setattr(orbax_to_hf, "flax_dir_logits", lambda *a, **k: real(*a, **k) + 1e-3)  # a broken output
@@ -380,7 +380,7 @@ def test_python_m_entry_point_reports_bad_input(tmp_path):
     """`python -m` (run outside the repo, so the installed package is imported) exits 1 with a clear message."""
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "modeling_xlstm_flax.conversion.pytorch_to_flax", str(tmp_path / "nowhere"), str(out)],
+        [sys.executable, "-m", "modeling_xlstm_flax.convert_pytorch_to_flax", str(tmp_path / "nowhere"), str(out)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     assert f"error: {tmp_path / 'nowhere'}: no such directory" in result.stderr
@@ -391,7 +391,7 @@ def test_python_m_entry_point_reports_bad_input(tmp_path):
 def test_help_explains_every_option(module):
     import importlib
 
-    parser = importlib.import_module(f"modeling_xlstm_flax.conversion.{module}").build_parser()
+    parser = importlib.import_module(f"modeling_xlstm_flax.convert_{module}").build_parser()
     for action in parser._actions:
         assert action.help and len(action.help) > 10, action.dest
     help_text = parser.format_help()
@@ -409,7 +409,7 @@ def test_xlstm_7b_shapes_match_the_converter_plan_in_both_layouts():
 
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM, load_preset
     from modeling_xlstm_flax import param_table
-    from modeling_xlstm_flax.conversion.common import Source, SourceTensor, model_plan, output_tensors
+    from modeling_xlstm_flax.convert_common import Source, SourceTensor, model_plan, output_tensors
 
     config = load_preset("xlstm-7b")
     assert (config.vocab_size, config.embedding_dim, config.num_blocks, config.num_heads) == (50304, 4096, 32, 8)

@@ -130,7 +130,7 @@ def test_generate_is_compiled_once_and_equals_transformers_loop():
     own (eager) `generate`, one compiled program for repeated calls of one shape, a new one per argument set."""
     from transformers.generation.flax_utils import FlaxGenerationMixin
 
-    from modeling_xlstm_flax.modeling_flax_xlstm import _COMPILED_GENERATE
+    from modeling_xlstm_flax.generation import _COMPILED as _COMPILED_GENERATE
 
     model = FlaxXLSTMForCausalLM(no_eos_config(), seed=8)
     prompt = np.random.RandomState(8).randint(3, 97, (2, 5))
@@ -154,7 +154,7 @@ def test_generate_is_compiled_once_and_equals_transformers_loop():
 
 
 def test_pad_to_multiple_of_shares_one_program_and_changes_nothing():
-    from modeling_xlstm_flax.modeling_flax_xlstm import _COMPILED_GENERATE
+    from modeling_xlstm_flax.generation import _COMPILED as _COMPILED_GENERATE
 
     model = FlaxXLSTMForCausalLM(no_eos_config("mlstm", chunk_size=4), seed=9)
     rng = np.random.RandomState(9)

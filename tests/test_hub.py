@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO, max_abs_diff, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
 from modeling_xlstm_flax.hub import AUTO_MAP, export_hub_folder, flat_code_files, main, push_to_hub
-from modeling_xlstm_flax.model_cards import build_model_card, check_model_card, save_model_card
+from modeling_xlstm_flax.model_card import build_model_card, check_model_card, save_model_card
 from test_pipeline import build_tokenizer
 
 # What the fresh environment gets: these distributions at the versions installed here.

@@ -69,7 +69,7 @@ def test_from_pt_works_without_torch_in_model_path(tmp_path):
 def test_config_translation_round_trip():
     from transformers import xLSTMConfig
 
-    from modeling_xlstm_flax.configuration import from_transformers_config, to_transformers_config
+    from modeling_xlstm_flax.configuration_xlstm_flax import from_transformers_config, to_transformers_config
 
     pt_config = xLSTMConfig(vocab_size=50304, hidden_size=4096, num_hidden_layers=32, num_heads=8)
     ours = from_transformers_config(pt_config)
@@ -89,7 +89,7 @@ def test_feedforward_width_survives_translation():
     from transformers import xLSTMConfig
 
     from modeling_xlstm_flax import load_preset
-    from modeling_xlstm_flax.configuration import from_transformers_config, to_transformers_config
+    from modeling_xlstm_flax.configuration_xlstm_flax import from_transformers_config, to_transformers_config
 
     from transformers.models.xlstm.modeling_xlstm import xLSTMFeedForward
 
@@ -110,7 +110,7 @@ def test_feedforward_width_survives_translation():
 )
 def test_untranslatable_to_transformers_is_an_error(field, value):
     from modeling_xlstm_flax import load_preset
-    from modeling_xlstm_flax.configuration import to_transformers_config
+    from modeling_xlstm_flax.configuration_xlstm_flax import to_transformers_config
 
     overrides = {field: value}
     if field == "layer_type":
@@ -125,7 +125,7 @@ def test_untranslatable_to_transformers_is_an_error(field, value):
 def test_untranslatable_from_transformers_is_an_error(field, value):
     from transformers import xLSTMConfig
 
-    from modeling_xlstm_flax.configuration import from_transformers_config
+    from modeling_xlstm_flax.configuration_xlstm_flax import from_transformers_config
 
     with pytest.raises(ValueError, match=field):
         from_transformers_config(xLSTMConfig(hidden_size=128, num_heads=2, **{field: value}))

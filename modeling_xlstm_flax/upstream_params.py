@@ -13,8 +13,8 @@ from typing import Any, Optional
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from .. import param_table
-from ..param_table import UPSTREAM_SCANNED_BLOCKS, strip_upstream_key, upstream_array_to_flax  # noqa: F401
+from . import param_table
+from .param_table import UPSTREAM_SCANNED_BLOCKS, strip_upstream_key, upstream_array_to_flax  # noqa: F401
 
 
 def _unstack_upstream_blocks(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -59,7 +59,7 @@ def upstream_to_flax(upstream: dict[str, Any], config) -> dict:
     params = unflatten_dict({tuple(k.split("/")): v for k, v in ours.items()})
     check_params_against_config(params_unrolled=params, config=config)
     if config.scan_blocks:
-        from ..modeling_flax_xlstm import stack_block_params
+        from .xlstm_layers import stack_block_params
 
         params = stack_block_params(params, config.num_blocks)
     return params
@@ -67,7 +67,7 @@ def upstream_to_flax(upstream: dict[str, Any], config) -> dict:
 
 def flax_to_upstream(params: dict, config) -> dict[str, np.ndarray]:
     """Our params -> upstream flat dict (`params/...` keys, unrolled blocks; stack them for upstream scan)."""
-    from ..modeling_flax_xlstm import unstack_block_params
+    from .xlstm_layers import unstack_block_params
 
     if config.scan_blocks:
         params = unstack_block_params(params, config.num_blocks)
@@ -80,7 +80,7 @@ def flax_to_upstream(params: dict, config) -> dict[str, np.ndarray]:
 
 def expected_shapes(config) -> dict[str, tuple[int, ...]]:
     """Our unrolled causal-LM param names -> shapes for `config` (from the model, no weights)."""
-    from ..modeling_flax_xlstm import param_shapes
+    from .xlstm_layers import param_shapes
 
     return param_shapes(config, scanned=False)
 

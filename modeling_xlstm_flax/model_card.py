@@ -1,9 +1,9 @@
-"""Model cards for xlstm-flax models (installed as `modeling_xlstm_flax.model_cards`).
+"""Model cards for xlstm-flax models (installed as `modeling_xlstm_flax.model_card`).
 
 A Jinja template (`model_card_template.md`, huggingface_hub's `ModelCard.from_template` format) filled from a
 model's config and what the caller knows (license, base model, datasets, perplexity):
 
-    from modeling_xlstm_flax.model_cards import build_model_card, check_model_card
+    from modeling_xlstm_flax.model_card import build_model_card, check_model_card
     card = build_model_card(model.config, model_name="xlstm-tiny", repo_id="me/xlstm-tiny",
                             perplexity=12.3, eval_dataset="pydoc_data.topics", num_parameters=1_234_567)
     card.save("out/README.md")          # or save_model_card("out", config=..., ...)
@@ -20,10 +20,12 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
+from .configuration_xlstm_flax import package_data_dir
+
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-TEMPLATE_PATH = Path(__file__).parent / "model_card_template.md"
+TEMPLATE_PATH = package_data_dir("model_cards") / "model_card_template.md"
 DEFAULT_TAGS = ("xlstm", "mlstm", "recurrent", "flax", "jax", "text-generation")
 DEFAULT_LIMITATIONS = (
     "A language model continues text; it can produce false, biased or offensive text and must not be relied on "

@@ -1,7 +1,7 @@
 """`XLSTMFlaxConfig`: the Hugging Face config of the Flax xLSTM language model.
 
 Every field of xlstm-jax's `xlstm_parallel` configs (`xLSTMLMModelConfig`, `xLSTMBlockConfig`, `mLSTMLayerConfig`,
-`mLSTMCellConfig`, `FeedForwardConfig`, the mLSTM backend) has a flat counterpart here; `configuration.translation`
+`mLSTMCellConfig`, `FeedForwardConfig`, the mLSTM backend) has a flat counterpart here; `config_translation`
 maps the upstream nested dict and transformers' `xLSTMConfig` to and from this class. The field table lives in
 `FIELD_DOCS` below so that the README, the translations and the validation messages share one source.
 
@@ -16,9 +16,14 @@ import functools
 import inspect
 import json
 import math
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from transformers import PretrainedConfig
+
+from .config_translation import (  # noqa: F401  (to_* re-exported: one import for every translation)
+    round_to_multiple, to_transformers_config, to_upstream_config, transformers_config_fields, upstream_config_fields,
+)
 
 NORM_TYPES = ("layernorm", "rmsnorm")
 LAYER_TYPES = ("mlstm", "mlstm_v1")
@@ -142,12 +147,6 @@ def _check_bias_init(field: str, value: Any) -> None:
     ):
         return
     _fail(field, value, "must be a number, a [low, high] pair or None")
-
-
-def round_to_multiple(value: float, multiple_of: int, round_up: bool) -> int:
-    """Upstream's `UpProjConfigMixin` rounding: ceil/floor(value / multiple_of) * multiple_of."""
-    ratio = value / multiple_of
-    return int((math.ceil(ratio) if round_up else math.floor(ratio)) * multiple_of)
 
 
 class XLSTMFlaxConfig(PretrainedConfig):
@@ -521,8 +520,6 @@ class XLSTMFlaxConfig(PretrainedConfig):
         model_type and any field this config does not know are errors (never silently ignored)."""
         model_type = config_dict.get("model_type", cls.model_type)
         if model_type == "xlstm":
-            from .translation import from_transformers_config
-
             config = from_transformers_config(config_dict)
             return (config, {}) if kwargs.get("return_unused_kwargs") else config
         if model_type != cls.model_type:
@@ -576,7 +573,7 @@ def check_field_names(names, where: str) -> None:
     if unknown:
         details = "; ".join(f"{name!r}{_suggestion(name)}" for name in unknown)
         raise ValueError(f"{where}: unknown XLSTMFlaxConfig field{'s' if len(unknown) > 1 else ''} {details}. "
-                         "Fields are listed in modeling_xlstm_flax.configuration.FIELD_DOCS")
+                         "Fields are listed in modeling_xlstm_flax.configuration_xlstm_flax.FIELD_DOCS")
 
 
 def parse_field_overrides(items: Optional[Sequence[str]], option: str = "--set") -> dict[str, Any]:
@@ -595,3 +592,41 @@ def parse_field_overrides(items: Optional[Sequence[str]], option: str = "--set")
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+# ------------------------------------------------------------------ translations and presets
+def from_upstream_config(upstream: dict[str, Any], **overrides) -> XLSTMFlaxConfig:
+    """An `XLSTMFlaxConfig` from upstream xlstm-jax's nested `xLSTMLMModelConfig` dict (`config_translation`)."""
+    return XLSTMFlaxConfig(**upstream_config_fields(upstream, **overrides))
+
+
+def from_transformers_config(pt_config, **overrides) -> XLSTMFlaxConfig:
+    """An `XLSTMFlaxConfig` from transformers' `xLSTMConfig` or its dict (`config_translation`)."""
+    return XLSTMFlaxConfig(**transformers_config_fields(pt_config, **overrides))
+
+
+def package_data_dir(name: str) -> Path:
+    """A data folder of the project's top level (`configuration/presets`, `model_cards`): inside the installed
+    package (setup.cfg installs it as `modeling_xlstm_flax/<last part>`) or, in a source checkout, at the repo root."""
+    here = Path(__file__).resolve().parent
+    installed = here / Path(name).name
+    return installed if installed.is_dir() else here.parent / name
+
+
+PRESETS_DIR = package_data_dir("configuration/presets")
+
+
+def preset_names() -> list[str]:
+    """Names of the bundled presets (`configuration/presets/<name>.json`)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def load_preset(name: str, **overrides) -> XLSTMFlaxConfig:
+    """An `XLSTMFlaxConfig` from a bundled preset, e.g. `load_preset("xlstm-7b")`; `overrides` replace preset fields
+    (unknown names are an error naming the closest field) and the result is validated once."""
+    path = PRESETS_DIR / f"{name}.json" if isinstance(name, str) else None
+    if path is None or not path.is_file():
+        raise ValueError(f"unknown preset {name!r}; available: {preset_names()}")
+    check_field_names(overrides, f"load_preset({name!r}) overrides")
+    fields = XLSTMFlaxConfig._dict_from_json_file(str(path))
+    return XLSTMFlaxConfig(**{**fields, **overrides})

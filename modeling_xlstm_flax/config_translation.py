@@ -1,5 +1,9 @@
 """Translations of `XLSTMFlaxConfig` to and from the two config layouts users arrive with.
 
+This module does not import the config class: `upstream_config_fields` / `transformers_config_fields` return the
+constructor fields (`configuration_xlstm_flax.from_upstream_config` / `from_transformers_config` build the config),
+and `to_upstream_config` / `to_transformers_config` read any object with the config's attributes.
+
 * upstream xlstm-jax: the nested `xLSTMLMModelConfig` dict its checkpoints record (`dataclasses.asdict`, see
   `tests/fixtures/xlstm_jax/*/config.json`, or `metadata["model"]["model_config"]` of an orbax run);
 * transformers' `xLSTMConfig` (model_type `xlstm`, the `NX-AI/xLSTM-7b` config.json layout).
@@ -14,11 +18,17 @@ from __future__ import annotations
 
 import ast
 import logging
+import math
 from typing import Any, Optional
 
-from .configuration_xlstm_flax import XLSTMFlaxConfig, round_to_multiple
 
 logger = logging.getLogger(__name__)
+
+
+def round_to_multiple(value: float, multiple_of: int, round_up: bool) -> int:
+    """Upstream's `UpProjConfigMixin` rounding: ceil/floor(value / multiple_of) * multiple_of."""
+    ratio = value / multiple_of
+    return int((math.ceil(ratio) if round_up else math.floor(ratio)) * multiple_of)
 
 # upstream mLSTM backend name -> our sequence kernel (all compute the same function)
 UPSTREAM_BACKENDS = {
@@ -114,8 +124,8 @@ def _upstream_backend(backend) -> tuple[str, dict]:
     return name, kwargs
 
 
-def from_upstream_config(upstream: dict[str, Any], **overrides) -> XLSTMFlaxConfig:
-    """Translate upstream's nested `xLSTMLMModelConfig` dict into an `XLSTMFlaxConfig`.
+def upstream_config_fields(upstream: dict[str, Any], **overrides) -> dict[str, Any]:
+    """Translate upstream's nested `xLSTMLMModelConfig` dict into `XLSTMFlaxConfig` constructor fields.
 
     Upstream ignores `tie_weights` and `add_post_blocks_norm` (its LM head always has the out-norm and is never
     tied); the result records what upstream computed and logs the difference.
@@ -209,10 +219,10 @@ def from_upstream_config(upstream: dict[str, Any], **overrides) -> XLSTMFlaxConf
         logger.info("upstream mlstm_v1 ignores gate_linear_headwise: recording False")
         fields["gate_linear_headwise"] = False
     fields.update(overrides)
-    return XLSTMFlaxConfig(**fields)
+    return fields
 
 
-def to_upstream_config(config: XLSTMFlaxConfig) -> dict[str, Any]:
+def to_upstream_config(config) -> dict[str, Any]:
     """The nested upstream dict (constructor fields of xLSTMLMModelConfig and its sub-configs) for `config`."""
     if config.tie_word_embeddings:
         raise ValueError("tie_word_embeddings=True cannot be expressed upstream (xlstm-jax never ties the LM head)")
@@ -330,8 +340,8 @@ def _check_transformers_keys(keys) -> None:
                          "configuration.translation)")
 
 
-def from_transformers_config(pt_config, **overrides) -> XLSTMFlaxConfig:
-    """Translate transformers' `xLSTMConfig` (or its dict) into an `XLSTMFlaxConfig`.
+def transformers_config_fields(pt_config, **overrides) -> dict[str, Any]:
+    """Translate transformers' `xLSTMConfig` (or its dict) into `XLSTMFlaxConfig` constructor fields.
 
     Every key is accounted for: model fields are translated (or refused when this port cannot express the value),
     PyTorch kernel/inference choices (`sequence_kernel`, `step_kernel`, `mode`, `autocast_kernel_dtype`, ...) are
@@ -391,10 +401,10 @@ def from_transformers_config(pt_config, **overrides) -> XLSTMFlaxConfig:
         eos_token_id=get("eos_token_id"),
     )
     fields.update(overrides)
-    return XLSTMFlaxConfig(**fields)
+    return fields
 
 
-def to_transformers_config(config: XLSTMFlaxConfig):
+def to_transformers_config(config):
     """The transformers `xLSTMConfig` for `config`; raises if transformers' xLSTM cannot express it."""
     from transformers import xLSTMConfig
 

@@ -19,7 +19,6 @@ largest file for msgpack inputs. `benchmarks/conversion_memory.py` measures it o
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -31,8 +30,8 @@ from typing import Any, Callable, Optional
 import ml_dtypes
 import numpy as np
 
-from .. import checkpoint_io, param_table
-from ..checkpoint_io import (  # noqa: F401  (re-exported for the commands)
+from . import checkpoint_io, param_table
+from .checkpoint_io import (  # noqa: F401  (re-exported for the commands)
     CheckpointFileError,
     OutTensor,
     Source,
@@ -65,7 +64,7 @@ class VerificationError(Exception):
 # ---------------------------------------------------------------------------------------------- sources
 def model_plan(config) -> dict[str, tuple[int, ...]]:
     """Our unrolled causal-LM names -> shapes for `config` (from the model itself)."""
-    from ..modeling_flax_xlstm import param_shapes
+    from .xlstm_layers import param_shapes
 
     return param_shapes(config, scanned=False)
 
@@ -208,7 +207,7 @@ def load_flax_params(directory, config=None) -> dict:
     """Nested float32 Flax params of any Flax-layout directory (all in memory; for verification and tests)."""
     import jax.numpy as jnp
 
-    from ..modeling_flax_xlstm import FlaxXLSTMForCausalLM
+    from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
     _, params = FlaxXLSTMForCausalLM.from_pretrained(directory, dtype=jnp.float32, config=config, _do_init=False)
     return params
@@ -231,7 +230,7 @@ def flax_logits(config, params, ids: np.ndarray) -> np.ndarray:
     """Logits (B, S, V) float32 of our model with `params` (float32 compute)."""
     import jax.numpy as jnp
 
-    from ..modeling_flax_xlstm import FlaxXLSTMForCausalLM
+    from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
     model = FlaxXLSTMForCausalLM(config, dtype=jnp.float32, _do_init=False)
     return np.asarray(model(ids, params=round_params(params, None)).logits)
@@ -241,7 +240,7 @@ def flax_dir_logits(directory, ids: np.ndarray, round_to: Optional[np.dtype] = N
     """Logits of a Flax-layout directory, loaded the way users load it (`FlaxXLSTMForCausalLM.from_pretrained`)."""
     import jax.numpy as jnp
 
-    from ..modeling_flax_xlstm import FlaxXLSTMForCausalLM
+    from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
     model, params = FlaxXLSTMForCausalLM.from_pretrained(directory, dtype=jnp.float32, _do_init=False)
     return flax_logits(model.config, round_params(params, round_to), ids)
@@ -285,7 +284,7 @@ def check_logits(source: np.ndarray, output: np.ndarray, tolerance: float, ids: 
 # ---------------------------------------------------------------------------------------------- command lines
 def parse_overrides(items: Optional[list[str]]) -> dict:
     """["field=value", ...] -> {field: value} (`configuration.parse_field_overrides`: JSON values, names checked)."""
-    from ..configuration import parse_field_overrides
+    from .configuration_xlstm_flax import parse_field_overrides
 
     return parse_field_overrides(items, option="--override")
 
@@ -371,7 +370,7 @@ def run_cli(convert: Callable[[argparse.Namespace], Any], parser: argparse.Argum
     """Parse `argv`, run `convert` and print "wrote <the path it returns>"; print any error as one line and return
     the exit status (0 done, 1 bad input or any other failure, 2 usage, 3 verification failed, 130 interrupted).
     `--debug` prints the traceback of an unexpected error too."""
-    from ..cli import quiet_transformers
+    from .cli import quiet_transformers
 
     quiet_transformers()
     args = parser.parse_args(argv)

@@ -1,0 +1,179 @@
+"""Generation for the Flax xLSTM: the one path behind `model.generate`, the pipeline and `sharded_generate`.
+
+* `generate(model, ...)`: host-side checks of the prompt and options, the eos/pad defaults, left padding to a
+  multiple (`pad_to_multiple_of`), then the decode loop compiled once per model, generation arguments and input
+  signature (`jitted`), or run as is inside someone else's trace.
+* the loop is transformers' Flax generation loop (greedy, sampling, beam search); the model's
+  `prepare_inputs_for_generation` / `update_inputs_for_generation` (defined here: `prepare_inputs`,
+  `update_inputs`) make the recurrent state its cache.
+* `cache_constraint(fn)`: while a `generate` is traced under it, every cache the loop creates or carries goes
+  through `fn` (the sharded generate pins it to its shardings this way).
+
+Shapes: B batch, S prompt length, L = max_length (prompt + new tokens).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import weakref
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from transformers import GenerationConfig
+
+from .hf_compat import FlaxGenerationMixin
+from .input_checks import check_generate_inputs
+
+# Compiled generate functions per model: {model: {key: jitted fn}}; bounded per model, never keeps a model alive.
+_COMPILED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_MAX_COMPILED_PER_MODEL = 32
+# The function applied to every cache the loop makes while a generate is traced (see `cache_constraint`).
+_CACHE_CONSTRAINT: contextvars.ContextVar[Optional[Callable]] = contextvars.ContextVar("xlstm_cache_constraint",
+                                                                                        default=None)
+
+
+def jitted(model, key, build: Callable[[], Callable]) -> Callable:
+    """The compiled function stored for `model` under `key`, built (`build()` returns the jitted function) on first
+    use. The one cache of compiled generation programs (model.generate and sharded_generate)."""
+    compiled = _COMPILED.setdefault(model, {})
+    fn = compiled.get(key)
+    if fn is None:
+        fn = build()
+        if len(compiled) >= _MAX_COMPILED_PER_MODEL:  # bounded: drop the oldest
+            compiled.pop(next(iter(compiled)))
+        compiled[key] = fn
+    return fn
+
+
+@contextlib.contextmanager
+def cache_constraint(fn: Callable):
+    """Within this block, `prepare_inputs` / `update_inputs` pass every cache through `fn` (e.g.
+    `jax.lax.with_sharding_constraint`); meant around the tracing of a jitted generate."""
+    token = _CACHE_CONSTRAINT.set(fn)
+    try:
+        yield
+    finally:
+        _CACHE_CONSTRAINT.reset(token)
+
+
+def _constrained(cache):
+    fn = _CACHE_CONSTRAINT.get()
+    return cache if fn is None else fn(cache)
+
+
+def prepare_inputs(model, input_ids, max_length, attention_mask=None) -> dict:
+    """Prefill inputs for the loop: a fresh cache, the prompt's mask and, for a prompt of several tokens,
+    `logits_to_keep=1` (the loop reads the last position only). A prompt of one token runs inside the loop's
+    `lax.while_loop`, whose carry must keep one structure, so it gets no `logits_to_keep`."""
+    inputs = {"past_key_values": _constrained(model.init_cache(input_ids.shape[0], max_length)),
+              "attention_mask": attention_mask}
+    if input_ids.shape[1] > 1 and model.can_generate():
+        inputs["logits_to_keep"] = 1
+    return inputs
+
+
+def update_inputs(model_outputs, model_kwargs) -> dict:
+    """After each call: carry the new state; generated tokens are never padding, so no mask is needed."""
+    model_kwargs["past_key_values"] = _constrained(model_outputs.past_key_values)
+    model_kwargs["attention_mask"] = None
+    model_kwargs.pop("logits_to_keep", None)
+    return model_kwargs
+
+
+def _is_plain(value) -> bool:
+    """A generation argument that can key a compiled program: None, bool, int, float, str, or lists/tuples of them."""
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _config_key(config) -> Optional[str]:
+    return None if config is None else json.dumps(config.to_dict(), sort_keys=True, default=str)
+
+
+def _is_traced(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(arrays))
+
+
+def resolve_defaults(model, generation_config, kwargs: dict) -> dict:
+    """`kwargs` plus the ids the loop needs when neither they nor the generation config give one: a checkpoint
+    without an eos id (e.g. converted from upstream) generates to the length, so the eos id becomes the vocabulary
+    size, one no logit can produce (processors that mask that column write out of bounds, which JAX drops); the pad
+    id then defaults to 0."""
+    kwargs = dict(kwargs)
+    resolved = generation_config if generation_config is not None else model.generation_config
+    if kwargs.get("eos_token_id", getattr(resolved, "eos_token_id", None)) is None:
+        kwargs["eos_token_id"] = model.config.vocab_size
+        if kwargs.get("pad_token_id", getattr(resolved, "pad_token_id", None)) is None:
+            kwargs["pad_token_id"] = 0
+    return kwargs
+
+
+def pad_prompt(model, input_ids, attention_mask, generation_config, kwargs: dict, multiple: Optional[int]):
+    """Left-pad the prompt (B, S) to a multiple of `multiple` tokens, masked, so prompts of different lengths share
+    one compiled program. Returns (input_ids, attention_mask, kwargs, pad); `max_length` / `min_length` are shifted
+    so they keep counting the unpadded prompt."""
+    if multiple is None:
+        return input_ids, attention_mask, kwargs, 0
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"pad_to_multiple_of={multiple!r} is invalid: must be a positive int")
+    pad = -input_ids.shape[1] % multiple
+    xp = jnp if _is_traced(input_ids) else np
+    if attention_mask is None:  # always a mask, so a prompt of exactly the bucket length shares the program
+        attention_mask = xp.ones(input_ids.shape, dtype="i4")
+    if not pad:
+        return input_ids, attention_mask, kwargs, 0
+    kwargs = dict(kwargs)
+    config = generation_config if generation_config is not None else model.generation_config
+    pad_id = kwargs.get("pad_token_id", config.pad_token_id)
+    pad_id = config.eos_token_id if pad_id is None else pad_id
+    pad_id = 0 if pad_id is None else int(np.ravel(pad_id)[0])
+    input_ids = xp.pad(input_ids, ((0, 0), (pad, 0)), constant_values=pad_id)
+    attention_mask = xp.pad(attention_mask, ((0, 0), (pad, 0)))
+    # transformers turns its default max_length into that many new tokens by itself; an explicit one counts the prompt
+    if kwargs.get("max_new_tokens", config.max_new_tokens) is None:
+        max_length = kwargs.get("max_length", config.max_length)
+        if "max_length" in kwargs or max_length != GenerationConfig().max_length:
+            kwargs["max_length"] = max_length + pad
+    if kwargs.get("min_length", config.min_length):
+        kwargs["min_length"] = kwargs.get("min_length", config.min_length) + pad
+    return input_ids, attention_mask, kwargs, pad
+
+
+def run_loop(model, input_ids, attention_mask, generation_config, prng_key, params, kwargs: dict,
+             logits_processor=None, trace: bool = True):
+    """The decode loop itself (traceable): transformers' Flax `generate` with this model's cache hooks."""
+    mask = {} if attention_mask is None else {"attention_mask": attention_mask}
+    return FlaxGenerationMixin.generate(model, input_ids, generation_config, prng_key, trace, params,
+                                        logits_processor, **kwargs, **mask)
+
+
+def generate(model, input_ids, generation_config=None, prng_key=None, trace: bool = True, params=None,
+             logits_processor=None, *, attention_mask=None, pad_to_multiple_of: Optional[int] = None, **kwargs):
+    """`model.generate`: see `FlaxXLSTMPreTrainedModel.generate`."""
+    input_ids, attention_mask = check_generate_inputs(model, input_ids, attention_mask, generation_config, kwargs)
+    kwargs = resolve_defaults(model, generation_config, kwargs)
+    input_ids, attention_mask, kwargs, pad = pad_prompt(model, input_ids, attention_mask, generation_config, kwargs,
+                                                        pad_to_multiple_of)
+    if (not trace or logits_processor is not None or not all(_is_plain(v) for v in kwargs.values())
+            or _is_traced(input_ids, attention_mask, params, prng_key)):
+        out = run_loop(model, input_ids, attention_mask, generation_config, prng_key, params, kwargs,
+                       logits_processor, trace)
+    else:
+        key = (_config_key(generation_config), _config_key(model.generation_config), repr(sorted(kwargs.items())),
+               attention_mask is not None)
+        model_ref = weakref.ref(model)  # the compiled function must not keep the model alive
+
+        def build():
+            return jax.jit(lambda p, ids, mask, rng: run_loop(model_ref(), ids, mask, generation_config, rng, p,
+                                                              kwargs))
+
+        run = jitted(model, key, build)
+        params = model.params if params is None else params
+        prng_key = jax.random.PRNGKey(0) if prng_key is None else prng_key  # transformers' default
+        out = run(params, input_ids, attention_mask, prng_key)
+    return out.replace(sequences=out.sequences[:, pad:]) if pad else out

@@ -1,0 +1,229 @@
+"""The sharded entry points on a device mesh (rules and mesh in `sharding`): jitted forward, loss and gradient,
+training step and generation, each with in/out shardings from the partition rules, and the batch over (data, fsdp).
+
+One compiled program per call signature (input shapes, which optional inputs are given): the shardings depend on
+the batch size (an axis that does not divide it is dropped). The sharded generate runs the same generation path
+as `model.generate` (`generation`), with the cache pinned to `cache_shardings` at every step.
+"""
+
+from __future__ import annotations
+
+import weakref
+from functools import partial
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core.frozen_dict import unfreeze
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .generation import cache_constraint, jitted
+from .sharding import (
+    BATCH_AXES, DEFAULT_FSDP_MIN_WEIGHT_SIZE, TENSOR, activation_sharding, batch_sharding, cache_shardings,
+    constrain_cache, fit_spec, param_shardings,
+)
+
+def _batch_arg(x):
+    """ids / masks / document borders as int32: jax arrays keep their placement, host data stays on the host
+    until `_place` puts each shard on its device."""
+    if x is None:
+        return None
+    return x.astype(jnp.int32) if isinstance(x, jax.Array) else np.asarray(x, np.int32)
+
+
+def _place(args, shardings):
+    """device_put each argument (None stays None) with its sharding (a no-op where it already has it)."""
+    return tuple(a if a is None else jax.device_put(a, s) for a, s in zip(args, shardings))
+
+
+def _logits_spec(shape, mesh) -> P:
+    return fit_spec((BATCH_AXES, None, TENSOR), shape, mesh)
+
+
+class _JitPerSignature:
+    """One `jax.jit` per call signature (input shapes, which optional inputs are given): the in/out shardings
+    depend on the batch size (an axis that does not divide the batch is dropped)."""
+
+    def __init__(self, build: Callable[..., tuple[Callable, tuple]]):
+        self.build = build
+        self.jitted: dict = {}
+
+    def __call__(self, key, *args):
+        if key not in self.jitted:
+            self.jitted[key] = self.build(*args)
+        return self.jitted[key]
+
+
+def sharded_forward(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE):
+    """A jitted forward `f(params, input_ids, attention_mask=None, document_borders=None, past_key_values=None)`
+    with in/out shardings: params by the rules, ids/mask/borders/logits batch-sharded (logits' vocab on tensor
+    where it divides), the cache by `cache_shardings`, block activations by `activation_sharding`. Returns logits
+    (B, S, V) float32, or (logits, new cache) when a cache is given."""
+
+    def build(params, shape, has_mask, has_borders, cache):
+        p_sh = param_shardings(params, model.config, mesh, fsdp_min_weight_size)
+        b_sh = batch_sharding(shape, mesh)
+        c_sh = None if cache is None else cache_shardings(cache, model.config, mesh)
+        l_sh = NamedSharding(mesh, _logits_spec(tuple(shape) + (model.config.vocab_size,), mesh))
+
+        def forward(params, input_ids, attention_mask, document_borders, cache):
+            with activation_sharding(mesh):
+                out = model(input_ids, attention_mask=attention_mask, document_borders=document_borders,
+                            past_key_values=cache, params=params)
+            return out.logits if cache is None else (out.logits, out.past_key_values)
+
+        in_sh = (p_sh, b_sh, b_sh if has_mask else None, b_sh if has_borders else None, c_sh)
+        out_sh = l_sh if cache is None else (l_sh, c_sh)
+        return jax.jit(forward, in_shardings=in_sh, out_shardings=out_sh), in_sh
+
+    jits = _JitPerSignature(build)
+
+    def call(params, input_ids, attention_mask=None, document_borders=None, past_key_values=None):
+        params = unfreeze(params)
+        shape = tuple(np.shape(input_ids))
+        flags = (attention_mask is not None, document_borders is not None)
+        cache_key = None if past_key_values is None else jax.tree_util.tree_structure(past_key_values)
+        fn, in_sh = jits((shape, flags, cache_key), params, shape, *flags, past_key_values)
+        args = (params, _batch_arg(input_ids), _batch_arg(attention_mask), _batch_arg(document_borders),
+                past_key_values)
+        return fn(*_place(args, in_sh))
+
+    return call
+
+
+def causal_lm_loss(logits: jax.Array, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None) -> jax.Array:
+    """Mean next-token cross entropy (position t predicts token t+1), over positions whose target is unmasked."""
+    import optax
+
+    targets = input_ids[:, 1:]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32), targets)
+    mask = jnp.ones_like(ce) if attention_mask is None else attention_mask[:, 1:].astype(jnp.float32)
+    return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _loss_fn(model, mesh, params, input_ids, attention_mask, document_borders, dropout_rng):
+    with activation_sharding(mesh):
+        logits = model(input_ids, attention_mask=attention_mask, document_borders=document_borders, params=params,
+                       dropout_rng=dropout_rng, train=dropout_rng is not None).logits
+    return causal_lm_loss(logits, input_ids, attention_mask)
+
+
+def _batch_shardings(mesh, shape, has_mask, has_borders, has_rng):
+    """in_shardings of (input_ids, attention_mask, document_borders, dropout_rng)."""
+    b_sh = batch_sharding(shape, mesh)
+    return (b_sh, b_sh if has_mask else None, b_sh if has_borders else None,
+            NamedSharding(mesh, P()) if has_rng else None)
+
+
+def sharded_loss_and_grad(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE):
+    """A jitted `f(params, input_ids, attention_mask=None, document_borders=None, dropout_rng=None)
+    -> (loss, grads)`: the causal-LM loss (`causal_lm_loss`) and its gradient, grads sharded like the params
+    (XLA reduces them over the batch axes and scatters them over fsdp). A dropout_rng turns on train mode."""
+
+    def build(params, shape, *flags):
+        p_sh = param_shardings(params, model.config, mesh, fsdp_min_weight_size)
+        fn = jax.value_and_grad(lambda p, *batch: _loss_fn(model, mesh, p, *batch))
+        in_sh = (p_sh,) + _batch_shardings(mesh, shape, *flags)
+        return jax.jit(fn, in_shardings=in_sh, out_shardings=(NamedSharding(mesh, P()), p_sh)), in_sh
+
+    jits = _JitPerSignature(build)
+
+    def call(params, input_ids, attention_mask=None, document_borders=None, dropout_rng=None):
+        params = unfreeze(params)
+        shape = tuple(np.shape(input_ids))
+        flags = (attention_mask is not None, document_borders is not None, dropout_rng is not None)
+        fn, in_sh = jits((shape, flags), params, shape, *flags)
+        args = (params, _batch_arg(input_ids), _batch_arg(attention_mask), _batch_arg(document_borders), dropout_rng)
+        return fn(*_place(args, in_sh))
+
+    return call
+
+
+def _optimizer_state_shardings(optimizer, params, config, mesh, fsdp_min_weight_size):
+    import optax
+
+    p_sh = param_shardings(params, config, mesh, fsdp_min_weight_size)
+    shapes = jax.eval_shape(optimizer.init, params)
+    rep = NamedSharding(mesh, P())
+    return optax.tree_map_params(optimizer, lambda _, sharding: sharding, shapes, p_sh,
+                                 transform_non_params=lambda _: rep)
+
+
+def init_sharded_optimizer_state(optimizer, params, config, mesh: Mesh,
+                                 fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE):
+    """`optimizer.init(params)` (an optax `GradientTransformation`) with every param-shaped leaf (momentum, Adam's
+    mu/nu) sharded like its param and the rest (step counts) replicated."""
+    params = unfreeze(params)
+    o_sh = _optimizer_state_shardings(optimizer, params, config, mesh, fsdp_min_weight_size)
+    p_sh = param_shardings(params, config, mesh, fsdp_min_weight_size)
+    return jax.jit(optimizer.init, in_shardings=(p_sh,), out_shardings=o_sh)(params)
+
+
+def sharded_train_step(model, mesh: Mesh, optimizer, fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE,
+                       donate: bool = True):
+    """A jitted fine-tuning step `f(params, opt_state, input_ids, attention_mask=None, document_borders=None,
+    dropout_rng=None) -> (params, opt_state, loss)` with an optax optimizer (state from
+    `init_sharded_optimizer_state`); params and optimizer state stay sharded and are donated."""
+    import optax
+
+    def build(params, shape, *flags):
+        p_sh = param_shardings(params, model.config, mesh, fsdp_min_weight_size)
+        o_sh = _optimizer_state_shardings(optimizer, params, model.config, mesh, fsdp_min_weight_size)
+
+        def step(params, opt_state, *batch):
+            loss, grads = jax.value_and_grad(lambda p: _loss_fn(model, mesh, p, *batch))(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        in_sh = (p_sh, o_sh) + _batch_shardings(mesh, shape, *flags)
+        return jax.jit(step, in_shardings=in_sh, out_shardings=(p_sh, o_sh, NamedSharding(mesh, P())),
+                       donate_argnums=(0, 1) if donate else ()), in_sh
+
+    jits = _JitPerSignature(build)
+
+    def call(params, opt_state, input_ids, attention_mask=None, document_borders=None, dropout_rng=None):
+        params = unfreeze(params)
+        shape = tuple(np.shape(input_ids))
+        flags = (attention_mask is not None, document_borders is not None, dropout_rng is not None)
+        fn, in_sh = jits((shape, flags), params, shape, *flags)
+        args = (params, opt_state, _batch_arg(input_ids), _batch_arg(attention_mask), _batch_arg(document_borders),
+                dropout_rng)
+        return fn(*_place(args, in_sh))
+
+    return call
+
+
+def sharded_generate(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE,
+                     **generate_kwargs):
+    """A jitted `f(params, input_ids, attention_mask=None, prng_key=None) -> sequences` running transformers' Flax
+    `generate` (greedy, sampling or beams: `generate_kwargs` such as max_new_tokens, do_sample, num_beams) with
+    params by the rules, the batch over (data, fsdp) and the recurrent cache by `cache_shardings` at every step."""
+    constrain = partial(constrain_cache, config=model.config, mesh=mesh)
+    model_ref = weakref.ref(model)
+
+    def build(params, shape):
+        p_sh = param_shardings(params, model.config, mesh, fsdp_min_weight_size)
+        b_sh = batch_sharding(shape, mesh)
+        rep = NamedSharding(mesh, P())
+
+        def run(params, input_ids, attention_mask, prng_key):
+            with activation_sharding(mesh), cache_constraint(constrain):
+                return model_ref().generate(input_ids, attention_mask=attention_mask, params=params,
+                                            prng_key=prng_key, **generate_kwargs).sequences
+
+        in_sh = (p_sh, b_sh, b_sh, rep)
+        return jax.jit(run, in_shardings=in_sh, out_shardings=b_sh), in_sh
+
+    signature = ("sharded_generate", mesh, fsdp_min_weight_size, repr(sorted(generate_kwargs.items())))
+
+    def call(params, input_ids, attention_mask=None, prng_key=None):
+        params = unfreeze(params)
+        shape = tuple(np.shape(input_ids))
+        fn, in_sh = jitted(model, signature + (shape,), lambda: build(params, shape))
+        if attention_mask is None:  # all tokens valid: the same numbers, one signature (and beams need a mask)
+            attention_mask = np.ones(shape, np.int32)
+        prng_key = jax.random.PRNGKey(0) if prng_key is None else prng_key
+        return fn(*_place((params, _batch_arg(input_ids), _batch_arg(attention_mask), prng_key), in_sh))
+
+    return call
