@@ -28,7 +28,7 @@ from transformers import GenerationConfig
 from .hf_compat import FlaxGenerationMixin
 from .input_checks import check_generate_inputs
 
-# Compiled generate functions per model: {model: {key: jitted fn}}; bounded per model, never keeps a model alive.
+# Compiled functions per model: {model: {kind: {key: jitted fn}}}; bounded, never keeps a model alive.
 _COMPILED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 _MAX_COMPILED_PER_MODEL = 32
 # The function applied to every cache the loop makes while a generate is traced (see `cache_constraint`).
@@ -36,17 +36,29 @@ _CACHE_CONSTRAINT: contextvars.ContextVar[Optional[Callable]] = contextvars.Cont
                                                                                         default=None)
 
 
-def jitted(model, key, build: Callable[[], Callable]) -> Callable:
-    """The compiled function stored for `model` under `key`, built (`build()` returns the jitted function) on first
-    use. The one cache of compiled generation programs (model.generate and sharded_generate)."""
-    compiled = _COMPILED.setdefault(model, {})
+def jitted(model, kind: str, key, build: Callable[[], Any]) -> Any:
+    """The compiled function stored for `model` under (`kind`, `key`), built by `build()` on first use. The one
+    cache of compiled programs per model: kinds "forward" (`model(...)`), "generate" (`model.generate`) and
+    "sharded_generate"; at most `_MAX_COMPILED_PER_MODEL` per kind (the oldest is dropped)."""
+    compiled = _COMPILED.setdefault(model, {}).setdefault(kind, {})
     fn = compiled.get(key)
     if fn is None:
         fn = build()
-        if len(compiled) >= _MAX_COMPILED_PER_MODEL:  # bounded: drop the oldest
+        if len(compiled) >= _MAX_COMPILED_PER_MODEL:
             compiled.pop(next(iter(compiled)))
         compiled[key] = fn
     return fn
+
+
+def forget_compiled(model) -> None:
+    """Drop every compiled program kept for `model` (after its module was rebuilt)."""
+    _COMPILED.pop(model, None)
+
+
+def model_key(model) -> tuple:
+    """What a compiled program of `model` depends on besides its arguments: the module object and the config's
+    current values (a config field changed after a call gives a new program, never a stale one)."""
+    return id(model.module), repr(sorted(vars(model.config).items()))
 
 
 @contextlib.contextmanager
@@ -95,7 +107,8 @@ def _config_key(config) -> Optional[str]:
     return None if config is None else json.dumps(config.to_dict(), sort_keys=True, default=str)
 
 
-def _is_traced(*arrays) -> bool:
+def is_traced(*arrays) -> bool:
+    """Whether any leaf of `arrays` is a JAX tracer (we are inside someone's jit/grad/vmap)."""
     return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(arrays))
 
 
@@ -122,7 +135,7 @@ def pad_prompt(model, input_ids, attention_mask, generation_config, kwargs: dict
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise ValueError(f"pad_to_multiple_of={multiple!r} is invalid: must be a positive int")
     pad = -input_ids.shape[1] % multiple
-    xp = jnp if _is_traced(input_ids) else np
+    xp = jnp if is_traced(input_ids) else np
     if attention_mask is None:  # always a mask, so a prompt of exactly the bucket length shares the program
         attention_mask = xp.ones(input_ids.shape, dtype="i4")
     if not pad:
@@ -160,19 +173,19 @@ def generate(model, input_ids, generation_config=None, prng_key=None, trace: boo
     input_ids, attention_mask, kwargs, pad = pad_prompt(model, input_ids, attention_mask, generation_config, kwargs,
                                                         pad_to_multiple_of)
     if (not trace or logits_processor is not None or not all(_is_plain(v) for v in kwargs.values())
-            or _is_traced(input_ids, attention_mask, params, prng_key)):
+            or is_traced(input_ids, attention_mask, params, prng_key)):
         out = run_loop(model, input_ids, attention_mask, generation_config, prng_key, params, kwargs,
                        logits_processor, trace)
     else:
         key = (_config_key(generation_config), _config_key(model.generation_config), repr(sorted(kwargs.items())),
-               attention_mask is not None)
+               attention_mask is not None, model_key(model))
         model_ref = weakref.ref(model)  # the compiled function must not keep the model alive
 
         def build():
             return jax.jit(lambda p, ids, mask, rng: run_loop(model_ref(), ids, mask, generation_config, rng, p,
                                                               kwargs))
 
-        run = jitted(model, key, build)
+        run = jitted(model, "generate", key, build)
         params = model.params if params is None else params
         prng_key = jax.random.PRNGKey(0) if prng_key is None else prng_key  # transformers' default
         out = run(params, input_ids, attention_mask, prng_key)

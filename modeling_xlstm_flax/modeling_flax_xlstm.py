@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -26,7 +27,9 @@ from .checkpoint_io import (
     replace_files_atomically, resolve_model_dir, weight_files, write_checkpoint,
 )
 from .configuration_xlstm_flax import XLSTMFlaxConfig, from_transformers_config
-from .generation import generate as generate_tokens, prepare_inputs, update_inputs
+from .generation import (
+    forget_compiled, generate as generate_tokens, is_traced, jitted, model_key, prepare_inputs, update_inputs,
+)
 from .hf_compat import FlaxCausalLMOutput, FlaxPreTrainedModel
 from .input_checks import check_batch_size, check_cache, check_inputs
 from .param_table import (
@@ -70,6 +73,8 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
     base_model_prefix = "backbone"
     main_input_name = "input_ids"
     module_class: nn.Module = None
+    # `model(...)` runs compiled by default (see `__call__`'s `jit`); set False on a model (or the class) for eager
+    jit_forward: bool = True
 
     def __init__(self, config, input_shape=(1, 1), seed: int = 0, dtype=None, _do_init: bool = True,
                  gradient_checkpointing: Optional[bool] = None, **kwargs):
@@ -89,10 +94,12 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         `benchmarks/README.md`). Same outputs, gradients and params. Rebuilds the module; the config is left as
         it is (its `gradient_checkpointing` field is the default for newly built models)."""
         self._module = self.module_class(config=self.config, dtype=self.dtype, gradient_checkpointing=True)
+        forget_compiled(self)
 
     def disable_gradient_checkpointing(self):
         """Undo `enable_gradient_checkpointing`: keep every activation for the backward pass."""
         self._module = self.module_class(config=self.config, dtype=self.dtype, gradient_checkpointing=False)
+        forget_compiled(self)
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -283,6 +290,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         document_borders=None,
         logits_to_keep: int = 0,
         use_cache: Optional[bool] = None,
+        jit: Optional[bool] = None,
     ):
         """Forward pass; positional order as transformers' Flax causal LMs (FlaxLlama, FlaxGPT2).
 
@@ -302,6 +310,10 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         new recurrent state as `past_key_values` (starting from a zero state when none is given), False does not
         return it (a given `past_key_values` is still the starting state), None returns it when
         `past_key_values` is given.
+
+        jit: run compiled (`jax.jit`, one program per input signature and option set, kept per model) or eagerly;
+        None takes `model.jit_forward` (default True; transformers' Flax models run eagerly). Inside your own trace
+        (`jax.jit`, `jax.grad`, ...) the call is always inlined into it.
 
         With a cache, no hidden states asked for and more than `config.prefill_segment_size` tokens (a prefill),
         the tokens run through the state segment by segment (`lax.scan`): only one segment's activations are
@@ -323,7 +335,6 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
         input_ids = jnp.asarray(input_ids, dtype="i4")
         if attention_mask is not None:
             attention_mask = jnp.asarray(attention_mask, dtype="i4")
@@ -331,32 +342,38 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             document_borders = jnp.asarray(document_borders, dtype=bool)
         if use_cache and past_key_values is None:
             past_key_values = self.init_cache(input_ids.shape[0])
-        variables = {"params": params or self.params}
-        segment = self.config.prefill_segment_size
-        if (is_causal_lm and past_key_values is not None and not train and not output_hidden_states
-                and segment is not None and input_ids.shape[1] > segment):
-            logits, new_cache = self._segmented_prefill(variables, input_ids, attention_mask, document_borders,
-                                                        past_key_values, logits_to_keep)
-            outputs = FlaxCausalLMOutput(logits=logits, hidden_states=None)
+        args = (params or self.params, input_ids, attention_mask, document_borders, past_key_values, dropout_rng)
+        static = dict(train=bool(train), output_hidden_states=bool(output_hidden_states),
+                      logits_to_keep=logits_to_keep)
+        if (self.jit_forward if jit is None else jit) and not is_traced(*args):
+            key = (model_key(self), tuple(sorted(static.items())))
+            model_ref = weakref.ref(self)  # the compiled function must not keep the model alive
+            run = jitted(self, "forward", key, lambda: jax.jit(lambda *a: model_ref()._apply(*a, **static)))
+            outputs, new_cache = run(*args)
         else:
-            extra = {"logits_to_keep": logits_to_keep} if is_causal_lm else {}
-            outputs, new_cache = self.module.apply(
-                variables,
-                input_ids,
-                attention_mask=attention_mask,
-                document_borders=document_borders,
-                cache=past_key_values,
-                deterministic=not train,
-                output_hidden_states=output_hidden_states,
-                return_dict=True,
-                rngs=rngs,
-                **extra,
-            )
+            outputs, new_cache = self._apply(*args, **static)
         if past_key_values is not None and use_cache is not False:
             outputs["past_key_values"] = new_cache
         if not return_dict:
             return outputs.to_tuple()
         return outputs
+
+    def _apply(self, params, input_ids, attention_mask, document_borders, cache, dropout_rng, *, train: bool,
+               output_hidden_states: bool, logits_to_keep: int):
+        """The forward pass after the host-side checks (traceable): (outputs without the cache, new cache)."""
+        is_causal_lm = isinstance(self.module, FlaxXLSTMForCausalLMModule)
+        variables = {"params": params}
+        segment = self.config.prefill_segment_size
+        if (is_causal_lm and cache is not None and not train and not output_hidden_states
+                and segment is not None and input_ids.shape[1] > segment):
+            logits, new_cache = self._segmented_prefill(variables, input_ids, attention_mask, document_borders,
+                                                        cache, logits_to_keep)
+            return FlaxCausalLMOutput(logits=logits, hidden_states=None), new_cache
+        extra = {"logits_to_keep": logits_to_keep} if is_causal_lm else {}
+        return self.module.apply(variables, input_ids, attention_mask=attention_mask,
+                                 document_borders=document_borders, cache=cache, deterministic=not train,
+                                 output_hidden_states=output_hidden_states, return_dict=True,
+                                 rngs={"dropout": dropout_rng} if dropout_rng is not None else {}, **extra)
 
     def _segmented_prefill(self, variables, input_ids, attention_mask, document_borders, cache, logits_to_keep):
         """Run S tokens through the state in segments of L = `prefill_segment_size`: first the S mod L leading

@@ -215,12 +215,12 @@ def sharded_generate(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT_FSDP
         in_sh = (p_sh, b_sh, b_sh, rep)
         return jax.jit(run, in_shardings=in_sh, out_shardings=b_sh), in_sh
 
-    signature = ("sharded_generate", mesh, fsdp_min_weight_size, repr(sorted(generate_kwargs.items())))
+    signature = (mesh, fsdp_min_weight_size, repr(sorted(generate_kwargs.items())))
 
     def call(params, input_ids, attention_mask=None, prng_key=None):
         params = unfreeze(params)
         shape = tuple(np.shape(input_ids))
-        fn, in_sh = jitted(model, signature + (shape,), lambda: build(params, shape))
+        fn, in_sh = jitted(model, "sharded_generate", signature + (shape,), lambda: build(params, shape))
         if attention_mask is None:  # all tokens valid: the same numbers, one signature (and beams need a mask)
             attention_mask = np.ones(shape, np.int32)
         prng_key = jax.random.PRNGKey(0) if prng_key is None else prng_key

@@ -142,10 +142,11 @@ def test_generate_is_compiled_once_and_equals_transformers_loop():
         ours = model.generate(prompt, pad_token_id=1, **kwargs)
         theirs = FlaxGenerationMixin.generate(model, prompt, pad_token_id=1, **kwargs)
         np.testing.assert_array_equal(np.asarray(ours.sequences), np.asarray(theirs.sequences), err_msg=str(kwargs))
-    assert len(_COMPILED_GENERATE[model]) == 4
+    assert len(_COMPILED_GENERATE[model]["generate"]) == 4
     model.generate(prompt, max_new_tokens=6, pad_token_id=1)
-    (first,) = [fn for key, fn in _COMPILED_GENERATE[model].items() if "do_sample" not in key[2] and not key[3]]
-    assert len(_COMPILED_GENERATE[model]) == 4 and first._cache_size() == 1  # reused, not recompiled
+    compiled = _COMPILED_GENERATE[model]["generate"]
+    (first,) = [fn for key, fn in compiled.items() if "do_sample" not in key[2] and not key[3]]
+    assert len(_COMPILED_GENERATE[model]["generate"]) == 4 and first._cache_size() == 1  # reused, not recompiled
     model.generate(prompt[:, 1:], max_new_tokens=6, pad_token_id=1)
     assert first._cache_size() == 2  # a new prompt length: a new program in the same jit
     traced = jax.jit(lambda p, ids: model.generate(ids, params=p, max_new_tokens=6, pad_token_id=1).sequences)
@@ -165,7 +166,7 @@ def test_pad_to_multiple_of_shares_one_program_and_changes_nothing():
             plain = np.asarray(model.generate(prompt, pad_token_id=1, **kwargs).sequences)
             padded = np.asarray(model.generate(prompt, pad_token_id=1, pad_to_multiple_of=8, **kwargs).sequences)
             np.testing.assert_array_equal(padded, plain, err_msg=f"{kwargs} length {length}")
-    (greedy,) = [fn for key, fn in _COMPILED_GENERATE[model].items()
+    (greedy,) = [fn for key, fn in _COMPILED_GENERATE[model]["generate"].items()
                  if key[3] and key[2] == "[('max_new_tokens', 5), ('pad_token_id', 1)]"]
     assert greedy._cache_size() == 1  # prompts of 5, 7 and 8 tokens: one program
     with pytest.raises(ValueError, match="pad_to_multiple_of"):

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import REPO, max_abs_diff, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
-from modeling_xlstm_flax.hub import AUTO_MAP, export_hub_folder, flat_code_files, main, push_to_hub
+from modeling_xlstm_flax.hub import AUTO_MAP, code_files, export_hub_folder, main, push_to_hub
 from modeling_xlstm_flax.model_card import build_model_card, check_model_card, save_model_card
 from test_pipeline import build_tokenizer
 
@@ -91,26 +91,34 @@ def exported(models, tokenizer, tmp_path_factory):
 def test_export_folder_is_self_contained(exported):
     folder = exported["mlstm_v1"]
     names = {p.name for p in folder.iterdir()}
-    code = set(flat_code_files())
-    assert code >= {"modeling_flax_xlstm.py", "configuration_xlstm_flax.py", "translation.py", "mlstm_kernels.py",
-                    "input_checks.py"}
+    code = set(code_files())
+    assert code >= {"modeling_flax_xlstm.py", "configuration_xlstm_flax.py", "config_translation.py",
+                    "mlstm_kernels.py", "xlstm_layers.py", "input_checks.py", "generation.py"}
     assert names >= code | {"config.json", "model.safetensors", "generation_config.json", "README.md",
                             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP and config["model_type"] == "xlstm_flax"
     assert config["architectures"] == ["FlaxXLSTMForCausalLM"]
-    for name in code:  # every relative import names a flat module of the folder; no package imports remain
+    for name in code:  # the package's files, copied as they are; every relative import is a module of the folder
         text = (folder / name).read_text()
+        assert text == (REPO / "modeling_xlstm_flax" / name).read_text(), name
         for line in text.splitlines():
             stripped = line.strip()
             if stripped.startswith("from ."):
                 target = stripped.split()[1][1:]
                 assert target == "" or f"{target}.py" in names, (name, line)
-            assert not stripped.startswith(("from .configuration import", "import modeling_xlstm_flax",
-                                            "from modeling_xlstm_flax")), (name, line)
-    # the package sources are untouched
-    assert "from .configuration import XLSTMFlaxConfig" in (REPO / "modeling_xlstm_flax" /
-                                                           "modeling_flax_xlstm.py").read_text()
+            assert not stripped.startswith(("import modeling_xlstm_flax", "from modeling_xlstm_flax")), (name, line)
+
+
+def test_code_files_refuse_a_root_that_does_not_name_its_needs(monkeypatch):
+    """transformers' loader copies only what a root module names itself: a module needed only indirectly is a
+    packaging error found at export time, not by a user."""
+    from modeling_xlstm_flax import hub
+
+    real = hub._loader_imports
+    monkeypatch.setattr(hub, "_loader_imports", lambda m: real(m) - {"mlstm_kernels"})
+    with pytest.raises(ValueError, match="mlstm_kernels"):
+        hub.code_files()
 
 
 def test_export_refuses_non_empty_folder(models, tmp_path):
