@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 import numpy as np
 from modeling_xlstm_flax import load_preset
-from modeling_xlstm_flax.checkpoint_io import OutTensor, write_checkpoint
+from modeling_xlstm_flax.checkpoint_writer import OutTensor, write_checkpoint
 from modeling_xlstm_flax.configuration_xlstm_flax import to_transformers_config
 from modeling_xlstm_flax.convert_common import model_plan
 from modeling_xlstm_flax import param_table

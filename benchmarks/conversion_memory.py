@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         largest = json.loads(info.read_text())["largest_tensor_bytes"]
         for name in ("flax", "pt", "flax_scan"):  # outputs of an earlier --keep run
             shutil.rmtree(work / name, ignore_errors=True)
-        from modeling_xlstm_flax.checkpoint_io import directory_size
+        from modeling_xlstm_flax.checkpoint_writer import directory_size
 
         size = directory_size(work / "orbax" / "checkpoints" / "checkpoint_100" / "params")
         print(f"  orbax params: {size / GB:.2f} GB, largest tensor {largest / GB:.3f} GB ({secs:.0f} s)")

@@ -5,7 +5,7 @@ against the config's plan before any data is read); `output_tensors` lays it out
 * "flax": our names, `.`-joined in safetensors (what `save_pretrained` writes), stacked (NB, ...) under
   `backbone/blocks/scanned/block/` when the config has `scan_blocks`;
 * "pytorch": transformers' `xLSTMForCausalLM` state-dict names and shapes (`param_table`),
-and `checkpoint_io.write_checkpoint` writes it tensor by tensor into a temporary directory beside the target
+and `checkpoint_writer.write_checkpoint` writes it tensor by tensor into a temporary directory beside the target
 (`atomic_output_dir`), optionally verified (same random tokens through source and output, max |logits diff|), then
 renamed into place: a failed or interrupted conversion leaves no output and the old output stays until the new one
 is complete.
@@ -33,15 +33,12 @@ import numpy as np
 from . import checkpoint_io, param_table
 from .checkpoint_io import (  # noqa: F401  (re-exported for the commands)
     CheckpointFileError,
-    OutTensor,
     Source,
     SourceTensor,
-    atomic_output_dir,
     compare_to_plan,
     is_float_dtype,
-    parse_size,
-    write_checkpoint,
 )
+from .checkpoint_writer import OutTensor, atomic_output_dir, parse_size, write_checkpoint  # noqa: F401
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 TOKENIZER_FILES = (

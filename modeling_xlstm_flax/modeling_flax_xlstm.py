@@ -23,9 +23,9 @@ from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .checkpoint_io import (
-    CheckpointFileError, WEIGHT_FILE_NAMES, check_source, has_weights, load_params, open_checkpoint, params_tensors,
-    replace_files_atomically, resolve_model_dir, weight_files, write_checkpoint,
+    WEIGHT_FILE_NAMES, CheckpointFileError, check_source, has_weights, load_params, open_checkpoint, resolve_model_dir,
 )
+from .checkpoint_writer import params_tensors, replace_files_atomically, weight_files, write_checkpoint
 from .configuration_xlstm_flax import XLSTMFlaxConfig, from_transformers_config
 from .generation import (
     forget_compiled, generate as generate_tokens, is_traced, jitted, model_key, prepare_inputs, update_inputs,
