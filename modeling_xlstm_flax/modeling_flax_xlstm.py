@@ -203,14 +203,13 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             files_timestamps = self._get_files_timestamps(save_directory)
         params = self.params if params is None else params
         tensors = params_tensors(params)
-        with replace_files_atomically(save_directory,
-                                                    stale=weight_files(save_directory)) as tmp:
+        with replace_files_atomically(save_directory, stale=weight_files(save_directory)) as tmp:
             self.config.architectures = [type(self).__name__[4:]]
             self.config.save_pretrained(tmp)
             if self.can_generate() and self.generation_config is not None:
                 self.generation_config.save_pretrained(tmp)
             write_checkpoint(tmp, tensors, file_format="safetensors" if safe_serialization else "msgpack",
-                                           metadata_format="flax", max_shard_size=max_shard_size)
+                             metadata_format="flax", max_shard_size=max_shard_size)
         if push_to_hub:
             self._upload_modified_files(save_directory, repo_id, files_timestamps, commit_message=commit_message,
                                         token=token)
