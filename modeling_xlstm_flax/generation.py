@@ -83,7 +83,7 @@ def prepare_inputs(model, input_ids, max_length, attention_mask=None) -> dict:
     `lax.while_loop`, whose carry must keep one structure, so it gets no `logits_to_keep`."""
     inputs = {"past_key_values": _constrained(model.init_cache(input_ids.shape[0], max_length)),
               "attention_mask": attention_mask}
-    if input_ids.shape[1] > 1 and model.can_generate():
+    if input_ids.shape[1] > 1 and model.has_lm_head:
         inputs["logits_to_keep"] = 1
     return inputs
 

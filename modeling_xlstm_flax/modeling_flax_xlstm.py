@@ -44,6 +44,7 @@ from .xlstm_layers import (  # noqa: F401  (the module classes are part of this 
 # import` lines, not the ones those import in turn: they are named here too (`hub.code_files` checks the list).
 from .cli import resolve_model_source  # noqa: E402,F401
 from .config_translation import round_to_multiple  # noqa: E402,F401
+from .flax_base import FlaxPreTrainedModel as _OwnBaseModel  # noqa: E402,F401  (hf_compat's base for transformers 5)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,23 @@ def _as_flax_config(config) -> XLSTMFlaxConfig:
     if type(config).__name__ == "xLSTMConfig":  # transformers' PyTorch config (e.g. NX-AI/xLSTM-7b)
         return from_transformers_config(config)
     raise ValueError(f"expected an XLSTMFlaxConfig or transformers' xLSTMConfig, got {type(config).__name__}")
+
+
+_INIT_FNS: dict = {}  # (module, config values, input shape) -> jitted init; bounded
+
+
+def _compiled_init(module, input_shape: tuple):
+    """`module.init` under `jax.jit`, kept per module type, config values, dtype and input shape: initialising
+    op by op (eagerly) compiles hundreds of tiny programs, one program is several times faster."""
+    key = (type(module).__name__, repr(sorted(vars(module.config).items())), str(module.dtype),
+           module.gradient_checkpointing, input_shape)
+    fn = _INIT_FNS.get(key)
+    if fn is None:
+        fn = jax.jit(lambda rngs: module.init(rngs, jnp.zeros(input_shape, dtype="i4"))["params"])
+        if len(_INIT_FNS) >= 16:
+            _INIT_FNS.pop(next(iter(_INIT_FNS)))
+        _INIT_FNS[key] = fn
+    return fn
 
 
 class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
@@ -100,6 +118,11 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         """Undo `enable_gradient_checkpointing`: keep every activation for the backward pass."""
         self._module = self.module_class(config=self.config, dtype=self.dtype, gradient_checkpointing=False)
         forget_compiled(self)
+
+    @property
+    def has_lm_head(self) -> bool:
+        """Whether the model returns logits (`FlaxXLSTMForCausalLM`) rather than hidden states."""
+        return isinstance(self.module, FlaxXLSTMForCausalLMModule)
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -165,7 +188,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         plan = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(unfreeze(self.params_shape_tree)).items()}
         expected = unrolled_plan(plan)
         source = open_checkpoint(directory, expected, self.config.num_blocks)
-        is_lm = isinstance(self.module, FlaxXLSTMForCausalLMModule)
+        is_lm = self.has_lm_head
         head = {k for k in expected if k.startswith(LM_HEAD + "/")}
         source_head = {k for k in source.tensors if k.startswith(LM_HEAD + "/")}
         # a head the model does not use (bare backbone, tied embeddings) may be stored; a missing head is initialised
@@ -215,9 +238,10 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
                                         token=token)
 
     def init_weights(self, rng, input_shape, params=None):
-        input_ids = jnp.zeros(input_shape, dtype="i4")
+        """Random params (compiled: one program per config and input shape, shared by models of one config); with
+        `params`, those params completed by random values for the keys `from_pretrained` recorded as missing."""
         params_rng, dropout_rng = jax.random.split(rng)
-        random_params = self.module.init({"params": params_rng, "dropout": dropout_rng}, input_ids)["params"]
+        random_params = _compiled_init(self.module, tuple(input_shape))({"params": params_rng, "dropout": dropout_rng})
         if params is None:
             return random_params
         random_params = flatten_dict(unfreeze(random_params))
@@ -324,7 +348,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             raise ValueError("output_attentions=True is not supported: xLSTM is a recurrent model and has no "
                              "attention weights to return")
         del position_ids  # a recurrent model has no positions
-        is_causal_lm = isinstance(self.module, FlaxXLSTMForCausalLMModule)
+        is_causal_lm = self.has_lm_head
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep={logits_to_keep!r} is invalid: must be an int >= 0 (0: every position)")
         if logits_to_keep and not is_causal_lm:
@@ -360,7 +384,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
     def _apply(self, params, input_ids, attention_mask, document_borders, cache, dropout_rng, *, train: bool,
                output_hidden_states: bool, logits_to_keep: int):
         """The forward pass after the host-side checks (traceable): (outputs without the cache, new cache)."""
-        is_causal_lm = isinstance(self.module, FlaxXLSTMForCausalLMModule)
+        is_causal_lm = self.has_lm_head
         variables = {"params": params}
         segment = self.config.prefill_segment_size
         if (is_causal_lm and cache is not None and not train and not output_hidden_states

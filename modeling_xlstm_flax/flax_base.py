@@ -1,0 +1,142 @@
+"""What transformers 4.x's `FlaxPreTrainedModel` and Flax output classes give this port, for transformers 5.x
+(which removed them). `hf_compat` picks transformers' own classes where they exist and these otherwise, so the model
+has the same API under both majors.
+
+Only the part of the base class the port uses is here: construction (random init or a shape-only model with
+`_do_init=False`), `params` / `params_shape_tree` / `required_params`, `generation_config`, `can_generate`,
+`to_bf16` / `to_fp16` / `to_fp32`, and the Hub upload helpers (transformers' `PushToHubMixin`, kept in 5.x).
+Loading and saving are the port's own (`checkpoint_io`, `checkpoint_writer`) under both majors.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax.core.frozen_dict import FrozenDict, unfreeze
+from flax.traverse_util import flatten_dict
+from transformers import GenerationConfig
+from transformers.utils import ModelOutput, PushToHubMixin
+
+
+@flax.struct.dataclass
+class FlaxBaseModelOutput(ModelOutput):
+    """last_hidden_state (B, S, D); hidden_states: NB + 1 arrays (B, S, D) when asked for."""
+
+    last_hidden_state: Optional[jax.Array] = None
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+
+
+@flax.struct.dataclass
+class FlaxCausalLMOutput(ModelOutput):
+    """logits (B, S, V) float32; hidden_states as in `FlaxBaseModelOutput`."""
+
+    logits: Optional[jax.Array] = None
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+
+
+def _cast_floats(params, dtype, mask=None):
+    """Floating leaves of `params` cast to `dtype` (where `mask` is True, if given)."""
+
+    def cast(param, keep):
+        return param.astype(dtype) if keep and jnp.issubdtype(param.dtype, jnp.floating) else param
+
+    if mask is None:
+        return jax.tree_util.tree_map(lambda p: cast(p, True), params)
+    return jax.tree_util.tree_map(cast, params, mask)
+
+
+class FlaxPreTrainedModel(PushToHubMixin):
+    """A Flax linen `module` with its params and config, as transformers 4.x's `FlaxPreTrainedModel` defines it.
+
+    Subclasses set `config_class`, `base_model_prefix`, `module_class` and implement `init_weights(rng,
+    input_shape, params=None)`."""
+
+    config_class = None
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    framework = "flax"
+
+    def __init__(self, config, module, input_shape=(1, 1), seed: int = 0, dtype: Any = jnp.float32,
+                 _do_init: bool = True):
+        self._config = config
+        self._module = module
+        self.key = jax.random.PRNGKey(seed)
+        self.dtype = dtype
+        self.input_shape = input_shape
+        self.generation_config = GenerationConfig.from_model_config(config) if self.can_generate() else None
+        self._is_initialized = _do_init
+        self._missing_keys: set = set()
+        if _do_init:
+            params = self.init_weights(self.key, input_shape)
+            shape_tree = jax.eval_shape(lambda p: p, params)
+        else:
+            shape_tree = jax.eval_shape(partial(self.init_weights, input_shape=input_shape), self.key)
+        self._params_shape_tree = shape_tree
+        self._required_params = set(flatten_dict(unfreeze(shape_tree)).keys())
+        if _do_init:
+            self.params = params
+
+    def init_weights(self, rng, input_shape, params=None):
+        raise NotImplementedError(f"init_weights is not implemented for {type(self).__name__}")
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """True: both wrapper classes define the generation hooks (as under transformers 4.x)."""
+        return True
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def module(self):
+        return self._module
+
+    @property
+    def params(self):
+        if not self._is_initialized:
+            raise ValueError("`params` cannot be accessed from a model built with `_do_init=False`: keep the params "
+                             "from_pretrained returned and pass them to each call (`params=...`)")
+        return self._params
+
+    @params.setter
+    def params(self, params):
+        if not self._is_initialized:
+            raise ValueError("`params` cannot be set on a model built with `_do_init=False`")
+        if isinstance(params, FrozenDict):
+            params = unfreeze(params)
+        missing = self._required_params - set(flatten_dict(params).keys())
+        if missing:
+            raise ValueError(f"params are missing {sorted('/'.join(k) for k in missing)[:10]}; call "
+                             "init_weights(rng, input_shape, params) to complete them")
+        self._params = params
+
+    @property
+    def params_shape_tree(self):
+        return self._params_shape_tree
+
+    @property
+    def required_params(self) -> set:
+        return self._required_params
+
+    def to_bf16(self, params, mask=None):
+        """`params` with floating leaves cast to bfloat16 (where `mask` is True); returns a new tree."""
+        return _cast_floats(params, jnp.bfloat16, mask)
+
+    def to_fp16(self, params, mask=None):
+        return _cast_floats(params, jnp.float16, mask)
+
+    def to_fp32(self, params, mask=None):
+        return _cast_floats(params, jnp.float32, mask)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config.to_json_string(use_diff=True).strip()})"
+
+
+__all__ = ["FlaxBaseModelOutput", "FlaxCausalLMOutput", "FlaxPreTrainedModel"]
