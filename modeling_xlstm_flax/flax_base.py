@@ -11,33 +11,64 @@ Loading and saving are the port's own (`checkpoint_io`, `checkpoint_writer`) und
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Optional
+from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 from flax.core.frozen_dict import FrozenDict, unfreeze
 from flax.traverse_util import flatten_dict
 from transformers import GenerationConfig
-from transformers.utils import ModelOutput, PushToHubMixin
+from transformers.utils import PushToHubMixin
 
 
-@flax.struct.dataclass
-class FlaxBaseModelOutput(ModelOutput):
+class FlaxModelOutput(dict):
+    """transformers' ModelOutput behaviour for JAX arrays: the fields that are not None, in field order, read as
+    attributes (a field that is None reads as None), keys or positions; `to_tuple()`; more keys may be set (the
+    model adds `past_key_values`). A JAX pytree (its leaves are the values), so it passes through `jax.jit`."""
+
+    _fields: tuple = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        jax.tree_util.register_pytree_node(cls, lambda out: (list(out.values()), tuple(out.keys())),
+                                           lambda keys, values: cls._from_items(zip(keys, values)))
+
+    def __init__(self, *args, **kwargs):
+        if len(args) > len(self._fields):
+            raise TypeError(f"{type(self).__name__} takes at most {len(self._fields)} positional fields")
+        values = {**dict(zip(self._fields, args)), **kwargs}
+        super().__init__((k, v) for k, v in values.items() if v is not None)
+
+    @classmethod
+    def _from_items(cls, items):
+        out = cls()
+        dict.update(out, items)
+        return out
+
+    def __getattr__(self, name):
+        if name in self:
+            return self[name]
+        if name in self._fields:
+            return None
+        raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+
+    def __getitem__(self, key):
+        return self.to_tuple()[key] if isinstance(key, (int, slice)) else super().__getitem__(key)
+
+    def to_tuple(self) -> tuple:
+        return tuple(self.values())
+
+
+class FlaxBaseModelOutput(FlaxModelOutput):
     """last_hidden_state (B, S, D); hidden_states: NB + 1 arrays (B, S, D) when asked for."""
 
-    last_hidden_state: Optional[jax.Array] = None
-    hidden_states: Optional[tuple] = None
-    attentions: Optional[tuple] = None
+    _fields = ("last_hidden_state", "hidden_states", "attentions")
 
 
-@flax.struct.dataclass
-class FlaxCausalLMOutput(ModelOutput):
+class FlaxCausalLMOutput(FlaxModelOutput):
     """logits (B, S, V) float32; hidden_states as in `FlaxBaseModelOutput`."""
 
-    logits: Optional[jax.Array] = None
-    hidden_states: Optional[tuple] = None
-    attentions: Optional[tuple] = None
+    _fields = ("logits", "hidden_states", "attentions")
 
 
 def _cast_floats(params, dtype, mask=None):
@@ -139,4 +170,4 @@ class FlaxPreTrainedModel(PushToHubMixin):
         return f"{type(self).__name__}({self.config.to_json_string(use_diff=True).strip()})"
 
 
-__all__ = ["FlaxBaseModelOutput", "FlaxCausalLMOutput", "FlaxPreTrainedModel"]
+__all__ = ["FlaxBaseModelOutput", "FlaxCausalLMOutput", "FlaxModelOutput", "FlaxPreTrainedModel"]

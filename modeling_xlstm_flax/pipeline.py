@@ -326,9 +326,11 @@ def _is_flax_generator(model) -> bool:
 
 
 def _load_model_and_tokenizer(name_or_path, tokenizer=None, **model_kwargs):
-    from transformers import AutoTokenizer, FlaxAutoModelForCausalLM
+    from transformers import AutoTokenizer
 
-    model = FlaxAutoModelForCausalLM.from_pretrained(name_or_path, **model_kwargs)
+    from .modeling_flax_xlstm import FlaxXLSTMForCausalLM  # reads our config and transformers' xLSTMConfig
+
+    model = FlaxXLSTMForCausalLM.from_pretrained(name_or_path, **model_kwargs)
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer if tokenizer is not None else name_or_path)
     return model, tokenizer
