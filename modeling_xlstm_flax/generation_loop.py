@@ -1,6 +1,6 @@
 """Our own generation loop in pure JAX: greedy search, sampling and beam search over the recurrent xLSTM cache,
 with transformers' `GenerationConfig` meaning. It does not need transformers' Flax generation code (gone in
-transformers 5); `transformers.GenerationConfig` is the only thing it reads from transformers, by duck typing.
+transformers 5); it imports nothing from transformers and reads the GenerationConfig it is given by attribute.
 
 Tokens and scores are those of transformers 4.57's Flax loop (`FlaxGenerationMixin.generate`), which
 tests/test_generation_loop.py holds it against, except where that loop ignores or mishandles a setting:
@@ -120,6 +120,15 @@ def _int(config, name: str, low: int, default: int) -> int:
     return int(value)
 
 
+def _float(config, name: str, ok: Callable[[float], bool], allowed: str) -> float:
+    """A number passing `ok`; None means 1.0 (the default of every such field here)."""
+    value = getattr(config, name, None)
+    value = 1.0 if value is None else value
+    if not _is_number(value) or not ok(value):
+        raise _bad(name, value, allowed)
+    return float(value)
+
+
 def _ids(config, name: str) -> tuple:
     """None, an id or a list of ids -> a tuple of ints >= 0."""
     value = getattr(config, name, None)
@@ -166,21 +175,10 @@ def check_generation_config(config, prompt_length: int) -> LoopSettings:
     if pad is not None and not (_is_int(pad) and pad >= 0):
         raise _bad("pad_token_id", pad, "None or a token id >= 0")
     pad = int(pad) if pad is not None else (eos[0] if eos else 0)
-    temperature, top_p = getattr(config, "temperature", None), getattr(config, "top_p", None)
-    temperature = 1.0 if temperature is None or not do_sample else temperature
-    if not _is_number(temperature) or temperature <= 0:
-        raise _bad("temperature", temperature, "a number > 0 when sampling")
-    top_p = 1.0 if top_p is None or not do_sample else top_p
-    if not _is_number(top_p) or not 0 <= top_p <= 1:
-        raise _bad("top_p", top_p, "a number in [0, 1] when sampling")
-    penalty = getattr(config, "repetition_penalty", None)
-    penalty = 1.0 if penalty is None else penalty
-    if not _is_number(penalty) or penalty <= 0:
-        raise _bad("repetition_penalty", penalty, "a number > 0 (1.0: off)")
-    length_penalty = getattr(config, "length_penalty", None)
-    length_penalty = 1.0 if length_penalty is None else length_penalty
-    if not _is_number(length_penalty):
-        raise _bad("length_penalty", length_penalty, "a finite number")
+    temperature = _float(config, "temperature", lambda v: v > 0, "a number > 0 when sampling") if do_sample else 1.0
+    top_p = _float(config, "top_p", lambda v: 0 <= v <= 1, "a number in [0, 1] when sampling") if do_sample else 1.0
+    penalty = _float(config, "repetition_penalty", lambda v: v > 0, "a number > 0 (1.0: off)")
+    length_penalty = _float(config, "length_penalty", lambda v: True, "a finite number")
     early_stopping = getattr(config, "early_stopping", None)
     early_stopping = False if early_stopping is None else early_stopping
     if not (isinstance(early_stopping, bool) or early_stopping == "never"):
@@ -191,10 +189,10 @@ def check_generation_config(config, prompt_length: int) -> LoopSettings:
     return LoopSettings(
         max_length=int(max_length), prompt_length=prompt_length, min_length=min_length,
         min_new_tokens=_int(config, "min_new_tokens", 0, 0), eos=eos, pad=pad, do_sample=do_sample,
-        num_beams=num_beams, num_return_sequences=num_return, temperature=float(temperature),
-        top_k=_int(config, "top_k", 0, 0) if do_sample else 0, top_p=float(top_p),
-        repetition_penalty=float(penalty), no_repeat_ngram_size=_int(config, "no_repeat_ngram_size", 0, 0),
-        length_penalty=float(length_penalty), early_stopping=early_stopping,
+        num_beams=num_beams, num_return_sequences=num_return, temperature=temperature,
+        top_k=_int(config, "top_k", 0, 0) if do_sample else 0, top_p=top_p, repetition_penalty=penalty,
+        no_repeat_ngram_size=_int(config, "no_repeat_ngram_size", 0, 0), length_penalty=length_penalty,
+        early_stopping=early_stopping,
         forced_bos=forced_bos[0] if forced_bos else None, forced_eos=_ids(config, "forced_eos_token_id"),
         suppress=_ids(config, "suppress_tokens"), begin_suppress=_ids(config, "begin_suppress_tokens"))
 
@@ -346,8 +344,9 @@ def _greedy_or_sample(model, params, input_ids, attention_mask, s: LoopSettings,
 
     logits, cache = _prefill(model, params, input_ids, attention_mask, n)
     sequences = jnp.full((N, s.max_length), s.pad, jnp.int32).at[:, :S].set(jnp.repeat(input_ids, n, axis=0))
-    state = dict(cur_len=jnp.array(S, jnp.int32), sequences=sequences, finished=jnp.zeros((N,), bool),
-                 key=jax.random.PRNGKey(0) if prng_key is None else prng_key, token=jnp.zeros((N,), jnp.int32), cache=cache)
+    key = jax.random.PRNGKey(0) if prng_key is None else prng_key
+    state = dict(cur_len=jnp.array(S, jnp.int32), sequences=sequences, finished=jnp.zeros((N,), bool), key=key,
+                 token=jnp.zeros((N,), jnp.int32), cache=cache)
     state = lax.while_loop(cond, body, choose(state, logits))
     return GenerationOutput(sequences=state["sequences"])
 
