@@ -151,7 +151,8 @@ def check_generation_config(config, prompt_length: int) -> LoopSettings:
             continue
         if value is not None and value is not False and value != defaults[name]:
             raise _bad(name, value, f"only its default {defaults[name]!r} (this loop has no such feature)")
-    do_sample = getattr(config, "do_sample", False)
+    do_sample = getattr(config, "do_sample", None)
+    do_sample = False if do_sample is None else do_sample  # (None: transformers' "not set", greedy)
     if not isinstance(do_sample, bool):
         raise _bad("do_sample", do_sample, "True or False")
     num_beams = _int(config, "num_beams", 1, 1)

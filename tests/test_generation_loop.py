@@ -71,9 +71,14 @@ def ours(model, params, ids, mask=None, key=0, **kwargs):
     return run(params, ids, mask, jax.random.PRNGKey(key))
 
 
+def needs_flax_loop():
+    """Skip the test (before compiling anything) when transformers has no Flax loop (transformers 5)."""
+    return pytest.importorskip("transformers.generation.flax_utils")
+
+
 def reference(model, params, ids, mask=None, key=0, **kwargs):
-    """transformers' Flax loop, jit-compiled (skips the test when transformers has none)."""
-    flax_utils = pytest.importorskip("transformers.generation.flax_utils")
+    """transformers' Flax loop, jit-compiled."""
+    flax_utils = needs_flax_loop()
     extra = {} if mask is None else {"attention_mask": mask}  # its beam search cannot take attention_mask=None
     run = jax.jit(lambda p, i, k, e: flax_utils.FlaxGenerationMixin.generate(model, i, params=p, prng_key=k,
                                                                              **kwargs, **e),
@@ -119,6 +124,7 @@ def assert_same(a, b, scores=False):
 
 
 def test_greedy_matches_flax_loop(setup):
+    needs_flax_loop()
     (model, params), ids, mask = setup[0][False], setup[1], setup[2]
     eos = an_eos(setup)
     got = ours(model, params, ids, mask, max_new_tokens=NEW, eos_token_id=eos)
@@ -157,6 +163,7 @@ def test_greedy_matches_host_loop(setup, processed):
 ])
 def test_beam_search_matches_flax_loop(setup, scanned, kwargs):
     """Sequences and scores; the cache reordered by the chosen beams in both layouts."""
+    needs_flax_loop()
     (model, params), ids, mask = setup[0][scanned], setup[1], setup[2]
     eos = an_eos(setup)
     got = ours(model, params, ids, mask, eos_token_id=eos, **kwargs)
@@ -170,6 +177,7 @@ def test_sampling_matches_flax_loop(setup):
     """Scanned layout. One PRNG key: the same samples (temperature, top-k, top-p, suppressed tokens, eos, left
     padding, and min_new_tokens=3 against the Flax loop's min_length = S + 3 - 1), eos being row 0's first greedy
     token; another key: other samples."""
+    needs_flax_loop()
     (model, params), ids, mask = setup[0][True], setup[1], setup[2]
     eos = int(host_greedy(setup)[0, S])
     kwargs = dict(do_sample=True, temperature=0.7, top_k=10, top_p=0.9, suppress_tokens=[5, 7], eos_token_id=eos,
