@@ -12,7 +12,10 @@ tests/test_generation_loop.py holds it against, except where that loop ignores o
 * `min_length` keeps the Flax loop's count, one more than PyTorch's: eos is masked while the sequence so far
   (prompt included) has at most `min_length` tokens.
 * `eos_token_id` may be a list of several ids (any of them ends a row); `None` means no row ever ends.
-* A prompt of S >= max_length tokens is a ValueError (the Flax loop writes over the prompt or fails).
+* A prompt of S >= max_length tokens is a ValueError (the Flax loop writes over the prompt or fails); so is
+  any setting the Flax loop silently ignores and this loop does not implement (bad_words_ids, typical_p,
+  output_scores, num_return_sequences > 1 for greedy search, ...), naming the field.
+* `no_repeat_ngram_size` follows transformers' processors (its Flax one fails under jax 0.10).
 * The beam-search prefill runs the prompt once per batch row, not once per beam (the beams of a row start from
   the same state, so the tokens are the same; the cache and logits are copied to the beams afterwards).
 
@@ -151,6 +154,8 @@ def check_generation_config(config, prompt_length: int) -> LoopSettings:
             continue
         if value is not None and value is not False and value != defaults[name]:
             raise _bad(name, value, f"only its default {defaults[name]!r} (this loop has no such feature)")
+    if getattr(config, "forced_decoder_ids", None):  # not a GenerationConfig() field, but the Flax loop reads it
+        raise _bad("forced_decoder_ids", config.forced_decoder_ids, "None (this loop has no such feature)")
     do_sample = getattr(config, "do_sample", None)
     do_sample = False if do_sample is None else do_sample  # (None: transformers' "not set", greedy)
     if not isinstance(do_sample, bool):

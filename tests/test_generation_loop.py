@@ -288,6 +288,7 @@ def test_logits_processors_match_pytorch_processors():
     (dict(repetition_penalty=-1.0), "repetition_penalty"),
     (dict(eos_token_id=-1), "eos_token_id"),
     (dict(early_stopping="sometimes"), "early_stopping"),
+    (dict(forced_decoder_ids=[[1, 5]]), "forced_decoder_ids"),
 ])
 def test_unsupported_settings_raise(kwargs, field):
     config = GenerationConfig()
