@@ -3,7 +3,8 @@
 * `generate(model, ...)`: host-side checks of the prompt and options, the eos/pad defaults, left padding to a
   multiple (`pad_to_multiple_of`), then the decode loop compiled once per model, generation arguments and input
   signature (`jitted`), or run as is inside someone else's trace.
-* the loop is transformers' Flax generation loop (greedy, sampling, beam search); the model's
+* the loop is transformers' Flax generation loop (greedy, sampling, beam search) under transformers 4.x and our
+  own (`generation_loop`, the same tokens, tested against it) under transformers 5, which has no Flax loop; the model's
   `prepare_inputs_for_generation` / `update_inputs_for_generation` (defined here: `prepare_inputs`,
   `update_inputs`) make the recurrent state its cache.
 * `cache_constraint(fn)`: while a `generate` is traced under it, every cache the loop creates or carries goes
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import json
 import weakref
 from typing import Any, Callable, Optional
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from transformers import GenerationConfig
 
+from .generation_loop import generate_loop
 from .hf_compat import FlaxGenerationMixin
 from .input_checks import check_generate_inputs
 
@@ -157,12 +160,40 @@ def pad_prompt(model, input_ids, attention_mask, generation_config, kwargs: dict
     return input_ids, attention_mask, kwargs, pad
 
 
+def resolve_config(model, generation_config, kwargs: dict, prompt_length: int):
+    """One GenerationConfig for our loop: the given one (or the model's), the call's `kwargs` merged in (an unknown
+    name is a TypeError naming it), and `max_length` fixed as transformers' generate fixes it: `max_new_tokens`
+    counts after the prompt; a `max_length` of 20 (GenerationConfig's default) means 20 new tokens unless it is the
+    untouched default, which counts the prompt."""
+    config = copy.deepcopy(generation_config if generation_config is not None else model.generation_config)
+    unused = config.update(**kwargs)
+    if unused:
+        raise TypeError(f"unknown generation arguments: {sorted(unused)} (neither GenerationConfig fields nor "
+                        "generate arguments)")
+    untouched = "max_length" not in kwargs and config.max_length is not None
+    if config.max_new_tokens is not None:
+        config.max_length = config.max_new_tokens + prompt_length
+    elif not (untouched and config.max_length == GenerationConfig().max_length):
+        if config.max_length == GenerationConfig().max_length:
+            config.max_length += prompt_length
+    return config
+
+
 def run_loop(model, input_ids, attention_mask, generation_config, prng_key, params, kwargs: dict,
              logits_processor=None, trace: bool = True):
-    """The decode loop itself (traceable): transformers' Flax `generate` with this model's cache hooks."""
-    mask = {} if attention_mask is None else {"attention_mask": attention_mask}
-    return FlaxGenerationMixin.generate(model, input_ids, generation_config, prng_key, trace, params,
-                                        logits_processor, **kwargs, **mask)
+    """The decode loop itself (traceable): transformers' Flax `generate` with this model's cache hooks where
+    transformers has it (4.x), else our own loop (`generation_loop`, same tokens; transformers 5)."""
+    if FlaxGenerationMixin is not None:
+        mask = {} if attention_mask is None else {"attention_mask": attention_mask}
+        return FlaxGenerationMixin.generate(model, input_ids, generation_config, prng_key, trace, params,
+                                            logits_processor, **kwargs, **mask)
+    if logits_processor is not None:
+        raise ValueError("logits_processor needs transformers' Flax generation loop (transformers 4.x); with "
+                         "transformers 5 use the GenerationConfig fields (temperature, top_k, top_p, ...)")
+    config = resolve_config(model, generation_config, kwargs, input_ids.shape[1])
+    params = model.params if params is None else params
+    prng_key = jax.random.PRNGKey(0) if prng_key is None else prng_key
+    return generate_loop(model, params, input_ids, attention_mask, config, prng_key)
 
 
 def generate(model, input_ids, generation_config=None, prng_key=None, trace: bool = True, params=None,
