@@ -320,7 +320,9 @@ class _TextGenerationDispatch(TextGenerationPipeline):
 
 
 def _is_flax_generator(model) -> bool:
-    from transformers.modeling_flax_utils import FlaxPreTrainedModel
+    """A Flax model (transformers 4.x's FlaxPreTrainedModel or, with transformers 5, this port's own base) that
+    can generate."""
+    from .hf_compat import FlaxPreTrainedModel
 
     return isinstance(model, FlaxPreTrainedModel) and model.can_generate()
 
