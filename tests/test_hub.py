@@ -1,13 +1,11 @@
 """Hub export (modeling_xlstm_flax.hub), model cards, and the remote-code load in a fresh virtual environment.
 
-The fresh environment has the same transformers/jax/flax/... versions as this one but not this package. It is built
-once (pip, with pip's cache) and kept under ~/.cache/xlstm-flax/remote-code-venv-<hash of the versions> (or
-$XLSTM_FLAX_CACHE), so later runs only pay for the load itself.
+The fresh environment is a new venv with this environment's installed distributions linked in, except this package
+(`remote_code_venv`).
 """
 
-import fcntl
 import hashlib
-import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -27,43 +25,33 @@ from modeling_xlstm_flax.hub import AUTO_MAP, code_files, export_hub_folder, mai
 from modeling_xlstm_flax.model_card import build_model_card, check_model_card, save_model_card
 from test_pipeline import build_tokenizer
 
-# What the fresh environment gets: these distributions at the versions installed here.
-REMOTE_VENV_DISTS = ("transformers", "jax", "jaxlib", "flax", "safetensors", "huggingface_hub", "tokenizers",
-                     "numpy")
 CARD_KWARGS = dict(perplexity=12.34, eval_dataset="pydoc_data.topics", base_model="NX-AI/xLSTM-7b",
                    datasets=["wikitext"], tags=["tiny"])
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-def remote_code_venv() -> Path:
-    """The python of a cached venv with REMOTE_VENV_DISTS (same versions as here) and without this package."""
-    pins = {dist: importlib.metadata.version(dist) for dist in REMOTE_VENV_DISTS}
-    key = hashlib.sha256(json.dumps([pins, sys.version_info[:2]], sort_keys=True).encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("XLSTM_FLAX_CACHE", Path.home() / ".cache" / "xlstm-flax"))
-    root = cache / f"remote-code-venv-{key}"
+def remote_code_venv(tmp_path: Path) -> Path:
+    """The python of a new venv holding this environment's installed distributions except this package: every
+    entry of our site-packages is linked into the new venv's site-packages but `modeling_xlstm_flax`, its
+    dist-info and any editable-install hook (seconds instead of a pip install; the same versions by construction)."""
+    root = tmp_path / "remote-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, capture_output=True)
     python = root / "bin" / "python"
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f"remote-code-venv-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; others wait and reuse
-        if (root / ".complete").is_file():
-            return python
-        shutil.rmtree(root, ignore_errors=True)
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, capture_output=True, text=True)
-            pip = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check",
-                                  *[f"{d}=={v}" for d, v in pins.items()]],
-                                 capture_output=True, text=True, timeout=1500, cwd=cache)
-            if pip.returncode != 0:
-                raise RuntimeError(f"pip install into {root} failed:\n{pip.stdout[-3000:]}\n{pip.stderr[-3000:]}")
-            probe = subprocess.run([str(python), "-c", "import importlib.util, flax, jax, transformers; "
-                                    "assert importlib.util.find_spec('modeling_xlstm_flax') is None"],
-                                   capture_output=True, text=True, cwd=cache)
-            if probe.returncode != 0:
-                raise RuntimeError(f"the fresh venv {root} is unusable:\n{probe.stderr[-3000:]}")
-            (root / ".complete").write_text(json.dumps(pins, indent=1))
-        except BaseException:
-            shutil.rmtree(root, ignore_errors=True)
-            raise
+    ours = Path(importlib.util.find_spec("modeling_xlstm_flax").origin).resolve().parent
+    target = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 check=True, capture_output=True, text=True).stdout.strip())
+    for source in {Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()}:
+        for entry in source.iterdir():
+            name = entry.name.lower()
+            if ("xlstm_flax" in name or "xlstm-flax" in name or name.startswith("__editable__")
+                    or entry.resolve() == ours or (target / entry.name).exists()):
+                continue
+            (target / entry.name).symlink_to(entry)
+    probe = subprocess.run([str(python), "-c", "import importlib.util, flax, jax, transformers; "
+                            "assert importlib.util.find_spec('modeling_xlstm_flax') is None"],
+                           capture_output=True, text=True, cwd=tmp_path,
+                           env={k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))})
+    assert probe.returncode == 0, f"the venv without the package is unusable:\n{probe.stderr[-3000:]}"
     return python
 
 
@@ -177,7 +165,7 @@ def test_remote_code_load_in_fresh_venv(exported, models, tokenizer, tmp_path):
     """FlaxAutoModelForCausalLM.from_pretrained(..., trust_remote_code=True) in a venv without this package gives
     the original model's logits (both layer types) and greedy tokens (mlstm_v1): from the exported folder
     (mlstm_v1), and from a Hub repo id served offline from the Hub cache (mlstm)."""
-    python = remote_code_venv()
+    python = remote_code_venv(tmp_path)
     prompt = "The object"
     jobs = {}
     for layer, folder in exported.items():
