@@ -1,9 +1,12 @@
 """Self-contained Hugging Face Hub repos for xlstm-flax models, and uploads through huggingface_hub.
 
-`export_hub_folder(model, folder, tokenizer)` writes a folder that anyone with transformers (>=4.57,<5), jax and
-flax loads with one line, without this package:
+`export_hub_folder(model, folder, tokenizer)` writes a folder that anyone with transformers (>=4.57), jax and flax
+loads without this package:
 
-    FlaxAutoModelForCausalLM.from_pretrained(folder_or_repo_id, trust_remote_code=True)
+    FlaxAutoModelForCausalLM.from_pretrained(folder_or_repo_id, trust_remote_code=True)     # transformers 4.x
+    cls = get_class_from_dynamic_module(AutoConfig.from_pretrained(repo, trust_remote_code=True)
+                                        .auto_map["FlaxAutoModelForCausalLM"], repo)       # transformers 5.x
+    model = cls.from_pretrained(repo)
 
 It holds `config.json` (with `auto_map` for `AutoConfig`, `FlaxAutoModel` and `FlaxAutoModelForCausalLM`),
 `model.safetensors`, `generation_config.json`, the tokenizer files, a `README.md` model card
@@ -148,8 +151,6 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
     `card`: a ready `ModelCard`; otherwise one is built with `model_cards.build_model_card(model.config,
     model_name=..., repo_id=..., **card_kwargs)` (license, base_model, datasets, perplexity, eval_dataset, ...).
     Returns the folder."""
-    from transformers import FlaxAutoModelForCausalLM
-
     from .model_card import build_model_card, check_model_card
 
     folder = Path(save_directory).absolute()
@@ -160,7 +161,9 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
     source_dir = None
     if isinstance(model, (str, Path)):
         source_dir = str(model)
-        model = FlaxAutoModelForCausalLM.from_pretrained(source_dir)
+        from .modeling_flax_xlstm import FlaxXLSTMForCausalLM  # our config or transformers' xLSTMConfig
+
+        model = FlaxXLSTMForCausalLM.from_pretrained(source_dir)
         if tokenizer is None:
             tokenizer = _model_tokenizer(source_dir)
     if isinstance(tokenizer, (str, Path)):

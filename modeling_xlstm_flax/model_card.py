@@ -123,7 +123,7 @@ def build_model_card(config=None, *, model_name: str, repo_id: Optional[str] = N
         repo_id=repo_id or model_name,
         num_parameters=size,
         tokenizer_description=tokenizer_description,
-        transformers_requirement=">=4.57,<5",
+        transformers_requirement=">=4.57",
         example_prompt=example_prompt.replace('"', '\\"'),
         evaluation=evaluation,
         datasets=[datasets] if isinstance(datasets, str) else datasets,

@@ -129,14 +129,20 @@ def test_export_loads_with_the_package_without_remote_code(exported, models):
 REMOTE_SCRIPT = textwrap.dedent("""
     import importlib.util, json, sys
     import numpy as np
-    from transformers import AutoConfig, AutoTokenizer, FlaxAutoModelForCausalLM
+    from transformers import AutoConfig, AutoTokenizer
 
     assert importlib.util.find_spec("modeling_xlstm_flax") is None, "the package must not be installed here"
     data = json.loads(sys.argv[1])
     report = {}
     for layer, job in data.items():
         config = AutoConfig.from_pretrained(job["folder"], trust_remote_code=True)
-        model = FlaxAutoModelForCausalLM.from_pretrained(job["folder"], trust_remote_code=True)
+        try:  # transformers 4.x
+            from transformers import FlaxAutoModelForCausalLM
+            model = FlaxAutoModelForCausalLM.from_pretrained(job["folder"], trust_remote_code=True)
+        except ImportError:  # transformers 5: no Flax auto classes; the auto_map entry names the class
+            from transformers.dynamic_module_utils import get_class_from_dynamic_module
+            cls = get_class_from_dynamic_module(config.auto_map["FlaxAutoModelForCausalLM"], job["folder"])
+            model = cls.from_pretrained(job["folder"])
         tokenizer = AutoTokenizer.from_pretrained(job["folder"])
         ids = np.load(job["ids"])
         np.save(job["logits_out"], np.asarray(model(ids).logits))
