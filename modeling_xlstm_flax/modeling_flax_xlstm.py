@@ -45,6 +45,7 @@ from .xlstm_layers import (  # noqa: F401  (the module classes are part of this 
 from .cli import resolve_model_source  # noqa: E402,F401
 from .config_translation import round_to_multiple  # noqa: E402,F401
 from .flax_base import FlaxPreTrainedModel as _OwnBaseModel  # noqa: E402,F401  (hf_compat's base for transformers 5)
+from .generation_loop import generate_loop  # noqa: E402,F401  (generation's loop for transformers 5)
 
 logger = logging.getLogger(__name__)
 

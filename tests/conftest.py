@@ -2,16 +2,8 @@
 the project's shared fixtures; tests/fixtures/README.md says how they were made); never edited."""
 
 import json
-import os
 from pathlib import Path
 
-# The tests compile hundreds of small XLA programs on the CPU. LLVM optimisation level 0 compiles them about 3x faster
-# (measured: a tiny model's init 9.6 s -> 2.7 s); the HLO and its float semantics are the same (no fast-math), only
-# the machine code is less tuned. Set before JAX creates its CPU client; subprocesses inherit it. Users and the
-# benchmarks keep XLA's default.
-_FAST_COMPILE = "--xla_backend_optimization_level=0"
-if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 
 import numpy as np
 import pytest

@@ -82,7 +82,7 @@ def test_transformers_config_keys_accounted_for(caplog):
     from transformers import xLSTMConfig
 
     pt = xLSTMConfig(hidden_size=128, num_heads=2, num_hidden_layers=2, vocab_size=97, mode="train").to_dict()
-    with caplog.at_level(logging.INFO, logger="modeling_xlstm_flax.configuration_xlstm_flax.translation"):
+    with caplog.at_level(logging.INFO, logger="modeling_xlstm_flax.config_translation"):
         config = from_transformers_config(pt)
     assert config.embedding_dim == 128 and "'mode': 'train'" in caplog.text  # runtime choice: logged
     with pytest.raises(ValueError, match=r"does not know: \['fancy_gate'\]"):

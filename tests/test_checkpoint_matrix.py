@@ -342,7 +342,7 @@ def test_orbax_run_with_repr_backend_converts_and_generates_without_eos(tmp_path
 
 
 def test_conversion_commands_turn_unexpected_errors_into_one_line(tmp_path, capsys, monkeypatch):
-    from modeling_xlstm_flax.upstream_params import common, pytorch_to_flax
+    from modeling_xlstm_flax import convert_common as common, convert_pytorch_to_flax as pytorch_to_flax
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
@@ -357,7 +357,7 @@ def test_conversion_commands_turn_unexpected_errors_into_one_line(tmp_path, caps
 
 def test_conversion_command_options_and_pytorch_limits(tmp_path, capsys):
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM
-    from modeling_xlstm_flax.upstream_params import flax_to_pytorch
+    from modeling_xlstm_flax import convert_flax_to_pytorch as flax_to_pytorch
 
     config = _pt_config()  # hidden 64 x qk_dim_factor 0.5 = 32: transformers' kernels need a multiple of 64
     FlaxXLSTMForCausalLM(config, seed=0).save_pretrained(tmp_path / "flax")

@@ -359,7 +359,7 @@ def test_corrupt_orbax_file_is_an_error_and_removes_the_partial_output(tmp_path,
 
 
 def test_verify_failure_and_existing_output_leave_nothing(tmp_path, capsys, monkeypatch):
-    from modeling_xlstm_flax.upstream_params import orbax_to_hf
+    from modeling_xlstm_flax import convert_orbax_to_hf as orbax_to_hf
 
     real = orbax_to_hf.flax_dir_logits
     monkeypatch.setattr(orbax_to_hf, "flax_dir_logits", lambda *a, **k: real(*a, **k) + 1e-3)  # a broken output

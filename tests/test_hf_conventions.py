@@ -124,7 +124,7 @@ def test_module_class_names_follow_transformers_convention():
     `Flax<X>ForCausalLMModule`, in the model's own module. The old names stay as aliases."""
     import importlib
 
-    from modeling_xlstm_flax import modeling_flax_xlstm as mod
+    from modeling_xlstm_flax import xlstm_layers as mod
 
     for model_class in (FlaxXLSTMModel, FlaxXLSTMForCausalLM):
         name = model_class.__name__
