@@ -50,7 +50,7 @@ def test_gradients_finite(layer_type):
         logp = jax.nn.log_softmax(logits)
         return -jnp.mean(jnp.take_along_axis(logp, ids[:, 1:, None], -1))
 
-    loss, grads = jax.value_and_grad(loss_fn)(model.params)
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(model.params)
     leaves = jax.tree_util.tree_leaves(grads)
     assert np.isfinite(loss)
     assert all(np.all(np.isfinite(g)) for g in leaves)
