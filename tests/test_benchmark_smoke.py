@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # see setup.cfg: `pytest -m "not slow"` skips this file
+
 pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parents[1]

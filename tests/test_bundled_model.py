@@ -16,6 +16,7 @@ from modeling_xlstm_flax.generate import bundled_model_path
 from modeling_xlstm_flax.training import evaluate, lm_loss
 
 
+@pytest.mark.slow
 def test_bundled_model_reaches_stated_perplexity():
     from transformers import AutoTokenizer, FlaxAutoModelForCausalLM
 

@@ -167,6 +167,7 @@ def _as_cached_hub_repo(folder: Path, hf_home: Path, repo_id: str) -> None:
     shutil.copytree(folder, repo / "snapshots" / commit)
 
 
+@pytest.mark.slow
 def test_remote_code_load_in_fresh_venv(exported, models, tokenizer, tmp_path):
     """FlaxAutoModelForCausalLM.from_pretrained(..., trust_remote_code=True) in a venv without this package gives
     the original model's logits (both layer types) and greedy tokens (mlstm_v1): from the exported folder

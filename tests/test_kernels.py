@@ -51,6 +51,7 @@ def test_step_matches_sequence():
     assert max_abs_diff(state.c, final.c) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["parallel", "chunkwise", "recurrent"])
 def test_no_nan_for_long_sequences_and_extreme_gates(form):
     """S = 16384 (the quadratic parallel form: 8192, its (S, S) matrices are 256 MB each) with gate
@@ -68,6 +69,7 @@ def test_no_nan_for_long_sequences_and_extreme_gates(form):
     assert np.all(np.isfinite(np.asarray(h)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer_type", ["mlstm_v1", "mlstm"])
 def test_model_forms_agree_on_2048_tokens_with_initial_state(layer_type):
     """Logits of 2048 tokens continuing a 100-token prefix (the prefix state is the initial state): the three

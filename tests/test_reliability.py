@@ -103,6 +103,7 @@ def _set_gate_bias(params, igate=None, fgate=None):
     return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("layer_type", ["mlstm_v1", "mlstm"])
 def test_32k_tokens_finite(dtype, layer_type):
@@ -166,6 +167,7 @@ def test_long_generation_from_cache_finite_and_bf16_drift():
     assert np.all((np.asarray(sequences) >= 0) & (np.asarray(sequences) < 97))
 
 
+@pytest.mark.slow
 def test_forms_agree_over_long_sequences():
     """Stabiliser and normaliser keep the forms together: parallel vs recurrent at 4k tokens and chunkwise vs
     recurrent at 32k tokens (logits, float32) within 1e-3; the measured values are in the closing note."""

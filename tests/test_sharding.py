@@ -22,6 +22,8 @@ from conftest import tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
 from modeling_xlstm_flax import sharding as sh
 
+pytestmark = pytest.mark.slow  # see setup.cfg: `pytest -m "not slow"` skips this file
+
 HERE = Path(__file__).resolve().parent
 TOL = 1e-5  # float32, sharded vs single device
 SIZES_222 = {"data": 2, "fsdp": 2, "tensor": 2}
