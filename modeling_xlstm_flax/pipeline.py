@@ -1,300 +1,349 @@
-"""Text generation with Flax causal LMs (the xLSTM port) through transformers' pipeline machinery.
+"""Text generation with the Flax xLSTM, with the call arguments and outputs of transformers' text-generation pipeline.
 
-transformers 4.57's `TextGenerationPipeline` only runs PyTorch and TensorFlow models: its tokenizer calls ask for
-`return_tensors=<framework>`, its forward step, batching and output decoding are written for torch/tf tensors, and
-`pipeline("text-generation", model=<Flax model>)` ends in "Framework flax is not supported". This module keeps that
-pipeline's whole front end (argument handling, `return_full_text` / `return_text` / `return_tensors`, `prefix`,
-chat inputs, `handle_long_generation`, the output format) and swaps in a Flax back end:
+`FlaxTextGenerationPipeline` is our own class, not a subclass of transformers' `Pipeline` (written for PyTorch
+tensors; under transformers 5 it needs torch), so it behaves the same under transformers 4.x and 5.x: prompts are
+tokenized to numpy, batched with **left padding** and an `attention_mask` (padded tokens never touch the xLSTM state,
+so a padded prompt generates what it generates alone), generated with `model.generate()` (compiled once per config
+and input shape; `pad_to_multiple_of` buckets prompt lengths), decoded and formatted as transformers does.
 
-* prompts are tokenized to numpy, batched with **left padding** and an `attention_mask` (the xLSTM never lets padded
-  tokens touch its recurrent state, so a padded prompt generates what it generates alone);
-* generation is `model.generate()`, compiled once per model, generation config and input shape (one cache for every
-  pipeline over a model; `pad_to_multiple_of` buckets prompt lengths to bound recompilation);
-* sampling is driven by an explicit PRNG key: `seed=` makes a call reproducible, without it every call draws a fresh
-  key from the pipeline's own key stream (seeded by `seed=` at construction, default 0).
+Entry points, transformers 4.x and 5.x alike:
 
-The class is registered with transformers' `PIPELINE_REGISTRY` under the task name `TASK`
-("xlstm-flax-text-generation") when `modeling_xlstm_flax` is imported, so the standard entry point works:
-
-    import modeling_xlstm_flax
-    from transformers import pipeline
-    generator = pipeline("xlstm-flax-text-generation", model=flax_model, tokenizer=tokenizer)
-    generator("The xLSTM", max_new_tokens=32, do_sample=False)   # [{"generated_text": "The xLSTM ..."}]
-
-as does the stock task, with or without an explicit class: `pipeline("text-generation", model=<Flax model>,
-tokenizer=...)` (registration points the stock task at a dispatcher that builds this class for Flax models and
-transformers' `TextGenerationPipeline` for every other model). transformers' `pipeline()` itself needs PyTorch (or TensorFlow)
-installed to infer the framework and to parse its `dtype` argument; without torch pass `framework="flax", dtype=None`,
-or use `text_generation_pipeline(...)` below, which does that and also accepts a model directory or Hub id.
-
-This module deliberately imports nothing from the package (only transformers, jax, numpy), so it can also be shipped
-on its own next to a model on the Hub.
+* `text_generation_pipeline(model_or_dir_or_hub_id, tokenizer=None, **call_defaults)`, with or without torch;
+* `transformers.pipeline(TASK or "text-generation", model=<Flax model>, tokenizer=...)`: importing
+  `modeling_xlstm_flax` registers `TASK` and points the stock task at a dispatcher (this class for Flax models,
+  transformers' own otherwise). Without torch, `pipeline()` needs `dtype=None` (and, under 4.x, `framework="flax"`).
 """
 
 from __future__ import annotations
 
+import collections.abc
 import copy
-import logging
 import os
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import numpy as np
 from transformers import GenerationConfig
-from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.text_generation import TextGenerationPipeline
 
 TASK = "xlstm-flax-text-generation"
 
 __all__ = ["TASK", "FlaxTextGenerationPipeline", "register_pipeline", "text_generation_pipeline"]
 
-
-class _HostArray(np.ndarray):
-    """A numpy array with the `.numpy()` method that `TextGenerationPipeline.postprocess` calls on torch/tf tensors."""
-
-    def numpy(self) -> np.ndarray:
-        return np.asarray(self)
-
-
-class _NumpyFramework:
-    """Context in which the pipeline reports framework "np", so the inherited tokenizer calls return numpy arrays."""
-
-    def __init__(self, pipe: Pipeline):
-        self.pipe = pipe
-
-    def __enter__(self):
-        self.saved = self.pipe.framework
-        self.pipe.framework = "np"
-
-    def __exit__(self, *exc):
-        self.pipe.framework = self.saved
-        return False
+# transformers' text-generation defaults, for what neither the call nor the model's generation config sets
+# (`max_new_tokens` not when `max_length` is set; the sampling ones only when sampling).
+PIPELINE_DEFAULTS = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7}
+_SAMPLING_FIELDS = {"temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"}
+# Arguments of transformers' pipeline constructors that mean nothing here (JAX places arrays on its default device).
+_IGNORED_INIT_ARGS = ("framework", "device", "dtype", "torch_dtype", "binary_output", "modelcard", "args_parser",
+                      "feature_extractor", "image_processor", "processor", "num_workers")
+_ENCODE_ARGS = ("prefix", "handle_long_generation", "add_special_tokens", "truncation", "tokenizer_encode_kwargs")
+_RETURN_FULL, _RETURN_NEW, _RETURN_TENSORS = "full_text", "new_text", "tensors"
 
 
-class FlaxTextGenerationPipeline(TextGenerationPipeline):
-    """`TextGenerationPipeline` for Flax causal LMs (`FlaxPreTrainedModel`s that can `generate`; tested with the
-    xLSTM port, whose `attention_mask` makes left-padded batches exact).
+class _Options(NamedTuple):
+    """A call's arguments by the step that uses them (see `FlaxTextGenerationPipeline._split_args`)."""
 
-    Call arguments, besides those of `TextGenerationPipeline` (`return_full_text`, `return_text`, `return_tensors`,
-    `prefix`, `handle_long_generation`, `clean_up_tokenization_spaces`, `skip_special_tokens`, `max_length`, and any
-    `GenerationConfig` field such as `max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`, `num_beams`,
-    `num_return_sequences`, `repetition_penalty`, `min_new_tokens`):
+    encode: dict  # prompt / tokenizer options
+    generate: dict  # GenerationConfig fields, `generation_config`
+    decode: dict  # output format
+    run: dict  # batch_size, seed, prng_key, pad_to_multiple_of
 
-    * `batch_size`: prompts of a list input generated together (left padded); default 1, as in transformers.
-    * `seed` (int) or `prng_key` (a `jax.random` key): the sampling key of this call. Batches of one call use
-      `fold_in(key, batch_index)`.
-    * `pad_to_multiple_of`: pad prompt lengths up to a multiple of this (left padding, masked), so prompts of
-      similar length share one compiled program.
 
-    Unset generation fields follow transformers' text-generation defaults (`max_new_tokens=256`, `do_sample=True`,
-    `temperature=0.7`) unless the model's `generation_config` sets them, exactly as the PyTorch pipeline does.
-    Runs on JAX's default device; the `device` argument is not used.
+class _Chat:
+    """One conversation: a list of {"role": ..., "content": ...} messages."""
+
+    def __init__(self, messages):
+        for message in messages:
+            if not (isinstance(message, dict) and "role" in message and "content" in message):
+                raise ValueError("When passing chat dicts as input, each dict must have a 'role' and 'content' key.")
+        self.messages = list(messages)
+
+
+class FlaxTextGenerationPipeline:
+    """Text generation with a Flax causal LM that can `generate` (tested with the xLSTM port).
+
+    `pipe(prompt)` -> `[{"generated_text": str}]`, one dict per returned sequence; a list of prompts gives a list of
+    those; a chat (list of {"role", "content"} dicts, rendered with the tokenizer's chat template) gives the chat
+    with the assistant's reply appended as `generated_text` (or, when the chat ends with an assistant message or
+    `continue_final_message=True`, that message continued). Call arguments (also accepted at construction, as
+    defaults for every call):
+
+    * output: `return_full_text` (default True; False: only the new text), `return_text`, `return_tensors` (True:
+      `{"generated_token_ids": [int, ...]}`, prompt included), `clean_up_tokenization_spaces` (default True),
+      `skip_special_tokens` (default True), `continue_final_message`;
+    * input: `prefix` (text put before each prompt, cut from the output), `handle_long_generation="hole"`
+      (keep only the last `model_max_length - new tokens` prompt tokens), `add_special_tokens`, `truncation`,
+      `tokenizer_encode_kwargs`;
+    * generation: `max_new_tokens`, `max_length` (prompt included), `stop_sequence` (one token), `generation_config`
+      and every `GenerationConfig` field that `model.generate` accepts (`do_sample`, `temperature`, `top_k`, `top_p`,
+      `num_beams`, `num_return_sequences`, `repetition_penalty`, `min_new_tokens`, ...). Unset ones follow the
+      model's generation config, else transformers' text-generation defaults (`max_new_tokens=256`,
+      `do_sample=True`, `temperature=0.7`): pass `do_sample=False` for greedy search;
+    * running: `batch_size` (prompts of a list generated together, left padded; default 1), `seed` (int) or
+      `prng_key` (a `jax.random` key) for sampling (batch i of a call uses `fold_in(key, i)`), `pad_to_multiple_of`
+      (pad prompt lengths up to a multiple, masked, so prompts of similar length share one compiled program).
+
+    Runs on JAX's default device; `device`, `framework` and `dtype` are accepted and ignored.
     """
 
-    def __init__(self, model, tokenizer=None, *args, framework: Optional[str] = None, seed: int = 0, **kwargs):
-        if isinstance(model, (str, os.PathLike)):
-            model, tokenizer = _load_model_and_tokenizer(model, tokenizer)
+    # Read by transformers' pipeline(): load a tokenizer only.
+    _load_tokenizer = True
+    _load_processor = _load_image_processor = _load_feature_extractor = _load_video_processor = False
+    framework = "flax"
+
+    def __init__(self, model, tokenizer=None, *, task: str = TASK, seed: int = 0,
+                 model_kwargs: Optional[dict] = None, **call_defaults):
+        model, tokenizer = _load_model_and_tokenizer(model, tokenizer, **(model_kwargs or {}))
         if not _is_flax_generator(model):
             raise ValueError(f"{type(model).__name__} is not a Flax model that can generate; use transformers' "
-                             "TextGenerationPipeline for PyTorch/TensorFlow models")
+                             "TextGenerationPipeline for PyTorch models")
         if tokenizer is None:
             raise ValueError("FlaxTextGenerationPipeline needs a tokenizer")
-        _checked_batch_size(kwargs.get("batch_size"))
+        for name in _IGNORED_INIT_ARGS:
+            call_defaults.pop(name, None)
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.prefix = getattr(model.config, "prefix", None)
+        if self.prefix is not None:
+            call_defaults.setdefault("prefix", self.prefix)
+        self._split_args(call_defaults)  # refuse bad defaults now, as transformers does
+        self._call_defaults = call_defaults
         self._rng = jax.random.PRNGKey(seed)
-        self._call_batch_size: Optional[int] = None
-        # Pipeline.__init__ (not TextGenerationPipeline.__init__, whose model check needs torch's model mappings).
-        # framework="flax" up front: inferring it needs torch or TensorFlow installed.
-        device_note = logging.getLogger("transformers.pipelines.base")
-        device_note.addFilter(_drop_device_note)  # "Device set to use 0": JAX places arrays, `device` is unused
-        try:
-            Pipeline.__init__(self, model, tokenizer, *args, framework=framework or "flax", **kwargs)
-        finally:
-            device_note.removeFilter(_drop_device_note)
-        self.generation_config = self._pipeline_generation_config()
-        # TextGenerationPipeline.__init__'s `prefix` handling (from the model config), without its model check.
-        if "prefix" not in self._preprocess_params and self.prefix is not None:
-            preprocess_params, forward_params, _ = self._sanitize_parameters(prefix=self.prefix,
-                                                                             **self._forward_params)
-            self._preprocess_params = {**self._preprocess_params, **preprocess_params}
-            self._forward_params = {**self._forward_params, **forward_params}
 
-    # ------------------------------------------------------------------------------------------ configuration
-    def _pipeline_generation_config(self) -> GenerationConfig:
-        """What `_prepare_generation_config(use_model_defaults=True)` gives PyTorch pipelines: the pipeline's
-        defaults, overridden by every field the model's generation config sets to a non-default value."""
-        config = copy.deepcopy(self._default_generation_config)
-        model_fields = {k: v for k, v in self.model.generation_config.to_diff_dict().items()
-                        if not k.startswith("_") and k != "transformers_version"}
-        config.update(**model_fields)
-        if config.pad_token_id is None and self.tokenizer is not None and self.tokenizer.pad_token_id is not None:
-            config.pad_token_id = self.tokenizer.pad_token_id
-        return config
-
-    def _sanitize_parameters(self, seed=None, prng_key=None, pad_to_multiple_of=None, **kwargs):
-        with _NumpyFramework(self):  # a `prefix` is tokenized here
-            preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
-        if seed is not None:
-            forward_params["seed"] = int(seed)
-        if prng_key is not None:
-            forward_params["prng_key"] = prng_key
-        if pad_to_multiple_of is not None:
-            if int(pad_to_multiple_of) < 1:
-                raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of}")
-            forward_params["pad_to_multiple_of"] = int(pad_to_multiple_of)
-        return preprocess_params, forward_params, postprocess_params
+    @property
+    def generation_config(self) -> GenerationConfig:
+        """The generation config of a call without generation arguments (a copy: changing it changes nothing)."""
+        return self._generation_config(self._split_args(self._call_defaults).generate)
 
     def save_pretrained(self, save_directory, safe_serialization: bool = True, **kwargs):
-        """Save the model and tokenizer into `save_directory` (loadable with `text_generation_pipeline(dir)`).
-
-        Unlike `Pipeline.save_pretrained`, no `custom_pipelines` config entry and no pipeline code are written:
-        transformers' `pipeline()` cannot load a Flax model from a path, so it could not use them, and the strict
-        `XLSTMFlaxConfig` would refuse the unknown field when loading."""
+        """Save the model and tokenizer into `save_directory` (loadable with `text_generation_pipeline(dir)`)."""
         os.makedirs(save_directory, exist_ok=True)
         self.model.save_pretrained(save_directory, safe_serialization=safe_serialization, **kwargs)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(save_directory, **kwargs)
+        self.tokenizer.save_pretrained(save_directory, **kwargs)
 
-    # ------------------------------------------------------------------------------------------ call plumbing
+    # ------------------------------------------------------------------------------------------ call
     def __call__(self, text_inputs, **kwargs):
-        """As `TextGenerationPipeline.__call__`: a prompt gives `[{"generated_text": ...}]` (one dict per returned
-        sequence), a list of prompts a list of those. `batch_size` batches list inputs (left padding)."""
-        if isinstance(text_inputs, (list, tuple)) and len(text_inputs) == 0:
-            raise ValueError("no prompts given (an empty list): pass a prompt string or a non-empty list of prompts")
-        self._call_batch_size = _checked_batch_size(kwargs.pop("batch_size", None))
-        try:
-            return super().__call__(text_inputs, **kwargs)
-        finally:
-            self._call_batch_size = None
+        """Complete a prompt (str), a chat, or a list of them (see the class docstring); an iterator of prompts
+        gives an iterator of results (one prompt at a time)."""
+        options = self._split_args({**self._call_defaults, **kwargs})
+        if isinstance(text_inputs, str) or _is_chat(text_inputs):
+            return self._run_batch([_as_prompt(text_inputs)], 0, options)[0]
+        if isinstance(text_inputs, (list, tuple)):
+            if len(text_inputs) == 0:
+                raise ValueError("no prompts given (an empty list): pass a prompt string or a non-empty list of "
+                                 "prompts")
+            prompts, batch_size = [_as_prompt(p) for p in text_inputs], options.run["batch_size"] or 1
+            outputs = []
+            for index, start in enumerate(range(0, len(prompts), batch_size)):
+                outputs += self._run_batch(prompts[start:start + batch_size], index, options)
+            return outputs
+        if isinstance(text_inputs, collections.abc.Iterable) and not isinstance(text_inputs, (bytes, dict)):
+            return (self._run_batch([_as_prompt(item)], index, options)[0] for index, item in enumerate(text_inputs))
+        raise ValueError(f"text_inputs must be a str, a chat (list of {{'role', 'content'}} dicts) or a list of "
+                         f"those, got {type(text_inputs).__name__}")
 
-    def run_single(self, inputs, preprocess_params, forward_params, postprocess_params):
-        return self._run_batch([inputs], 0, preprocess_params, forward_params, postprocess_params)[0]
+    def _split_args(self, args: dict) -> _Options:
+        """Call arguments -> `_Options`, checked (ValueError naming the argument)."""
+        args = dict(args)
+        args.pop("num_workers", None)  # transformers' DataLoader workers: nothing here
+        run = {name: args.pop(name, None) for name in ("batch_size", "seed", "prng_key", "pad_to_multiple_of")}
+        _checked_batch_size(run["batch_size"])
+        for name in ("seed", "pad_to_multiple_of"):
+            value = run[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                      or (name == "pad_to_multiple_of" and value < 1)):
+                kind = "an int" if name == "seed" else "a positive int"
+                raise ValueError(f"{name}={value!r} is invalid: must be {kind}")
+        encode = {name: args.pop(name) for name in _ENCODE_ARGS if name in args}
+        if encode.get("handle_long_generation") not in (None, "hole"):
+            raise ValueError(f"{encode['handle_long_generation']} is not a valid value for `handle_long_generation` "
+                             "parameter expected [None, 'hole']")
+        if encode.get("truncation") and "max_length" in args:  # as transformers: the tokenizer's limit too
+            encode["max_length"] = args["max_length"]
+        full, text, tensors = (args.pop(name, None) for name in ("return_full_text", "return_text", "return_tensors"))
+        if full is not None and (text is not None or tensors is not None):
+            raise ValueError("`return_full_text` is mutually exclusive with `return_text` and `return_tensors`")
+        if tensors is not None and text is not None:
+            raise ValueError("`return_text` is mutually exclusive with `return_tensors`")
+        return_type = (_RETURN_TENSORS if tensors and full is None else
+                       _RETURN_NEW if full is not None and not full else _RETURN_FULL)
+        decode = {"return_type": return_type,
+                  "continue_final_message": args.pop("continue_final_message", None),
+                  "clean_up_tokenization_spaces": _default(args.pop("clean_up_tokenization_spaces", None), True),
+                  "skip_special_tokens": _default(args.pop("skip_special_tokens", None), True)}
+        stop = args.pop("stop_sequence", None)
+        if stop is not None:
+            args["eos_token_id"] = self.tokenizer.encode(stop, add_special_tokens=False)
+        return _Options(encode, args, decode, run)
 
-    def run_multi(self, inputs, preprocess_params, forward_params, postprocess_params):
-        batch_size = self._call_batch_size or self._batch_size or 1
-        outputs = []
-        for index, start in enumerate(range(0, len(inputs), batch_size)):
-            outputs += self._run_batch(inputs[start : start + batch_size], index, preprocess_params,
-                                       forward_params, postprocess_params)
-        return outputs
-
-    def preprocess(self, prompt_text, **kwargs):
-        with _NumpyFramework(self):
-            inputs = super().preprocess(prompt_text, **kwargs)
-        if inputs["input_ids"].shape[1] == 0:  # empty prompt: start from the BOS token, as PyTorch generate does
-            bos = self.generation_config.bos_token_id
-            if bos is None:
-                raise ValueError("an empty prompt needs a bos_token_id in the generation config")
-            inputs["input_ids"] = np.full((1, 1), bos, dtype=np.int64)
-            inputs["attention_mask"] = np.ones((1, 1), dtype=np.int64)
-        return inputs
-
-    def forward(self, model_inputs, **forward_params):
-        # Pipeline.forward only knows torch and tf device placement; JAX places arrays on its default device.
-        return self._forward(model_inputs, **forward_params)
-
-    def _run_batch(self, prompts, batch_index, preprocess_params, forward_params, postprocess_params):
-        encoded = [self.preprocess(prompt, **preprocess_params) for prompt in prompts]
-        lengths = [int(e["input_ids"].shape[1]) for e in encoded]
-        width = max(lengths)  # left-padded to the longest prompt; model.generate buckets to pad_to_multiple_of
-        pad_id = self._pad_token_id()
-        input_ids = np.full((len(encoded), width), pad_id, dtype=np.int32)
-        attention_mask = np.zeros((len(encoded), width), dtype=np.int32)
-        for row, (e, n) in enumerate(zip(encoded, lengths)):
-            mask = e.get("attention_mask")
-            input_ids[row, width - n :] = e["input_ids"][0]
-            attention_mask[row, width - n :] = 1 if mask is None else mask[0]
-        output = self.forward({"input_ids": input_ids, "attention_mask": attention_mask,
-                               "batch_index": batch_index}, **forward_params)
-        results = []
-        for row, (e, n) in enumerate(zip(encoded, lengths)):
-            sequences = output["generated_sequence"][row][:, width - n :]  # (num_return_sequences, n + new)
-            results.append(self.postprocess({"generated_sequence": sequences[None].view(_HostArray),
-                                             "input_ids": e["input_ids"], "prompt_text": e["prompt_text"]},
-                                            **postprocess_params))
-        return results
-
-    def _pad_token_id(self) -> int:
-        for candidate in (self.generation_config.pad_token_id, self.tokenizer.pad_token_id,
-                          self.generation_config.eos_token_id):
-            if isinstance(candidate, (list, tuple)):
-                candidate = candidate[0] if candidate else None
-            if candidate is not None:
-                return int(candidate)
-        raise ValueError("batching prompts needs a pad token: set tokenizer.pad_token or generation pad_token_id")
-
-    # ------------------------------------------------------------------------------------------ generation
-    def _forward(self, model_inputs, seed=None, prng_key=None, prefix_length=0, generation_config=None,
-                 pad_to_multiple_of=None, **generate_kwargs):
-        """Generate for one left-padded batch: `{"generated_sequence": (B, num_return_sequences, L)}` (numpy)."""
-        input_ids = np.asarray(model_inputs["input_ids"])
-        attention_mask = model_inputs.get("attention_mask")
-        batch_index = int(model_inputs.get("batch_index", 0))
-        config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
-        if not generate_kwargs.get("do_sample", config.do_sample):
-            # greedy/beam search: drop the pipeline's sampling defaults (unused, they would only warn)
-            defaults = GenerationConfig()
-            for name in ("temperature", "top_k", "top_p"):
-                if name not in generate_kwargs:
-                    setattr(config, name, getattr(defaults, name))
-        unused = config.update(**generate_kwargs)
+    def _generation_config(self, generate_kwargs: dict, prefix_length: int = 0) -> GenerationConfig:
+        """The call's config: the model's generation config (or the call's `generation_config`) with
+        `PIPELINE_DEFAULTS` and the tokenizer's pad id for what neither it nor the call sets (transformers 5's rule),
+        then the call's fields. A prefix does not eat a total length (`max_length` / `min_length`)."""
+        kwargs = dict(generate_kwargs)
+        user_config = kwargs.pop("generation_config", None)
+        config = copy.deepcopy(user_config if user_config is not None else self.model.generation_config)
+        set_fields = {**self.model.generation_config.to_diff_dict(), **config.to_diff_dict(), **kwargs}
+        defaults = dict(PIPELINE_DEFAULTS, pad_token_id=self.tokenizer.pad_token_id)
+        sampling = set_fields.get("do_sample", defaults["do_sample"])
+        for name, value in defaults.items():
+            if name in set_fields or value is None or (name == "max_new_tokens" and "max_length" in set_fields):
+                continue
+            if name not in _SAMPLING_FIELDS or sampling:
+                setattr(config, name, value)
+        unused = config.update(**kwargs)  # last: GenerationConfig.update validates the result
         if unused:
             raise TypeError(f"unknown generation arguments for a Flax model: {sorted(unused)}")
-        if prefix_length > 0:  # as TextGenerationPipeline._forward: a prefix does not eat the length budget
+        if prefix_length:  # (transformers 5 leaves unset fields None: 20 and 0 are transformers 4's values)
             if config.max_new_tokens is None:
                 config.max_length = (config.max_length or 20) + prefix_length
-            if "min_length" in generate_kwargs and "min_new_tokens" not in generate_kwargs:
-                config.min_length += prefix_length
-        if config.eos_token_id is None:  # transformers' Flax loops need an int eos id
+            if "min_length" in set_fields and config.min_new_tokens is None:
+                config.min_length = (config.min_length or 0) + prefix_length
+        if config.eos_token_id is None:
             config.eos_token_id = self.tokenizer.eos_token_id
-        if isinstance(config.eos_token_id, (list, tuple)):
+        if isinstance(config.eos_token_id, (list, tuple)):  # transformers 4's Flax loop takes one eos id
             if len(config.eos_token_id) != 1:
                 raise ValueError("the Flax generation loop supports one eos token id (so `stop_sequence` must be a "
                                  f"single token), got {config.eos_token_id}")
             config.eos_token_id = int(config.eos_token_id[0])
-        if config.pad_token_id is None:
-            config.pad_token_id = self._pad_token_id()
+        return config
 
-        batch = input_ids.shape[0]
-        copies = int(config.num_return_sequences or 1)
+    # ------------------------------------------------------------------------------------------ steps
+    def _encode(self, prompt, config, prefix="", handle_long_generation=None, tokenizer_encode_kwargs=None,
+                continue_final_message=None, **tokenizer_kwargs) -> np.ndarray:
+        """One prompt -> its token ids (n,), prefix included (an empty prompt: the BOS token)."""
+        tokenizer_kwargs.update(tokenizer_encode_kwargs or {})
+        if isinstance(prompt, _Chat):
+            tokenizer_kwargs.pop("add_special_tokens", None)
+            if continue_final_message is None:
+                continue_final_message = prompt.messages[-1]["role"] == "assistant"
+            encoded = self.tokenizer.apply_chat_template(
+                prompt.messages, add_generation_prompt=not continue_final_message,
+                continue_final_message=continue_final_message, return_dict=True, return_tensors="np",
+                **tokenizer_kwargs)
+        else:
+            encoded = self.tokenizer((prefix or "") + prompt, return_tensors="np", **tokenizer_kwargs)
+        ids = np.asarray(encoded["input_ids"])[0]
+        if handle_long_generation == "hole":
+            new_tokens = config.max_new_tokens
+            if new_tokens is None:
+                new_tokens = (config.max_length or 20) - len(ids)
+                if new_tokens < 0:
+                    raise ValueError("We cannot infer how many new tokens are expected")
+            if len(ids) + new_tokens > self.tokenizer.model_max_length:
+                keep = self.tokenizer.model_max_length - new_tokens
+                if keep <= 0:
+                    raise ValueError("We cannot use `hole` to handle this generation the number of desired tokens "
+                                     "exceeds the models max length")
+                ids = ids[-keep:]
+        if len(ids) == 0:  # empty prompt: start from the BOS token, as transformers' generate does
+            if config.bos_token_id is None:
+                raise ValueError("an empty prompt needs a bos_token_id in the generation config")
+            ids = np.array([config.bos_token_id])
+        return ids
+
+    def _run_batch(self, prompts, batch_index: int, options: _Options) -> list:
+        """Generate for up to `batch_size` prompts (str or _Chat) together; one list of output dicts per prompt."""
+        encode, decode = options.encode, options.decode
+        prefix_length = 0
+        if encode.get("prefix"):
+            prefix_length = len(self.tokenizer(encode["prefix"], add_special_tokens=encode.get(
+                "add_special_tokens", False))["input_ids"])
+        config = self._generation_config(options.generate, prefix_length)
+        encoded = [self._encode(p, config, continue_final_message=decode["continue_final_message"], **encode)
+                   for p in prompts]
+        width = max(len(ids) for ids in encoded)
+        input_ids = np.full((len(encoded), width), _pad_id(config), dtype=np.int32)
+        attention_mask = np.zeros((len(encoded), width), dtype=np.int32)
+        for row, ids in enumerate(encoded):
+            input_ids[row, width - len(ids):] = ids
+            attention_mask[row, width - len(ids):] = 1
+        sequences = self._generate(input_ids, attention_mask, config, options.run, batch_index)
+        return [self._decode(prompt, ids, sequences[row, :, width - len(ids):], **decode)
+                for row, (prompt, ids) in enumerate(zip(prompts, encoded))]
+
+    def _generate(self, input_ids, attention_mask, config, run, batch_index) -> np.ndarray:
+        """`model.generate` for a left-padded batch: input_ids, attention_mask (B, S) -> sequences (B, R, S + new),
+        R = num_return_sequences."""
+        batch, copies, beams = input_ids.shape[0], int(config.num_return_sequences or 1), config.num_beams or 1
         if copies > 1:
-            if config.num_beams > 1:
-                if copies > config.num_beams:
-                    raise ValueError(f"num_return_sequences ({copies}) must be <= num_beams ({config.num_beams})")
-            elif config.do_sample:  # independent samples: repeat each prompt (Flax sampling returns one per row)
-                input_ids = np.repeat(input_ids, copies, axis=0)
-                attention_mask = None if attention_mask is None else np.repeat(attention_mask, copies, axis=0)
-                config.num_return_sequences = 1
+            if beams > 1:
+                if copies > beams:
+                    raise ValueError(f"num_return_sequences ({copies}) must be <= num_beams ({beams})")
+            elif config.do_sample:  # independent samples: each prompt repeated (rows b * R ... b * R + R - 1)
+                input_ids, attention_mask = np.repeat(input_ids, copies, 0), np.repeat(attention_mask, copies, 0)
+                config.num_return_sequences = GenerationConfig().num_return_sequences  # "unset" (1 or None)
             else:
                 raise ValueError("greedy search returns one sequence per prompt: num_return_sequences must be 1 "
                                  "(use do_sample=True or num_beams>=num_return_sequences)")
-        if attention_mask is None:
-            attention_mask = np.ones_like(input_ids)
-        if config.num_beams == 1 and np.all(np.asarray(attention_mask) == 1):
-            # No padding: run exactly what `model.generate(input_ids)` runs. (Beam search always gets the mask:
-            # FlaxXLSTMPreTrainedModel.generate forwards attention_mask=None, which transformers' Flax beam search
-            # cannot expand.)
-            attention_mask = None
-
-        key = self._prng_key(seed, prng_key, batch_index)
-        mask = {} if attention_mask is None else {"attention_mask": attention_mask}
-        # model.generate compiles once per model, generation config and input shape (`generation.generate`)
-        sequences = np.asarray(self.model.generate(input_ids, generation_config=config, prng_key=key,
-                                                   pad_to_multiple_of=pad_to_multiple_of, **mask).sequences)
-        return {"generated_sequence": sequences.reshape(batch, copies, sequences.shape[-1])}
-
-    def _prng_key(self, seed, prng_key, batch_index):
-        if prng_key is not None:
-            key = prng_key
-        elif seed is not None:
-            key = jax.random.PRNGKey(seed)
+        # Without padding, run what `model.generate(input_ids)` runs. Beam search always gets the mask (transformers
+        # 4's Flax beam search cannot expand attention_mask=None).
+        mask = {} if beams == 1 and attention_mask.all() else {"attention_mask": attention_mask}
+        if run["prng_key"] is not None or run["seed"] is not None:
+            key = run["prng_key"] if run["prng_key"] is not None else jax.random.PRNGKey(int(run["seed"]))
+            key = jax.random.fold_in(key, batch_index) if batch_index else key
         else:
             self._rng, key = jax.random.split(self._rng)
-            return key
-        return jax.random.fold_in(key, batch_index) if batch_index else key
+        out = self.model.generate(input_ids, generation_config=config, prng_key=key,
+                                  pad_to_multiple_of=run["pad_to_multiple_of"], **mask)
+        sequences = np.asarray(out.sequences)
+        return sequences.reshape(batch, copies, sequences.shape[-1])
+
+    def _decode(self, prompt, prompt_ids, sequences, return_type, continue_final_message, clean_up_tokenization_spaces,
+                skip_special_tokens) -> list:
+        """sequences (R, n + new) of one prompt (prompt_ids (n,)) -> R output dicts. The new text is the decoded
+        sequence after the decoded prompt's length (transformers 4's rule: a prefix is cut from the output)."""
+        if return_type == _RETURN_TENSORS:
+            return [{"generated_token_ids": sequence} for sequence in sequences.tolist()]
+        options = {"skip_special_tokens": skip_special_tokens,
+                   "clean_up_tokenization_spaces": clean_up_tokenization_spaces}
+        start = len(self.tokenizer.decode(prompt_ids, **options))
+        records = []
+        for sequence in sequences.tolist():
+            new_text = self.tokenizer.decode(sequence, **options)[start:]
+            if return_type == _RETURN_NEW:
+                records.append({"generated_text": new_text})
+            elif isinstance(prompt, str):
+                records.append({"generated_text": prompt + new_text})
+            else:  # a chat: the reply appended, or the final message continued
+                messages = list(prompt.messages)
+                last = messages[-1]
+                if continue_final_message or (continue_final_message is None and last["role"] == "assistant"):
+                    messages[-1] = {"role": last["role"], "content": last["content"] + new_text}
+                else:
+                    messages.append({"role": "assistant", "content": new_text})
+                records.append({"generated_text": messages})
+        return records
 
 
-def _drop_device_note(record) -> bool:
-    return not str(record.msg).startswith("Device set to use")
+def _default(value, default):
+    return default if value is None else value
+
+
+def _is_chat(value) -> bool:
+    """A list (or tuple) of message dicts: one conversation."""
+    return isinstance(value, (list, tuple)) and len(value) > 0 and isinstance(value[0], dict)
+
+
+def _as_prompt(prompt):
+    """A str stays, a chat becomes a _Chat; anything else is a ValueError."""
+    if isinstance(prompt, (str, _Chat)):
+        return prompt
+    if _is_chat(prompt):
+        return _Chat(prompt)
+    raise ValueError(f"each prompt must be a str or a chat (a list of {{'role', 'content'}} dicts), got "
+                     f"{type(prompt).__name__}")
+
+
+def _pad_id(config) -> int:
+    """The left-padding token: the config's pad id, else its (first) eos id, else 0 (padding is masked anyway)."""
+    for candidate in (config.pad_token_id, config.eos_token_id):
+        if isinstance(candidate, (list, tuple)):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return int(candidate)
+    return 0
 
 
 def _checked_batch_size(batch_size):
@@ -305,10 +354,34 @@ def _checked_batch_size(batch_size):
     return batch_size
 
 
+def _is_flax_generator(model) -> bool:
+    """A Flax model (transformers 4.x's FlaxPreTrainedModel or, with transformers 5, this port's own base) that
+    can generate."""
+    from .hf_compat import FlaxPreTrainedModel
+
+    return isinstance(model, FlaxPreTrainedModel) and model.can_generate()
+
+
+def _load_model_and_tokenizer(model, tokenizer=None, **model_kwargs):
+    """A model directory or Hub id -> (FlaxXLSTMForCausalLM, its AutoTokenizer); a tokenizer given as a path or id
+    is loaded; anything else is passed through."""
+    from transformers import AutoTokenizer
+
+    if isinstance(model, (str, os.PathLike)):
+        from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
+
+        name = str(model)
+        model = FlaxXLSTMForCausalLM.from_pretrained(name, **model_kwargs)
+        tokenizer = name if tokenizer is None else tokenizer
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    return model, tokenizer
+
+
 class _TextGenerationDispatch(TextGenerationPipeline):
     """What the stock "text-generation" task builds once `register_pipeline` ran: for a Flax model that can generate
-    a `FlaxTextGenerationPipeline` (transformers' own class would fail on it with a list of PyTorch model names and
-    "flax is not a valid TensorType"), for any other model transformers' `TextGenerationPipeline`, unchanged."""
+    a `FlaxTextGenerationPipeline`, for any other model transformers' `TextGenerationPipeline`, unchanged. (A
+    subclass, so `pipeline()` reads the stock class's attributes.)"""
 
     def __new__(cls, *args, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
@@ -319,54 +392,24 @@ class _TextGenerationDispatch(TextGenerationPipeline):
         return pipe
 
 
-def _is_flax_generator(model) -> bool:
-    """A Flax model (transformers 4.x's FlaxPreTrainedModel or, with transformers 5, this port's own base) that
-    can generate."""
-    from .hf_compat import FlaxPreTrainedModel
-
-    return isinstance(model, FlaxPreTrainedModel) and model.can_generate()
-
-
-def _load_model_and_tokenizer(name_or_path, tokenizer=None, **model_kwargs):
-    from transformers import AutoTokenizer
-
-    from .modeling_flax_xlstm import FlaxXLSTMForCausalLM  # reads our config and transformers' xLSTMConfig
-
-    model = FlaxXLSTMForCausalLM.from_pretrained(name_or_path, **model_kwargs)
-    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer if tokenizer is not None else name_or_path)
-    return model, tokenizer
-
-
 def register_pipeline() -> None:
-    """Register `FlaxTextGenerationPipeline` under `TASK` with transformers' `PIPELINE_REGISTRY` (idempotent)."""
+    """Register `FlaxTextGenerationPipeline` under `TASK` with transformers' `PIPELINE_REGISTRY` and point the stock
+    "text-generation" task at `_TextGenerationDispatch` (idempotent; transformers 4.x and 5.x)."""
+    stock_names = (TextGenerationPipeline, f"{TextGenerationPipeline.__module__}.TextGenerationPipeline")
     current = PIPELINE_REGISTRY.supported_tasks.get(TASK)
-    stock = PIPELINE_REGISTRY.supported_tasks.get("text-generation") or {}
-    if (current is not None and current.get("impl") is FlaxTextGenerationPipeline
-            and stock.get("impl") is not TextGenerationPipeline):
-        return
-    # No PyTorch/TensorFlow classes: pipeline() gets a Flax model instance (or use text_generation_pipeline).
-    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=FlaxTextGenerationPipeline, pt_model=(), type="text")
-    # The stock task: Flax models get this module's class, every other model transformers' own (see the class).
+    if current is None or current.get("impl") is not FlaxTextGenerationPipeline:
+        # No PyTorch classes: pipeline() gets a Flax model instance (or use text_generation_pipeline).
+        PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=FlaxTextGenerationPipeline, pt_model=(),
+                                            type="text")
     stock = PIPELINE_REGISTRY.supported_tasks.get("text-generation")
-    if stock is not None and stock.get("impl") is TextGenerationPipeline:
+    if stock is not None and stock.get("impl") in stock_names:
         stock["impl"] = _TextGenerationDispatch
 
 
 def text_generation_pipeline(model, tokenizer=None, task: str = TASK, model_kwargs: Optional[dict] = None,
-                             **kwargs) -> FlaxTextGenerationPipeline:
-    """`transformers.pipeline(task, model=..., tokenizer=..., pipeline_class=FlaxTextGenerationPipeline)` that also
-    works without PyTorch installed and accepts a model directory or Hub id (loaded with
-    `FlaxAutoModelForCausalLM.from_pretrained(model, **model_kwargs)` and `AutoTokenizer`)."""
-    from transformers import pipeline
-
-    register_pipeline()
-    if isinstance(model, (str, os.PathLike)):
-        model, tokenizer = _load_model_and_tokenizer(str(model), tokenizer, **(model_kwargs or {}))
-    elif isinstance(tokenizer, (str, os.PathLike)):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    kwargs.setdefault("framework", "flax")
-    kwargs.setdefault("dtype", None)  # pipeline()'s default "auto" is looked up on torch
-    return pipeline(task, model=model, tokenizer=tokenizer, pipeline_class=FlaxTextGenerationPipeline, **kwargs)
+                             **kwargs: Any) -> FlaxTextGenerationPipeline:
+    """A `FlaxTextGenerationPipeline` for a Flax model instance, a model directory or a Hub id (loaded with
+    `FlaxXLSTMForCausalLM.from_pretrained(model, **model_kwargs)`; the tokenizer, unless given, with
+    `AutoTokenizer` from the same place). `kwargs` are call defaults (see the class). Works with every supported
+    transformers version, without torch."""
+    return FlaxTextGenerationPipeline(model, tokenizer, task=task, model_kwargs=model_kwargs, **kwargs)
