@@ -160,6 +160,13 @@ def pad_prompt(model, input_ids, attention_mask, generation_config, kwargs: dict
     return input_ids, attention_mask, kwargs, pad
 
 
+# GenerationConfig fields transformers 5 keeps as None until `generate` fills its global defaults (the values
+# transformers 4's GenerationConfig holds from the start): the same defaults under both majors.
+UNSET_DEFAULTS = {"max_length": 20, "min_length": 0, "do_sample": False, "early_stopping": False, "num_beams": 1,
+                  "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0, "length_penalty": 1.0,
+                  "no_repeat_ngram_size": 0, "num_return_sequences": 1}
+
+
 def resolve_config(model, generation_config, kwargs: dict, prompt_length: int):
     """One GenerationConfig for our loop: the given one (or the model's), the call's `kwargs` merged in (an unknown
     name is a TypeError naming it), and `max_length` fixed as transformers' generate fixes it: `max_new_tokens`
@@ -170,6 +177,9 @@ def resolve_config(model, generation_config, kwargs: dict, prompt_length: int):
     if unused:
         raise TypeError(f"unknown generation arguments: {sorted(unused)} (neither GenerationConfig fields nor "
                         "generate arguments)")
+    for name, value in UNSET_DEFAULTS.items():  # transformers 5 leaves these None and fills them in at generate
+        if getattr(config, name, None) is None:
+            setattr(config, name, value)
     untouched = "max_length" not in kwargs and config.max_length is not None
     if config.max_new_tokens is not None:
         config.max_length = config.max_new_tokens + prompt_length

@@ -16,7 +16,6 @@ import pytest
 
 from conftest import tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
-from modeling_xlstm_flax.hf_compat import TRANSFORMERS_FLAX
 from modeling_xlstm_flax.pipeline import TASK, FlaxTextGenerationPipeline, text_generation_pipeline
 
 PROMPTS = ["The object", "A list of things is made"]  # different token lengths: left padding
@@ -213,8 +212,6 @@ def test_sampling_with_seed_equals_generate(generator, model, tokenizer):
     assert generator(PROMPTS[0], **call) != generator(PROMPTS[0], **call)
 
 
-@pytest.mark.xfail(not TRANSFORMERS_FLAX, strict=True, reason="model.generate under transformers 5 reads an unset "
-                   "top_k as 0 (no filter); transformers' default is 50 (generation_loop, not the pipeline)")
 def test_default_sampling_is_transformers_default(generator, model, tokenizer):
     """A call without sampling arguments samples with DEFAULT_SAMPLING: temperature 0.7 (the pipeline's default),
     top_k 50 and top_p 1.0 (transformers' defaults)."""
