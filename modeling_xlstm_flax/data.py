@@ -7,6 +7,7 @@ about 0.5 MB): one document per help topic, read through `datasets`. Train/valid
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -40,6 +41,24 @@ def split_documents(dataset, val_fraction: float):
     if n_val >= len(dataset):
         raise ValueError(f"corpus has only {len(dataset)} documents; cannot hold out {n_val} for validation")
     return dataset.select(range(len(dataset) - n_val)), dataset.select(range(len(dataset) - n_val, len(dataset)))
+
+
+def check_text_files(paths: Sequence[str], option: str = "--text-file") -> None:
+    """Each path a readable, non-empty UTF-8 text file, else a `UsageError` naming `option` and the path."""
+    from .cli import UsageError
+
+    for path in paths:
+        file = Path(path)
+        if not file.is_file():
+            what = "is a folder; give text files" if file.is_dir() else (
+                "not a regular file" if file.exists() else "no such file")
+            raise UsageError(f"{option} {path}: {what}")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{option} {path}: cannot be read as UTF-8 text ({exc})") from None
+        if not text.strip():
+            raise UsageError(f"{option} {path}: the file is empty (no text to train on)")
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):

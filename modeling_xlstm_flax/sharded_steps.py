@@ -161,23 +161,35 @@ def init_sharded_optimizer_state(optimizer, params, config, mesh: Mesh,
 
 
 def sharded_train_step(model, mesh: Mesh, optimizer, fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE,
-                       donate: bool = True):
+                       donate: bool = True, with_grad_norm: bool = False, skip_non_finite: bool = False):
     """A jitted fine-tuning step `f(params, opt_state, input_ids, attention_mask=None, document_borders=None,
     dropout_rng=None) -> (params, opt_state, loss)` with an optax optimizer (state from
-    `init_sharded_optimizer_state`); params and optimizer state stay sharded and are donated."""
+    `init_sharded_optimizer_state`); params and optimizer state stay sharded and are donated.
+
+    `with_grad_norm`: also return the global norm of the gradients (before any clipping in `optimizer`), as a
+    fourth output. `skip_non_finite`: a step whose loss or gradient norm is not finite returns params and
+    optimizer state unchanged (so a caller that stops there still holds the last good state, donation or not)."""
     import optax
 
     def build(params, shape, *flags):
         p_sh = param_shardings(params, model.config, mesh, fsdp_min_weight_size)
         o_sh = _optimizer_state_shardings(optimizer, params, model.config, mesh, fsdp_min_weight_size)
+        rep = NamedSharding(mesh, P())
 
         def step(params, opt_state, *batch):
             loss, grads = jax.value_and_grad(lambda p: _loss_fn(model, mesh, p, *batch))(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
+            updates, new_opt_state = optimizer.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            grad_norm = optax.tree.norm(grads) if with_grad_norm or skip_non_finite else None
+            if skip_non_finite:
+                ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                keep = partial(jax.tree_util.tree_map, lambda new, old: jnp.where(ok, new, old))
+                new_params, new_opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
+            return (new_params, new_opt_state, loss) + ((grad_norm,) if with_grad_norm else ())
 
         in_sh = (p_sh, o_sh) + _batch_shardings(mesh, shape, *flags)
-        return jax.jit(step, in_shardings=in_sh, out_shardings=(p_sh, o_sh, NamedSharding(mesh, P())),
+        out_sh = (p_sh, o_sh, rep) + ((rep,) if with_grad_norm else ())
+        return jax.jit(step, in_shardings=in_sh, out_shardings=out_sh,
                        donate_argnums=(0, 1) if donate else ()), in_sh
 
     jits = _JitPerSignature(build)

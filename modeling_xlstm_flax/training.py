@@ -1,14 +1,21 @@
 """Train or fine-tune an xLSTM language model: `xlstm-flax-train` / `python -m modeling_xlstm_flax.training`.
 
 Starts from any checkpoint this port loads (`--model DIR`), or from scratch (`--preset NAME` / `--config FILE`,
-with `--set key=value` overrides). Causal LM loss, AdamW (optax) with global-norm gradient clipping, warmup +
-cosine/linear/constant schedule, optional bfloat16 compute, validation perplexity, a tqdm bar, a loss curve PNG
-(matplotlib, the `plot` extra) and resumable checkpoints (`--resume`). The data: CPython's `pydoc_data.topics`
-by default, or text files (`--text-file`), read with `datasets`; a byte-level BPE tokenizer is trained when the
-model brings none (`--tokenizer-vocab-size`).
+with `--set key=value` overrides). AdamW (optax) with global-norm gradient clipping, warmup + cosine/linear/constant
+schedule, optional bfloat16 compute, validation perplexity, a tqdm bar, a loss curve PNG (matplotlib, the `plot`
+extra). Data: CPython's `pydoc_data.topics` by default, or text files (`--text-file`), read with `datasets`; a
+byte-level BPE tokenizer is trained when the model brings none. Each step trains on windows of `--seq-len` tokens
+(seq_len - 1 next-token predictions each, as transformers' causal-LM loss with labels = input_ids).
 
-Output dir: config.json + model.safetensors (loadable with `FlaxAutoModelForCausalLM.from_pretrained`), tokenizer
-files, training_log.json (loss history, validation perplexity, arguments), loss_curve.png, checkpoints/step_N/.
+The step is `sharded_steps.sharded_train_step` (loss `causal_lm_loss`) on a device mesh (`sharding.make_mesh`):
+one device by default; `--mesh-data/--mesh-fsdp/--mesh-tensor N` for data / fully sharded data / tensor parallelism
+on the first data*fsdp*tensor devices. Validation: `sharded_forward` + `causal_lm_loss` on the same mesh.
+
+Output dir: config.json + model.safetensors (`FlaxAutoModelForCausalLM.from_pretrained`), tokenizer files,
+training_log.json (history, validation perplexity, arguments), loss_curve.png, and checkpoints/step_N/{params,
+opt_state,state} by orbax-checkpoint's `CheckpointManager` (atomic: a temporary folder renamed when complete; the
+newest `--keep-checkpoints` kept). `--resume` restores the newest onto the current mesh (any mesh). The JSON state
+holds step, seed (data order and dropout rng are functions of seed and step), history and arguments.
 """
 
 from __future__ import annotations
@@ -16,42 +23,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from . import data as data_lib
 from .cli import UsageError
+from .sharded_steps import causal_lm_loss, init_sharded_optimizer_state, sharded_forward, sharded_train_step
+from .sharding import init_sharded_params, make_mesh, shard_params
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss or the gradients stopped being finite: the run stops before anything of that step is saved."""
 
 
-def raise_non_finite(step: int, loss: float, grad_norm: float, last_checkpoint: Optional[Path], args) -> None:
-    """Stop the run: the loss or gradient norm of `step` is not finite (the step's update is discarded)."""
-    raise NonFiniteLossError(
-        f"step {step}: the training loss is {loss} (gradient norm {grad_norm}); stopping. Nothing from this step "
-        "was saved" + (f"; the last checkpoint is {last_checkpoint}" if last_checkpoint else "")
-        + f". Try a lower --lr (now {args.lr}) or --grad-clip (now {args.grad_clip}).")
-
-
-# ----------------------------------------------------------------------------------------------- model and loss
-def lm_loss(model, params, batch: jax.Array, dropout_rng=None, train: bool = False) -> jax.Array:
-    """Mean next-token cross entropy of windows (B, S + 1); logits are float32."""
-    logits = model(batch[:, :-1], params=params, dropout_rng=dropout_rng, train=train).logits
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
-
-
+# ----------------------------------------------------------------------------------------------- optimizer
 def decay_mask(params, include_embedding: bool):
     """Weight decay on matrices only (kernels), and on the embedding if asked."""
     flat = flatten_dict(params)
@@ -59,17 +52,13 @@ def decay_mask(params, include_embedding: bool):
 
 
 def make_schedule(name: str, lr: float, warmup: int, steps: int, min_lr_ratio: float):
-    warm = optax.linear_schedule(0.0, lr, max(1, warmup))
     rest = max(1, steps - warmup)
-    if name == "cosine":
-        main = optax.cosine_decay_schedule(lr, rest, alpha=min_lr_ratio)
-    elif name == "linear":
-        main = optax.linear_schedule(lr, lr * min_lr_ratio, rest)
-    elif name == "constant":
-        main = optax.constant_schedule(lr)
-    else:
+    decay = {"cosine": lambda: optax.cosine_decay_schedule(lr, rest, alpha=min_lr_ratio),
+             "linear": lambda: optax.linear_schedule(lr, lr * min_lr_ratio, rest),
+             "constant": lambda: optax.constant_schedule(lr)}
+    if name not in decay:
         raise ValueError(f"unknown schedule {name!r}; use cosine, linear or constant")
-    return optax.join_schedules([warm, main], [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, max(1, warmup)), decay[name]()], [warmup])
 
 
 def make_optimizer(args, params, config):
@@ -81,44 +70,76 @@ def make_optimizer(args, params, config):
     ), schedule
 
 
-def evaluate(loss_fn, params, windows: np.ndarray, batch_size: int) -> float:
-    """Validation perplexity: exp of the token-weighted mean loss over all windows."""
-    total, count = 0.0, 0
+_first_rows_loss = jax.jit(lambda logits, ids, n: causal_lm_loss(logits[:n], ids[:n]), static_argnums=2)
+
+
+def evaluate(forward, params, windows: np.ndarray, batch_size: int) -> float:
+    """Validation perplexity: exp of the mean `causal_lm_loss` over all windows (each has seq_len - 1 targets);
+    `forward` is a `sharded_forward`."""
+    total = 0.0
     for i in range(0, len(windows), batch_size):
-        chunk = windows[i : i + batch_size]
-        total += float(loss_fn(params, chunk)) * len(chunk)
-        count += len(chunk)
-    return math.exp(total / count)
+        chunk = windows[i : i + batch_size]  # the last one padded with copies: one forward program for all
+        n = len(chunk)
+        chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - n, axis=0)])
+        total += float(_first_rows_loss(forward(params, chunk), chunk, n)) * n
+    return math.exp(total / len(windows))
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(directory: Path, params, opt_state, state: dict) -> None:
-    """Write step_N/{params,opt_state}.msgpack + state.json atomically (temp dir, then rename)."""
-    target = directory / f"step_{state['step']:07d}"
-    tmp = directory / f".tmp_{state['step']:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "params.msgpack").write_bytes(serialization.to_bytes(params))
-    (tmp / "opt_state.msgpack").write_bytes(serialization.to_bytes(opt_state))
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+def import_orbax():
+    """`orbax.checkpoint`, or a `UsageError` saying how to install it."""
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as exc:
+        raise UsageError(f"the training checkpoints need orbax-checkpoint ({exc}): pip install orbax-checkpoint, "
+                         "or pip install 'xlstm-flax[train]'") from None
+    return ocp
 
 
-def latest_checkpoint(directory: Path) -> Optional[Path]:
-    steps = sorted(directory.glob("step_*"))
-    return steps[-1] if steps else None
+def checkpoint_manager(directory: Path, keep: int | None = None, create: bool = False):
+    """orbax `CheckpointManager` of directory/step_N (keeps the newest `keep`; removes unfinished temp folders
+    when `create`)."""
+    ocp = import_orbax()
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix="step", create=create,
+                                           cleanup_tmp_directories=create)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
-def restore_checkpoint(path: Path, params, opt_state):
-    params = serialization.from_bytes(params, (path / "params.msgpack").read_bytes())
-    opt_state = serialization.from_bytes(opt_state, (path / "opt_state.msgpack").read_bytes())
-    return params, opt_state, json.loads((path / "state.json").read_text())
+# (not a norm: the squares of huge but finite params overflow)
+_all_finite = jax.jit(lambda tree: jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
+
+
+def _last_checkpoint(manager) -> str:
+    last = manager.latest_step()
+    return f"; the last checkpoint is {manager.directory}/step_{last}" if last else ""
+
+
+def save_checkpoint(manager, params, opt_state, state: dict) -> None:
+    """Params, optimizer state (with their shardings) and the JSON state as checkpoint step_N (written in the
+    background after the device-to-host copy; `manager.close()` waits for it). Non-finite params (a step with finite
+    loss and gradients can still overflow them) are never saved: `NonFiniteLossError` instead."""
+    ocp = import_orbax()
+    if not bool(_all_finite(params)):
+        raise NonFiniteLossError(f"step {state['step']}: the parameters are no longer finite; stopping without "
+                                 f"saving{_last_checkpoint(manager)}. Try a lower --lr or --grad-clip.")
+    manager.save(state["step"], force=True, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+        state=ocp.args.JsonSave(json.loads(json.dumps(state)))))  # a copy: written in the background
+
+
+def restore_checkpoint(manager, params, opt_state):
+    """(params, opt_state, state) of the newest checkpoint, placed with the shardings of the given live trees."""
+    ocp = import_orbax()
+    like = partial(jax.tree_util.tree_map, lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding))
+    got = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(like(params)), opt_state=ocp.args.StandardRestore(like(opt_state)),
+        state=ocp.args.JsonRestore()))
+    return got.params, got.opt_state, got.state
 
 
 # ----------------------------------------------------------------------------------------------- setup
 def build_model_and_tokenizer(args, train_texts):
-    """The model (initialised or loaded) and its tokenizer, following the command line."""
+    """(model without params, its loaded params or None for a new model, tokenizer), following the command line."""
     from transformers import AutoTokenizer, FlaxAutoModelForCausalLM
 
     import modeling_xlstm_flax as xf
@@ -140,11 +161,11 @@ def build_model_and_tokenizer(args, train_texts):
     if tokenizer.eos_token_id is None:
         raise UsageError("the tokenizer has no eos token; documents are joined with it")
     if args.model:
-        model = FlaxAutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+        model, params = FlaxAutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, _do_init=False)
         if len(tokenizer) > model.config.vocab_size:
             raise UsageError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
                              f"{model.config.vocab_size}")
-        return model, tokenizer
+        return model, params, tokenizer
     if args.config:
         config = xf.XLSTMFlaxConfig.from_json_file(args.config)
     else:
@@ -154,7 +175,7 @@ def build_model_and_tokenizer(args, train_texts):
                      context_length=args.seq_len, compute_dtype="bfloat16" if args.bf16 else "float32")
     overrides.update(parse_field_overrides(args.set, "--set"))
     config = xf.XLSTMFlaxConfig(**{**config.to_dict(), **overrides})
-    return xf.FlaxXLSTMForCausalLM(config, seed=args.seed, dtype=dtype), tokenizer
+    return xf.FlaxXLSTMForCausalLM(config, dtype=dtype, _do_init=False), None, tokenizer
 
 
 def save_loss_curve(history: list[dict], path: Path) -> bool:
@@ -169,12 +190,10 @@ def save_loss_curve(history: list[dict], path: Path) -> bool:
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     val = [(h["step"], math.log(h["val_perplexity"])) for h in history if "val_perplexity" in h]
     fig, ax = plt.subplots(figsize=(6, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss", alpha=0.8)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross entropy (nats/token)")
+    for points, style, label in ((train, "-", "train loss"), (val, "o-", "validation loss")):
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set(xlabel="step", ylabel="cross entropy (nats/token)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -184,74 +203,88 @@ def save_loss_curve(history: list[dict], path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- main loop
-def train(args) -> dict:
+def _train_loop(args, model, mesh, optimizer, schedule, forward, params, opt_state, state, train_stream,
+                val_windows, manager):
+    """Steps state["step"] .. end: validation and checkpoints on the way; stops at a non-finite loss or gradient."""
     from tqdm.auto import tqdm
 
-    out = Path(args.output_dir)
-    ckpt_dir = out / "checkpoints"
-    documents = data_lib.load_documents(args.corpus, args.text_file)
-    train_docs, val_docs = data_lib.split_documents(documents, args.val_fraction)
-    model, tokenizer = build_model_and_tokenizer(args, train_docs["text"])
-    config = model.config
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(out)
-    train_stream = data_lib.token_stream(train_docs, tokenizer)
-    val_windows = data_lib.eval_windows(data_lib.token_stream(val_docs, tokenizer), args.seq_len)
-
-    params = model.params
-    optimizer, schedule = make_optimizer(args, params, config)
-    opt_state = optimizer.init(params)
-    state = {"step": 0, "history": [], "args": vars(args)}
-    if args.resume:
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
-            raise UsageError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start afresh")
-        params, opt_state, state = restore_checkpoint(path, params, opt_state)
-        print(f"resumed from {path} at step {state['step']}", file=sys.stderr)
-
-    @jax.jit
-    def train_step(params, opt_state, batch, rng):
-        loss, grads = jax.value_and_grad(lambda p: lm_loss(model, p, batch, rng, train=True))(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
-
-    eval_loss = jax.jit(lambda p, b: lm_loss(model, p, b))
-    start_step = state["step"]
+    train_step = sharded_train_step(model, mesh, optimizer, with_grad_norm=True, skip_non_finite=True)
+    start_step, seed = state["step"], state.get("seed", args.seed)
     end_step = min(args.steps, args.stop_at_step or args.steps)
     bar = tqdm(range(start_step, end_step), initial=start_step, total=args.steps, desc="train",
                disable=args.no_progress)
     t0 = time.perf_counter()
     for step in bar:
-        batch = data_lib.random_windows(train_stream, args.seq_len, args.batch_size, step, args.seed)
-        rng = jax.random.fold_in(jax.random.PRNGKey(args.seed), step)
-        new_params, new_opt_state, loss, grad_norm = train_step(params, opt_state, batch, rng)
-        if not (math.isfinite(float(loss)) and math.isfinite(float(grad_norm))):
+        batch = data_lib.random_windows(train_stream, args.seq_len - 1, args.batch_size, step, seed)
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), step)
+        params, opt_state, loss, grad_norm = train_step(params, opt_state, batch, dropout_rng=rng)
+        loss, grad_norm = float(loss), float(grad_norm)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # the step kept the previous params and state
             bar.close()
-            raise_non_finite(step + 1, float(loss), float(grad_norm), latest_checkpoint(ckpt_dir), args)
-        params, opt_state = new_params, new_opt_state  # only finite updates are kept (and so ever saved)
+            raise NonFiniteLossError(
+                f"step {step + 1}: the training loss is {loss} (gradient norm {grad_norm}); stopping. Nothing from "
+                f"this step was saved{_last_checkpoint(manager)}. Try a lower --lr (now {args.lr}) or --grad-clip "
+                f"(now {args.grad_clip}).")
         state["step"] = step + 1
         if (step + 1) % args.log_every == 0 or step == start_step:
-            record = {"step": step + 1, "loss": float(loss), "grad_norm": float(grad_norm),
-                      "lr": float(schedule(step))}
-            state["history"].append(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            state["history"].append({"step": step + 1, "loss": loss, "grad_norm": grad_norm,
+                                     "lr": float(schedule(step))})
+            bar.set_postfix(loss=f"{loss:.3f}")
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
-            ppl = evaluate(eval_loss, params, val_windows, args.batch_size)
+            ppl = evaluate(forward, params, val_windows, args.batch_size)
             state["history"].append({"step": step + 1, "val_perplexity": ppl})
             bar.write(f"step {step + 1}: validation perplexity {ppl:.2f}")
-        if args.save_every and (step + 1) % args.save_every == 0:
-            save_checkpoint(ckpt_dir, params, opt_state, state)
-    elapsed = time.perf_counter() - t0
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < end_step:
+            save_checkpoint(manager, params, opt_state, state)  # (the last step's after the final validation)
+    return params, opt_state, state, time.perf_counter() - t0
 
-    val_ppl = evaluate(eval_loss, params, val_windows, args.batch_size)
-    state["history"].append({"step": state["step"], "val_perplexity": val_ppl})
-    save_checkpoint(ckpt_dir, params, opt_state, state)
-    model.params = params
-    model.save_pretrained(out)
+
+def train(args) -> dict:
+    out = Path(args.output_dir)
+    documents = data_lib.load_documents(args.corpus, args.text_file)
+    train_docs, val_docs = data_lib.split_documents(documents, args.val_fraction)
+    model, params, tokenizer = build_model_and_tokenizer(args, train_docs["text"])
+    config = model.config
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    # windows of seq_len tokens; validation windows overlap by one token, so every token but the first is a target
+    train_stream = data_lib.token_stream(train_docs, tokenizer)
+    val_windows = data_lib.eval_windows(data_lib.token_stream(val_docs, tokenizer), args.seq_len - 1)
+
+    mesh = make_mesh(args.mesh_data, args.mesh_fsdp, args.mesh_tensor)
+    if mesh.size < jax.device_count():
+        print(f"training on {mesh.size} of {jax.device_count()} devices (--mesh-data/--mesh-fsdp/--mesh-tensor)",
+              file=sys.stderr)
+    if params is None:  # a new model: initialised straight onto the mesh, as FlaxXLSTMForCausalLM(seed=...) would
+        params = init_sharded_params(model, mesh, jax.random.PRNGKey(args.seed))
+    else:
+        params = shard_params(params, config, mesh)
+    optimizer, schedule = make_optimizer(args, params, config)
+    opt_state = init_sharded_optimizer_state(optimizer, params, config, mesh)
+    forward = sharded_forward(model, mesh)
+    state = {"step": 0, "seed": args.seed, "history": [], "args": vars(args)}
+    manager = checkpoint_manager(out / "checkpoints", args.keep_checkpoints, create=True)
+    try:
+        if args.resume:
+            params, opt_state, state = restore_checkpoint(manager, params, opt_state)
+            print(f"resumed from {manager.directory} at step {state['step']}", file=sys.stderr)
+        params, opt_state, state, elapsed = _train_loop(args, model, mesh, optimizer, schedule, forward, params,
+                                                        opt_state, state, train_stream, val_windows, manager)
+        last = state["history"][-1] if state["history"] else {}
+        if last.get("step") == state["step"] and "val_perplexity" in last:  # validated at this step already
+            val_ppl = last["val_perplexity"]
+        else:
+            val_ppl = evaluate(forward, params, val_windows, args.batch_size)
+            state["history"].append({"step": state["step"], "val_perplexity": val_ppl})
+        if manager.latest_step() != state["step"]:  # (equal: resumed at the end, nothing new)
+            save_checkpoint(manager, params, opt_state, state)
+    finally:
+        manager.close()  # waits for the checkpoint being written
+    model.save_pretrained(out, params=params)
     tokenizer.save_pretrained(out)
     summary = {
         "val_perplexity": val_ppl,
-        "val_tokens": int(val_windows.shape[0] * args.seq_len),
+        "val_tokens": int(val_windows.shape[0] * (args.seq_len - 1)),
         "train_tokens_available": int(len(train_stream)),
         "steps": state["step"],
         "seconds_this_run": elapsed,
@@ -299,18 +332,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-step", type=int, default=None,
                    help="end this run (with a checkpoint) at this step; the schedule still spans --steps, so a "
                         "later --resume continues the same run")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="how many of the newest checkpoints to keep")
     p.add_argument("--seed", type=int, default=0, help="init and data order seed")
+    for axis, what in (("data", "data parallel (batch split)"), ("fsdp", "fully sharded data parallel (batch and "
+                       "large params split)"), ("tensor", "tensor parallel (heads, feedforward, vocabulary split)")):
+        p.add_argument(f"--mesh-{axis}", type=int, default=1, help=f"mesh axis {axis!r}: {what}")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
 def check_args(args) -> None:
-    """Every numeric option in range, the data and --resume usable: `UsageError` naming the option and value."""
-    from .cli import UsageError
-
-    for name in ("seq_len", "batch_size", "steps", "tokenizer_vocab_size", "log_every"):
+    """orbax installed, every numeric option in range, the mesh fits the devices and the batch, the data and
+    --resume usable: `UsageError` naming the option and value."""
+    import_orbax()
+    for name in ("seq_len", "batch_size", "steps", "tokenizer_vocab_size", "log_every", "keep_checkpoints",
+                 "mesh_data", "mesh_fsdp", "mesh_tensor"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.seq_len < 2:
+        raise UsageError(f"--seq-len must be at least 2 (a window predicts its tokens 2..seq_len), got {args.seq_len}")
+    if args.batch_size % (args.mesh_data * args.mesh_fsdp):
+        raise UsageError(f"--batch-size {args.batch_size} is not divisible by --mesh-data {args.mesh_data} x "
+                         f"--mesh-fsdp {args.mesh_fsdp}, which split the batch")
+    mesh = f"--mesh-data {args.mesh_data} x --mesh-fsdp {args.mesh_fsdp} x --mesh-tensor {args.mesh_tensor}"
+    devices = math.prod((args.mesh_data, args.mesh_fsdp, args.mesh_tensor))
+    if devices > jax.device_count():
+        raise UsageError(f"{mesh} = {devices} devices, but jax.device_count() is {jax.device_count()}; make the "
+                         "product of the mesh options at most that")
     if args.warmup_steps is None:  # the default: never longer than the run
         args.warmup_steps = 100 if args.steps >= 100 else args.steps // 10
     for name in ("warmup_steps", "eval_every", "save_every"):
@@ -338,21 +386,12 @@ def check_args(args) -> None:
         raise UsageError(f"--grad-clip must be a positive finite number, got {args.grad_clip}")
     if not (math.isfinite(args.val_fraction) and 0 < args.val_fraction < 1):
         raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    for path in args.text_file or []:
-        file = Path(path)
-        if not file.is_file():
-            what = "is a folder; give text files" if file.is_dir() else (
-                "not a regular file" if file.exists() else "no such file")
-            raise UsageError(f"--text-file {path}: {what}")
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--text-file {path}: cannot be read as UTF-8 text ({exc})") from None
-        if not text.strip():
-            raise UsageError(f"--text-file {path}: the file is empty (no text to train on)")
-    if args.resume and latest_checkpoint(Path(args.output_dir) / "checkpoints") is None:
-        raise UsageError(f"--resume: no checkpoint in {Path(args.output_dir) / 'checkpoints'}; run without --resume "
-                         "to start afresh")
+    data_lib.check_text_files(args.text_file or [], "--text-file")
+    if args.resume:
+        with checkpoint_manager(Path(args.output_dir) / "checkpoints") as manager:
+            if manager.latest_step() is None:
+                raise UsageError(f"--resume: no checkpoint in {manager.directory}; run without --resume to start "
+                                 "afresh")
 
 
 def main(argv=None) -> int:
