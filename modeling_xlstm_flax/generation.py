@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from transformers import GenerationConfig
 
-from .generation_loop import generate_loop
+from .generation_loop import UNSET_DEFAULTS, generate_loop
 from .hf_compat import FlaxGenerationMixin
 from .input_checks import check_generate_inputs
 
@@ -158,13 +158,6 @@ def pad_prompt(model, input_ids, attention_mask, generation_config, kwargs: dict
     if kwargs.get("min_length", config.min_length):
         kwargs["min_length"] = kwargs.get("min_length", config.min_length) + pad
     return input_ids, attention_mask, kwargs, pad
-
-
-# GenerationConfig fields transformers 5 keeps as None until `generate` fills its global defaults (the values
-# transformers 4's GenerationConfig holds from the start): the same defaults under both majors.
-UNSET_DEFAULTS = {"max_length": 20, "min_length": 0, "do_sample": False, "early_stopping": False, "num_beams": 1,
-                  "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0, "length_penalty": 1.0,
-                  "no_repeat_ngram_size": 0, "num_return_sequences": 1}
 
 
 def resolve_config(model, generation_config, kwargs: dict, prompt_length: int):

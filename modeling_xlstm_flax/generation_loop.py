@@ -39,6 +39,7 @@ refuses what it cannot honour (ValueError naming the field), but does not pick d
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -63,6 +64,13 @@ NO_EFFECT_FIELDS = frozenset({
     "prefill_chunk_size", "low_memory", "is_assistant", "num_assistant_tokens", "num_assistant_tokens_schedule",
     "assistant_confidence_threshold", "assistant_lookbehind", "target_lookbehind", "max_matching_ngram_size",
 })
+
+
+# GenerationConfig fields transformers 5 keeps as None until its `generate` fills in global defaults (the values
+# transformers 4's GenerationConfig holds from the start): read with those defaults under both majors.
+UNSET_DEFAULTS = {"max_length": 20, "min_length": 0, "do_sample": False, "early_stopping": False, "num_beams": 1,
+                  "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0, "length_penalty": 1.0,
+                  "no_repeat_ngram_size": 0, "num_return_sequences": 1}
 
 
 @flax.struct.dataclass
@@ -148,6 +156,11 @@ def check_generation_config(config, prompt_length: int) -> LoopSettings:
     the loop cannot honour. Fields outside HANDLED_FIELDS and NO_EFFECT_FIELDS must keep transformers' default
     (None and False count as off); fields a GenerationConfig() does not have are not read by transformers either
     and are ignored."""
+    unset = {name: value for name, value in UNSET_DEFAULTS.items() if getattr(config, name, None) is None}
+    if unset:  # transformers 5 keeps these None until generate fills them in: the same defaults as 4.x
+        config = copy.copy(config)
+        for name, value in unset.items():
+            setattr(config, name, value)
     defaults = type(config)().to_dict()
     for name, value in config.to_dict().items():
         if name.startswith("_") or name in HANDLED_FIELDS or name in NO_EFFECT_FIELDS or name not in defaults:
