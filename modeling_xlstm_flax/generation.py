@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from transformers import GenerationConfig
 
-from .generation_loop import UNSET_DEFAULTS, generate_loop
+from .generation_loop import generate_loop, with_unset_defaults
 from .hf_compat import FlaxGenerationMixin
 from .input_checks import check_generate_inputs
 
@@ -170,9 +170,7 @@ def resolve_config(model, generation_config, kwargs: dict, prompt_length: int):
     if unused:
         raise TypeError(f"unknown generation arguments: {sorted(unused)} (neither GenerationConfig fields nor "
                         "generate arguments)")
-    for name, value in UNSET_DEFAULTS.items():  # transformers 5 leaves these None and fills them in at generate
-        if getattr(config, name, None) is None:
-            setattr(config, name, value)
+    config = with_unset_defaults(config)  # transformers 5 leaves these None until its generate fills them in
     untouched = "max_length" not in kwargs and config.max_length is not None
     if config.max_new_tokens is not None:
         config.max_length = config.max_new_tokens + prompt_length

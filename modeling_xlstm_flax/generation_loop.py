@@ -73,6 +73,17 @@ UNSET_DEFAULTS = {"max_length": 20, "min_length": 0, "do_sample": False, "early_
                   "no_repeat_ngram_size": 0, "num_return_sequences": 1}
 
 
+def with_unset_defaults(config):
+    """`config`, or a copy of it with the UNSET_DEFAULTS fields that are None set to those defaults."""
+    unset = {name: value for name, value in UNSET_DEFAULTS.items() if getattr(config, name, None) is None}
+    if not unset:
+        return config
+    config = copy.copy(config)
+    for name, value in unset.items():
+        setattr(config, name, value)
+    return config
+
+
 @flax.struct.dataclass
 class GenerationOutput:
     """sequences (B * n, max_length) int32: the prompt, then the new tokens, pad after a row's eos (n: the
@@ -156,11 +167,7 @@ def check_generation_config(config, prompt_length: int) -> LoopSettings:
     the loop cannot honour. Fields outside HANDLED_FIELDS and NO_EFFECT_FIELDS must keep transformers' default
     (None and False count as off); fields a GenerationConfig() does not have are not read by transformers either
     and are ignored."""
-    unset = {name: value for name, value in UNSET_DEFAULTS.items() if getattr(config, name, None) is None}
-    if unset:  # transformers 5 keeps these None until generate fills them in: the same defaults as 4.x
-        config = copy.copy(config)
-        for name, value in unset.items():
-            setattr(config, name, value)
+    config = with_unset_defaults(config)
     defaults = type(config)().to_dict()
     for name, value in config.to_dict().items():
         if name.startswith("_") or name in HANDLED_FIELDS or name in NO_EFFECT_FIELDS or name not in defaults:
