@@ -1,12 +1,41 @@
 """Shared test helpers. The golden fixtures from upstream xlstm-jax live in tests/fixtures (copied unchanged from
 the project's shared fixtures; tests/fixtures/README.md says how they were made); never edited."""
 
+import atexit
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
+# Compile speed (the suite's cost is XLA:CPU compiling many small programs), set before jax is imported and
+# inherited by pytest-xdist workers and by the subprocesses tests start:
+# - LLVM optimisation level 0 for the generated CPU code (XLA's own HLO passes are unchanged) and, where jaxlib has
+#   the option, XLA:CPU's older loop emitters instead of its fusion emitters: each compile ~2.5x faster, same
+#   outputs. The training-run subprocesses (tests/training_runs.py) and the benchmarks keep a higher level.
+# - One persistent compilation cache per test session, in a fresh temporary folder (so every run starts cold and
+#   nothing outlives it): an identical program built by another model instance, worker or subprocess is read back
+#   instead of compiled again.
+def _jaxlib_before(major_minor: tuple) -> bool:
+    from importlib.metadata import version
 
-import numpy as np
-import pytest
+    return tuple(int(part) for part in version("jaxlib").split(".")[:2]) < major_minor
+
+
+FAST_XLA_FLAGS = ["--xla_backend_optimization_level=0"]
+if _jaxlib_before((0, 12)):  # an XLA:CPU option jaxlib 0.12 no longer has (an unknown flag aborts the process)
+    FAST_XLA_FLAGS.append("--xla_cpu_use_fusion_emitters=false")  # another ~40% off each compile
+for _flag in FAST_XLA_FLAGS:
+    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="xlstm-flax-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "xlstm_jax"

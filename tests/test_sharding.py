@@ -18,7 +18,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 from jax.sharding import PartitionSpec as P
 
-from conftest import tiny_config
+from conftest import FAST_XLA_FLAGS, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
 from modeling_xlstm_flax import sharding as sh
 
@@ -214,8 +214,8 @@ def multi(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharding")
     out = tmp / "results.json"
     env = dict(os.environ)
-    env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-                        "--xla_llvm_disable_expensive_passes=true")
+    env["XLA_FLAGS"] = " ".join(["--xla_force_host_platform_device_count=8", *FAST_XLA_FLAGS,
+                                 "--xla_llvm_disable_expensive_passes=true"])
     env["JAX_PLATFORMS"] = "cpu"
     hosts_dir = tmp / "multihost"
     hosts = subprocess.Popen([sys.executable, str(HERE / "sharding_multihost.py"), str(hosts_dir), str(free_port())],
