@@ -41,8 +41,10 @@ _CACHE_CONSTRAINT: contextvars.ContextVar[Optional[Callable]] = contextvars.Cont
 
 def jitted(model, kind: str, key, build: Callable[[], Any]) -> Any:
     """The compiled function stored for `model` under (`kind`, `key`), built by `build()` on first use. The one
-    cache of compiled programs per model: kinds "forward" (`model(...)`), "generate" (`model.generate`) and
-    "sharded_generate"; at most `_MAX_COMPILED_PER_MODEL` per kind (the oldest is dropped)."""
+    cache of compiled programs per model: kinds "forward" (`model(...)`), "generate" (`model.generate`) and the
+    sharded steps' "sharded_forward", "sharded_loss_and_grad", "sharded_train_step", "sharded_generate"; at most
+    `_MAX_COMPILED_PER_MODEL` per kind (the oldest is dropped). What `build` returns must not hold `model` strongly
+    (use a weakref), or the model is never freed."""
     compiled = _COMPILED.setdefault(model, {}).setdefault(kind, {})
     fn = compiled.get(key)
     if fn is None:

@@ -18,7 +18,7 @@ import numpy as np
 from flax.core.frozen_dict import unfreeze
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .generation import cache_constraint, jitted
+from .generation import cache_constraint, jitted, model_key
 from .sharding import (
     BATCH_AXES, DEFAULT_FSDP_MIN_WEIGHT_SIZE, TENSOR, activation_sharding, batch_sharding, cache_shardings,
     constrain_cache, fit_spec, param_shardings,
@@ -41,18 +41,11 @@ def _logits_spec(shape, mesh) -> P:
     return fit_spec((BATCH_AXES, None, TENSOR), shape, mesh)
 
 
-class _JitPerSignature:
-    """One `jax.jit` per call signature (input shapes, which optional inputs are given): the in/out shardings
-    depend on the batch size (an axis that does not divide the batch is dropped)."""
-
-    def __init__(self, build: Callable[..., tuple[Callable, tuple]]):
-        self.build = build
-        self.jitted: dict = {}
-
-    def __call__(self, key, *args):
-        if key not in self.jitted:
-            self.jitted[key] = self.build(*args)
-        return self.jitted[key]
+def _compiled(model, kind: str, key: tuple, build: Callable[[], tuple[Callable, tuple]]):
+    """(jitted fn, in_shardings) for one call signature, kept in the one per-model cache of compiled programs
+    (`generation.jitted`); `key` holds the signature (input shapes, which optional inputs are given) and whatever
+    else the program depends on (mesh, fsdp threshold, optimizer), `model_key` the module and config."""
+    return jitted(model, kind, (model_key(model),) + key, build)
 
 
 def sharded_forward(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE):
@@ -60,6 +53,8 @@ def sharded_forward(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT_FSDP_
     with in/out shardings: params by the rules, ids/mask/borders/logits batch-sharded (logits' vocab on tensor
     where it divides), the cache by `cache_shardings`, block activations by `activation_sharding`. Returns logits
     (B, S, V) float32, or (logits, new cache) when a cache is given."""
+
+    model_ref = weakref.ref(model)  # the compiled program is kept per model: it must not keep the model alive
 
     def build(params, shape, has_mask, has_borders, cache):
         p_sh = param_shardings(params, model.config, mesh, fsdp_min_weight_size)
@@ -69,22 +64,21 @@ def sharded_forward(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT_FSDP_
 
         def forward(params, input_ids, attention_mask, document_borders, cache):
             with activation_sharding(mesh):
-                out = model(input_ids, attention_mask=attention_mask, document_borders=document_borders,
-                            past_key_values=cache, params=params)
+                out = model_ref()(input_ids, attention_mask=attention_mask, document_borders=document_borders,
+                                  past_key_values=cache, params=params)
             return out.logits if cache is None else (out.logits, out.past_key_values)
 
         in_sh = (p_sh, b_sh, b_sh if has_mask else None, b_sh if has_borders else None, c_sh)
         out_sh = l_sh if cache is None else (l_sh, c_sh)
         return jax.jit(forward, in_shardings=in_sh, out_shardings=out_sh), in_sh
 
-    jits = _JitPerSignature(build)
-
     def call(params, input_ids, attention_mask=None, document_borders=None, past_key_values=None):
         params = unfreeze(params)
         shape = tuple(np.shape(input_ids))
         flags = (attention_mask is not None, document_borders is not None)
         cache_key = None if past_key_values is None else jax.tree_util.tree_structure(past_key_values)
-        fn, in_sh = jits((shape, flags, cache_key), params, shape, *flags, past_key_values)
+        fn, in_sh = _compiled(model, "sharded_forward", (mesh, fsdp_min_weight_size, shape, flags, cache_key),
+                              lambda: build(params, shape, *flags, past_key_values))
         args = (params, _batch_arg(input_ids), _batch_arg(attention_mask), _batch_arg(document_borders),
                 past_key_values)
         return fn(*_place(args, in_sh))
@@ -121,19 +115,20 @@ def sharded_loss_and_grad(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT
     -> (loss, grads)`: the causal-LM loss (`causal_lm_loss`) and its gradient, grads sharded like the params
     (XLA reduces them over the batch axes and scatters them over fsdp). A dropout_rng turns on train mode."""
 
+    model_ref = weakref.ref(model)  # the compiled program is kept per model: it must not keep the model alive
+
     def build(params, shape, *flags):
         p_sh = param_shardings(params, model.config, mesh, fsdp_min_weight_size)
-        fn = jax.value_and_grad(lambda p, *batch: _loss_fn(model, mesh, p, *batch))
+        fn = jax.value_and_grad(lambda p, *batch: _loss_fn(model_ref(), mesh, p, *batch))
         in_sh = (p_sh,) + _batch_shardings(mesh, shape, *flags)
         return jax.jit(fn, in_shardings=in_sh, out_shardings=(NamedSharding(mesh, P()), p_sh)), in_sh
-
-    jits = _JitPerSignature(build)
 
     def call(params, input_ids, attention_mask=None, document_borders=None, dropout_rng=None):
         params = unfreeze(params)
         shape = tuple(np.shape(input_ids))
         flags = (attention_mask is not None, document_borders is not None, dropout_rng is not None)
-        fn, in_sh = jits((shape, flags), params, shape, *flags)
+        fn, in_sh = _compiled(model, "sharded_loss_and_grad", (mesh, fsdp_min_weight_size, shape, flags),
+                              lambda: build(params, shape, *flags))
         args = (params, _batch_arg(input_ids), _batch_arg(attention_mask), _batch_arg(document_borders), dropout_rng)
         return fn(*_place(args, in_sh))
 
@@ -171,13 +166,15 @@ def sharded_train_step(model, mesh: Mesh, optimizer, fsdp_min_weight_size: int =
     optimizer state unchanged (so a caller that stops there still holds the last good state, donation or not)."""
     import optax
 
+    model_ref = weakref.ref(model)  # the compiled program is kept per model: it must not keep the model alive
+
     def build(params, shape, *flags):
         p_sh = param_shardings(params, model.config, mesh, fsdp_min_weight_size)
         o_sh = _optimizer_state_shardings(optimizer, params, model.config, mesh, fsdp_min_weight_size)
         rep = NamedSharding(mesh, P())
 
         def step(params, opt_state, *batch):
-            loss, grads = jax.value_and_grad(lambda p: _loss_fn(model, mesh, p, *batch))(params)
+            loss, grads = jax.value_and_grad(lambda p: _loss_fn(model_ref(), mesh, p, *batch))(params)
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             grad_norm = optax.tree.norm(grads) if with_grad_norm or skip_non_finite else None
@@ -192,13 +189,15 @@ def sharded_train_step(model, mesh: Mesh, optimizer, fsdp_min_weight_size: int =
         return jax.jit(step, in_shardings=in_sh, out_shardings=out_sh,
                        donate_argnums=(0, 1) if donate else ()), in_sh
 
-    jits = _JitPerSignature(build)
+    # the build closure holds `optimizer`, so its id stays unique while the program is kept
+    variant = (mesh, fsdp_min_weight_size, id(optimizer), donate, with_grad_norm, skip_non_finite)
 
     def call(params, opt_state, input_ids, attention_mask=None, document_borders=None, dropout_rng=None):
         params = unfreeze(params)
         shape = tuple(np.shape(input_ids))
         flags = (attention_mask is not None, document_borders is not None, dropout_rng is not None)
-        fn, in_sh = jits((shape, flags), params, shape, *flags)
+        fn, in_sh = _compiled(model, "sharded_train_step", variant + (shape, flags),
+                              lambda: build(params, shape, *flags))
         args = (params, opt_state, _batch_arg(input_ids), _batch_arg(attention_mask), _batch_arg(document_borders),
                 dropout_rng)
         return fn(*_place(args, in_sh))
@@ -232,7 +231,7 @@ def sharded_generate(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT_FSDP
     def call(params, input_ids, attention_mask=None, prng_key=None):
         params = unfreeze(params)
         shape = tuple(np.shape(input_ids))
-        fn, in_sh = jitted(model, "sharded_generate", signature + (shape,), lambda: build(params, shape))
+        fn, in_sh = _compiled(model, "sharded_generate", signature + (shape,), lambda: build(params, shape))
         if attention_mask is None:  # all tokens valid: the same numbers, one signature (and beams need a mask)
             attention_mask = np.ones(shape, np.int32)
         prng_key = jax.random.PRNGKey(0) if prng_key is None else prng_key

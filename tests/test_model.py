@@ -128,3 +128,40 @@ def test_document_borders_reset_memory():
     out_b = model(b, document_borders=borders).logits
     assert max_abs_diff(out_a[:, 5:], out_b[:, 5:]) <= 1e-5
     assert max_abs_diff(model(a).logits[:, 5:], model(b).logits[:, 5:]) > 1e-3  # without borders they differ
+
+
+def test_compiled_programs_shared_per_model_and_never_keep_it_alive():
+    """`model(ids)`, `generate` and the sharded steps keep their compiled programs in one per-model cache: two
+    `sharded_forward` functions of one model and mesh share one program; the cache does not keep a model alive."""
+    import gc
+    import weakref
+
+    import optax
+
+    from modeling_xlstm_flax import sharding as sh
+    from modeling_xlstm_flax.generation import _COMPILED
+    from modeling_xlstm_flax.sharded_steps import (
+        init_sharded_optimizer_state, sharded_forward, sharded_generate, sharded_train_step,
+    )
+
+    model = FlaxXLSTMForCausalLM(tiny_config(), seed=0)
+    mesh = sh.make_mesh(devices=jax.devices()[:1])
+    ids = np.random.RandomState(0).randint(3, 97, (2, 8))
+    first, second = sharded_forward(model, mesh), sharded_forward(model, mesh)
+    assert max_abs_diff(first(model.params, ids), model(ids).logits) <= 1e-5
+    assert max_abs_diff(second(model.params, ids), model(ids).logits) <= 1e-5
+    assert len(_COMPILED[model]["sharded_forward"]) == 1
+    optimizer = optax.sgd(0.1)
+    step = sharded_train_step(model, mesh, optimizer, donate=False)
+    params = jax.tree_util.tree_map(jnp.asarray, model.params)
+    new_params, _, loss = step(params, init_sharded_optimizer_state(optimizer, params, model.config, mesh), ids)
+    assert np.isfinite(float(loss)) and max_abs_diff(new_params["lm_head"]["kernel"],
+                                                     params["lm_head"]["kernel"]) > 0
+    sharded_generate(model, mesh, max_new_tokens=2, pad_token_id=1)(model.params, ids)
+    model.generate(ids, max_new_tokens=2, pad_token_id=1)
+    assert {"forward", "generate", "sharded_forward", "sharded_train_step", "sharded_generate"} <= set(
+        _COMPILED[model])
+    ref = weakref.ref(model)
+    del model, first, second, step
+    gc.collect()
+    assert ref() is None
