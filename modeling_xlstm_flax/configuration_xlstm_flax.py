@@ -287,6 +287,9 @@ class XLSTMFlaxConfig(PretrainedConfig):
         self.cell_eps = cell_eps
         self.prefill_segment_size = prefill_segment_size
         self.gradient_checkpointing = gradient_checkpointing
+        # transformers 5 drops generation parameters given to a config; `use_cache` is a common model attribute
+        # (NX-AI/xLSTM-7b's config.json has it), kept and saved as transformers 4 does
+        use_cache = kwargs.pop("use_cache", None)
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
             bos_token_id=bos_token_id,
@@ -294,6 +297,8 @@ class XLSTMFlaxConfig(PretrainedConfig):
             pad_token_id=pad_token_id,
             **kwargs,
         )
+        if use_cache is not None:
+            self.use_cache = use_cache
         self.validate()
         # from now on every assignment is checked (see __setattr__); set last, so construction itself is not
         self.__dict__[_CHECK_ASSIGNMENTS] = True

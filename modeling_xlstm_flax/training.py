@@ -11,7 +11,7 @@ The step is `sharded_steps.sharded_train_step` (loss `causal_lm_loss`) on a devi
 one device by default; `--mesh-data/--mesh-fsdp/--mesh-tensor N` for data / fully sharded data / tensor parallelism
 on the first data*fsdp*tensor devices. Validation: `sharded_forward` + `causal_lm_loss` on the same mesh.
 
-Output dir: config.json + model.safetensors (`FlaxAutoModelForCausalLM.from_pretrained`), tokenizer files,
+Output dir: config.json + model.safetensors (`FlaxXLSTMForCausalLM.from_pretrained`), tokenizer files,
 training_log.json (history, validation perplexity, arguments), loss_curve.png, and checkpoints/step_N/{params,
 opt_state,state} by orbax-checkpoint's `CheckpointManager` (atomic: a temporary folder renamed when complete; the
 newest `--keep-checkpoints` kept). `--resume` restores the newest onto the current mesh (any mesh). The JSON state
@@ -140,7 +140,7 @@ def restore_checkpoint(manager, params, opt_state):
 # ----------------------------------------------------------------------------------------------- setup
 def build_model_and_tokenizer(args, train_texts):
     """(model without params, its loaded params or None for a new model, tokenizer), following the command line."""
-    from transformers import AutoTokenizer, FlaxAutoModelForCausalLM
+    from transformers import AutoTokenizer
 
     import modeling_xlstm_flax as xf
     from .configuration_xlstm_flax import parse_field_overrides
@@ -161,7 +161,8 @@ def build_model_and_tokenizer(args, train_texts):
     if tokenizer.eos_token_id is None:
         raise UsageError("the tokenizer has no eos token; documents are joined with it")
     if args.model:
-        model, params = FlaxAutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, _do_init=False)
+        # our class reads our config and transformers' xLSTMConfig folders alike, under both transformers majors
+        model, params = xf.FlaxXLSTMForCausalLM.from_pretrained(args.model, dtype=dtype, _do_init=False)
         if len(tokenizer) > model.config.vocab_size:
             raise UsageError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
                              f"{model.config.vocab_size}")
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xlstm-flax-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", help="model dir or Hub id to fine-tune (FlaxAutoModelForCausalLM)")
+    src.add_argument("--model", help="model dir or Hub id to fine-tune (an xlstm_flax or transformers xlstm checkpoint)")
     src.add_argument("--preset", default="tiny-mlstm-v1", help="bundled config to train from scratch")
     src.add_argument("--config", help="config.json (XLSTMFlaxConfig) to train from scratch")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

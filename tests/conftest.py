@@ -75,3 +75,18 @@ def config_fields(config) -> dict:
     for key in ("_name_or_path", "transformers_version"):
         d.pop(key, None)
     return d
+
+
+def flax_auto_class(name: str):
+    """transformers' Flax Auto class `name` ("FlaxAutoModel", "FlaxAutoModelForCausalLM") under transformers 4.x;
+    None under 5.x, which removed every Flax Auto class (users load with our classes there)."""
+    import transformers
+
+    return getattr(transformers, name, None)
+
+
+def causal_lm_loader():
+    """What a user loads a saved causal LM with: `FlaxAutoModelForCausalLM` (4.x), else `FlaxXLSTMForCausalLM`."""
+    from modeling_xlstm_flax import FlaxXLSTMForCausalLM
+
+    return flax_auto_class("FlaxAutoModelForCausalLM") or FlaxXLSTMForCausalLM

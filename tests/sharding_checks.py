@@ -166,7 +166,8 @@ def run_case(name, layer_type, scan, plan, results, num_heads=8, fsdp_min=0):
 
 def collectives(layer_type, mesh_name, **overrides):
     """Compile (not run) a 1-block sharded forward (batch 16, 64 tokens, vocab 96 so it divides) and list its
-    collectives as "kind op_name" (op_name shortened to the module path)."""
+    collectives as "kind op_name" (op_name shortened to the module path, or to the param path where jax names the
+    operand, p['backbone']['blocks'][...] -> backbone/blocks/...)."""
     config = tiny_config(layer_type, num_heads=8, num_blocks=1, vocab_size=96, **overrides)
     model = FlaxXLSTMForCausalLM(config, _do_init=False)
     mesh = sh.make_mesh(*MESHES[mesh_name])
@@ -185,6 +186,9 @@ def collectives(layer_type, mesh_name, **overrides):
         if m:
             name = re.search(r'op_name="([^"]+)"', line)
             name = re.sub(r".*XLSTMForCausalLMModule/", "", name.group(1)) if name else "?"
+            keys = re.findall(r"\[\\?'([^'\\]+)\\?'\]", name)
+            if name.startswith("p[") and keys:  # jax >= 0.12 names a gathered weight by its argument path
+                name = "/".join(keys)
             found.append(f"{m.group(1)} {name}")
     return sorted(found)
 

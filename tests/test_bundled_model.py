@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
+from conftest import causal_lm_loader
 from modeling_xlstm_flax import data as data_lib
 from modeling_xlstm_flax.generate import bundled_model_path
 from modeling_xlstm_flax.sharded_steps import sharded_forward
@@ -19,7 +20,7 @@ from modeling_xlstm_flax.training import evaluate
 
 @pytest.mark.slow
 def test_bundled_model_reaches_stated_perplexity():
-    from transformers import AutoTokenizer, FlaxAutoModelForCausalLM
+    from transformers import AutoTokenizer
 
     path = bundled_model_path()
     card = ModelCard.load(path / "README.md")
@@ -28,7 +29,7 @@ def test_bundled_model_reaches_stated_perplexity():
     log = json.loads((path / "training_log.json").read_text())
     if log["python"] != sys.version.split()[0]:
         pytest.skip(f"the corpus is Python {log['python']}'s pydoc_data.topics; this is {sys.version.split()[0]}")
-    model = FlaxAutoModelForCausalLM.from_pretrained(path)
+    model = causal_lm_loader().from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     _, val = data_lib.split_documents(data_lib.load_documents(), 0.1)
     # windows of seq_len + 1 tokens: seq_len predictions each, as the card's figure was measured
@@ -49,3 +50,38 @@ def test_main_job_command_prints_text(tmp_path):
     assert result.stdout.startswith("The with statement")
     assert len(result.stdout.strip()) > len("The with statement") + 20
     assert "tokens/s" in result.stderr
+
+
+def test_bundled_model_greedy_tokens_and_save_load(tmp_path):
+    """Under either transformers major: the bundled model's greedy `generate` (24 tokens, the recurrent cache)
+    equals an argmax loop over full-sequence forwards without a cache (one program: the prompt and the tokens so
+    far, right-padded to a fixed length; causal, so padding after position t does not change t's logits), and a
+    save_pretrained / from_pretrained round trip keeps every param and the logits bit-identical."""
+    import jax
+    import numpy as np
+    from flax.traverse_util import flatten_dict
+    from transformers import AutoTokenizer
+
+    path = bundled_model_path()
+    model = causal_lm_loader().from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompt = np.asarray(tokenizer("The with statement", return_tensors="np")["input_ids"], np.int32)
+    new = 24
+    greedy = np.asarray(model.generate(prompt, max_new_tokens=new, do_sample=False, eos_token_id=None,
+                                       pad_token_id=tokenizer.pad_token_id).sequences)
+    width = prompt.shape[1] + new
+    forward = jax.jit(lambda p, ids: model(ids, params=p).logits)
+    ids = np.full((1, width), tokenizer.pad_token_id, np.int32)
+    ids[:, : prompt.shape[1]] = prompt
+    for t in range(prompt.shape[1], width):
+        ids[0, t] = int(np.argmax(np.asarray(forward(model.params, ids))[0, t - 1]))
+    np.testing.assert_array_equal(greedy, ids)
+
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    a, b = flatten_dict(model.params), flatten_dict(loaded.params)
+    assert set(a) == set(b)
+    for key in a:
+        assert np.asarray(a[key]).dtype == np.asarray(b[key]).dtype
+        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=str(key))
+    np.testing.assert_array_equal(np.asarray(loaded(greedy).logits), np.asarray(model(greedy).logits))

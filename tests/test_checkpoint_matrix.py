@@ -20,8 +20,6 @@ from flax.traverse_util import flatten_dict
 
 from conftest import FIXTURES, load_fixture
 
-torch = pytest.importorskip("torch")
-
 PT_KW = dict(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_heads=2, qk_dim_factor=0.5, chunk_size=128)
 IDS = np.random.RandomState(5).randint(0, 97, (2, 11)).astype(np.int32)
 WAYS_IN = ["random", "pt_single", "pt_sharded", "upstream", "orbax", "msgpack", "flax_sharded"]
@@ -76,6 +74,8 @@ def _pt_config():
 
 
 def _torch_model(seed: int):
+    """transformers' PyTorch xLSTM with perturbed weights (the ways in from PyTorch; skipped without torch)."""
+    torch = pytest.importorskip("torch", reason="the PyTorch ways in are written by transformers' xLSTMForCausalLM")
     from transformers import xLSTMConfig, xLSTMForCausalLM
 
     torch.manual_seed(seed)

@@ -14,9 +14,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, max_abs_diff
+from conftest import FIXTURES, causal_lm_loader, max_abs_diff
 
-torch = pytest.importorskip("torch")
+
+def _torch():
+    """torch, or a skip: transformers' PyTorch xLSTM is the reference of the tests that call this (the orbax and
+    bad-input tests need no torch and run under transformers 5 as well)."""
+    return pytest.importorskip("torch", reason="transformers' PyTorch xLSTMForCausalLM is the reference here")
 
 TOL = 1e-4
 ORBAX = FIXTURES / "v1_orbax"
@@ -35,6 +39,7 @@ def _no_leftovers(out) -> bool:
 
 
 def _pt_logits(directory, ids):
+    torch = _torch()
     from transformers import xLSTMForCausalLM
 
     model = xLSTMForCausalLM.from_pretrained(str(directory), dtype=torch.float32,
@@ -44,16 +49,13 @@ def _pt_logits(directory, ids):
 
 
 def _flax_logits(directory, ids):
-    from transformers import FlaxAutoModelForCausalLM
-
-    import modeling_xlstm_flax  # noqa: F401  (registers the auto classes)
-
-    return np.asarray(FlaxAutoModelForCausalLM.from_pretrained(directory)(ids).logits)
+    return np.asarray(causal_lm_loader().from_pretrained(directory)(ids).logits)
 
 
 @pytest.fixture(scope="module")
 def pt_dir(tmp_path_factory):
     """A transformers PyTorch xLSTM saved sharded (index + 14 shards), every weight perturbed."""
+    torch = _torch()
     from transformers import xLSTMConfig, xLSTMForCausalLM
 
     torch.manual_seed(0)
@@ -244,6 +246,8 @@ def test_flax_to_pytorch_sharded_matches_and_round_trips(tmp_path, ids, tie, sca
 def test_flax_to_pytorch_bfloat16_with_verify(tmp_path, capfd):
     from safetensors import safe_open
 
+    _torch()  # --verify runs transformers' PyTorch model
+
     _flax_model().save_pretrained(tmp_path / "flax")
     out = tmp_path / "pt"
     assert _run("flax_to_pytorch", tmp_path / "flax", out, "--dtype", "bfloat16", "--verify") == 0
@@ -405,7 +409,6 @@ def test_xlstm_7b_shapes_match_the_converter_plan_in_both_layouts():
     scanned) and transformers' PyTorch xLSTMForCausalLM built on the meta device equal what the converter plans
     to write."""
     from flax.traverse_util import flatten_dict
-    from transformers import xLSTMConfig, xLSTMForCausalLM
 
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM, load_preset
     from modeling_xlstm_flax import param_table
@@ -434,6 +437,9 @@ def test_xlstm_7b_shapes_match_the_converter_plan_in_both_layouts():
     assert plan["backbone/blocks/0/mlstm_layer/q/kernel"] == (4096, 2048)
 
     # PyTorch: transformers' own module, built without memory
+    torch = _torch()
+    from transformers import xLSTMConfig, xLSTMForCausalLM
+
     with torch.device("meta"):
         reference = xLSTMForCausalLM(xLSTMConfig(vocab_size=50304, hidden_size=4096, num_hidden_layers=32,
                                                  num_heads=8))

@@ -81,15 +81,19 @@ def test_hidden_states_match_pytorch_xlstm(pt_and_flax, scan_blocks):
 
 # ---------------------------------------------------------------------------------------------- __call__
 def test_call_signature_follows_transformers_flax_causal_lm():
-    from transformers import FlaxGPT2LMHeadModel, FlaxLlamaForCausalLM
+    """Our positional parameters follow transformers' Flax causal LMs (4.x; transformers 5 has none to compare)."""
+    import transformers
 
     ours = list(inspect.signature(FlaxXLSTMForCausalLM.__call__).parameters.values())
-    for reference in (FlaxLlamaForCausalLM, FlaxGPT2LMHeadModel):
+    keyword_only = {p.name for p in ours if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert {"document_borders", "logits_to_keep", "use_cache"} <= keyword_only
+    references = [getattr(transformers, name, None) for name in ("FlaxLlamaForCausalLM", "FlaxGPT2LMHeadModel")]
+    if None in references:
+        pytest.skip("transformers 5 has no Flax models to hold the positional parameters against")
+    for reference in references:
         expected = [n for n in inspect.signature(reference.__call__).parameters
                     if n not in ("token_type_ids", "head_mask", "encoder_hidden_states", "encoder_attention_mask")]
         assert [p.name for p in ours[: len(expected)]] == expected
-    keyword_only = {p.name for p in ours if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    assert {"document_borders", "logits_to_keep", "use_cache"} <= keyword_only
 
 
 def test_call_keywords_position_ids_attentions_use_cache():

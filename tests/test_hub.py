@@ -19,7 +19,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from conftest import REPO, max_abs_diff, tiny_config
+from conftest import REPO, causal_lm_loader, max_abs_diff, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
 from modeling_xlstm_flax.hub import AUTO_MAP, code_files, export_hub_folder, main, push_to_hub
 from modeling_xlstm_flax.model_card import build_model_card, check_model_card, save_model_card
@@ -76,14 +76,17 @@ def exported(models, tokenizer, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------- export
-def test_export_folder_is_self_contained(exported):
+def test_export_folder_is_self_contained(exported, tokenizer, tmp_path):
     folder = exported["mlstm_v1"]
     names = {p.name for p in folder.iterdir()}
     code = set(code_files())
     assert code >= {"modeling_flax_xlstm.py", "configuration_xlstm_flax.py", "config_translation.py",
                     "mlstm_kernels.py", "xlstm_layers.py", "input_checks.py", "generation.py"}
-    assert names >= code | {"config.json", "model.safetensors", "generation_config.json", "README.md",
-                            "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    # the tokenizer's own files: transformers 4 also writes special_tokens_map.json, transformers 5 does not
+    tokenizer_files = {Path(f).name for f in tokenizer.save_pretrained(tmp_path / "tok") if Path(f).is_file()}
+    assert {"tokenizer.json", "tokenizer_config.json"} <= tokenizer_files
+    assert names >= code | tokenizer_files | {"config.json", "model.safetensors", "generation_config.json",
+                                              "README.md"}
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP and config["model_type"] == "xlstm_flax"
     assert config["architectures"] == ["FlaxXLSTMForCausalLM"]
@@ -117,10 +120,9 @@ def test_export_refuses_non_empty_folder(models, tmp_path):
 
 
 def test_export_loads_with_the_package_without_remote_code(exported, models):
-    """Where the package is installed, the folder loads with the registered classes (no remote code)."""
-    from transformers import FlaxAutoModelForCausalLM
-
-    loaded = FlaxAutoModelForCausalLM.from_pretrained(exported["mlstm_v1"])
+    """Where the package is installed, the folder loads with the registered classes (no remote code): through
+    FlaxAutoModelForCausalLM under transformers 4, our class under 5 (no Flax auto classes there)."""
+    loaded = causal_lm_loader().from_pretrained(exported["mlstm_v1"])
     assert type(loaded) is FlaxXLSTMForCausalLM
     ids = np.random.RandomState(0).randint(3, loaded.config.vocab_size, (2, 9))
     assert max_abs_diff(loaded(ids).logits, models["mlstm_v1"](ids).logits) == 0.0
@@ -143,7 +145,8 @@ REMOTE_SCRIPT = textwrap.dedent("""
             from transformers.dynamic_module_utils import get_class_from_dynamic_module
             cls = get_class_from_dynamic_module(config.auto_map["FlaxAutoModelForCausalLM"], job["folder"])
             model = cls.from_pretrained(job["folder"])
-        tokenizer = AutoTokenizer.from_pretrained(job["folder"])
+        # transformers 5 reads the config to pick the tokenizer: remote code there too
+        tokenizer = AutoTokenizer.from_pretrained(job["folder"], trust_remote_code=True)
         ids = np.load(job["ids"])
         np.save(job["logits_out"], np.asarray(model(ids).logits))
         report[layer] = {"model_class": type(model).__module__ + "." + type(model).__name__,
@@ -193,7 +196,9 @@ def test_remote_code_load_in_fresh_venv(exported, models, tokenizer, tmp_path):
     proc = subprocess.run([str(python), "-c", REMOTE_SCRIPT, json.dumps(jobs)], cwd=outside, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
-    report = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("REPORT "))[len("REPORT "):])
+    reports = [line[len("REPORT "):] for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
+    assert len(reports) == 1, f"no report from the remote-code run:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    report = json.loads(reports[0])
     for layer, model in models.items():
         info = report[layer]
         assert info["model_class"].startswith("transformers_modules.") and info["model_class"].endswith(
