@@ -1,5 +1,6 @@
-"""The bundled model: it loads with FlaxAutoModelForCausalLM, still reaches the validation perplexity its model card
-states (within 2%), and the README's main-job command prints text."""
+"""The bundled model: it loads with FlaxAutoModelForCausalLM (transformers 4; our class under 5), still reaches the
+validation perplexity its model card states (within 2%), greedy-decodes like an argmax loop and round-trips save/load
+bit-exactly under either major, and the README's main-job command prints text."""
 
 import json
 import os
