@@ -69,6 +69,18 @@ def max_abs_diff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
 
+def assert_params_identical(a, b, what: str = "") -> None:
+    """Two param trees with the same names, dtypes and values, bit for bit."""
+    from flax.traverse_util import flatten_dict
+
+    fa = {"/".join(map(str, k)): np.asarray(v) for k, v in flatten_dict(a).items()}
+    fb = {"/".join(map(str, k)): np.asarray(v) for k, v in flatten_dict(b).items()}
+    assert sorted(fa) == sorted(fb), what
+    for key in fa:
+        assert fa[key].dtype == fb[key].dtype, f"{what} {key}"
+        np.testing.assert_array_equal(fa[key], fb[key], err_msg=f"{what} {key}")
+
+
 def config_fields(config) -> dict:
     """The config's fields, without bookkeeping entries that name where it was loaded from."""
     d = config.to_dict()
@@ -77,9 +89,9 @@ def config_fields(config) -> dict:
     return d
 
 
-def flax_auto_class(name: str):
-    """transformers' Flax Auto class `name` ("FlaxAutoModel", "FlaxAutoModelForCausalLM") under transformers 4.x;
-    None under 5.x, which removed every Flax Auto class (users load with our classes there)."""
+def transformers_flax_class(name: str):
+    """transformers' Flax class `name` ("FlaxAutoModelForCausalLM", "FlaxLlamaForCausalLM", ...) under
+    transformers 4.x; None under 5.x, which removed every Flax class (users load with our classes there)."""
     import transformers
 
     return getattr(transformers, name, None)
@@ -89,4 +101,4 @@ def causal_lm_loader():
     """What a user loads a saved causal LM with: `FlaxAutoModelForCausalLM` (4.x), else `FlaxXLSTMForCausalLM`."""
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM
 
-    return flax_auto_class("FlaxAutoModelForCausalLM") or FlaxXLSTMForCausalLM
+    return transformers_flax_class("FlaxAutoModelForCausalLM") or FlaxXLSTMForCausalLM

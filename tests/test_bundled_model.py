@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from conftest import causal_lm_loader
+from conftest import assert_params_identical, causal_lm_loader
 from modeling_xlstm_flax import data as data_lib
 from modeling_xlstm_flax.generate import bundled_model_path
 from modeling_xlstm_flax.sharded_steps import sharded_forward
@@ -60,7 +60,6 @@ def test_bundled_model_greedy_tokens_and_save_load(tmp_path):
     save_pretrained / from_pretrained round trip keeps every param and the logits bit-identical."""
     import jax
     import numpy as np
-    from flax.traverse_util import flatten_dict
     from transformers import AutoTokenizer
 
     path = bundled_model_path()
@@ -80,9 +79,5 @@ def test_bundled_model_greedy_tokens_and_save_load(tmp_path):
 
     model.save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path)
-    a, b = flatten_dict(model.params), flatten_dict(loaded.params)
-    assert set(a) == set(b)
-    for key in a:
-        assert np.asarray(a[key]).dtype == np.asarray(b[key]).dtype
-        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=str(key))
+    assert_params_identical(loaded.params, model.params)
     np.testing.assert_array_equal(np.asarray(loaded(greedy).logits), np.asarray(model(greedy).logits))

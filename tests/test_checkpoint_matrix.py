@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from conftest import FIXTURES, load_fixture
+from conftest import FIXTURES, assert_params_identical, load_fixture
 
 PT_KW = dict(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_heads=2, qk_dim_factor=0.5, chunk_size=128)
 IDS = np.random.RandomState(5).randint(0, 97, (2, 11)).astype(np.int32)
@@ -28,14 +28,6 @@ WAYS_OUT = ["save_single", "save_sharded", "hub_export", "to_pytorch", "to_flax"
 
 def _flat(params) -> dict:
     return {"/".join(k): np.asarray(v) for k, v in flatten_dict(params).items()}
-
-
-def _assert_identical(a, b, what=""):
-    fa, fb = _flat(a), _flat(b)
-    assert sorted(fa) == sorted(fb), what
-    for key in fa:
-        assert fa[key].dtype == fb[key].dtype, f"{what} {key}"
-        np.testing.assert_array_equal(fa[key], fb[key], err_msg=f"{what} {key}")
 
 
 _LOGITS = {}
@@ -119,7 +111,7 @@ def _way_in(name: str, tmp):
         model.save_pretrained(tmp / name, max_shard_size="40KB")
         assert (tmp / name / "model.safetensors.index.json").is_file()
     config, params = _load(tmp / name)
-    _assert_identical(params, model.params, name)
+    assert_params_identical(params, model.params, name)
     return config, params
 
 
@@ -159,7 +151,7 @@ def test_every_way_in_and_out(arrived, way_out, tmp_path):
     if way_in in ("upstream", "orbax") and way_out in ("to_pytorch", "to_flax"):
         pytest.skip("the upstream fixture's config (rmsnorm multi-head norm) has no transformers xLSTMConfig")
     back_config, back = _way_out(way_out, config, params, tmp_path)
-    _assert_identical(back, params, f"{way_in} -> {way_out}")
+    assert_params_identical(back, params, f"{way_in} -> {way_out}")
     np.testing.assert_array_equal(_logits(back_config, back), logits)
 
 
@@ -172,7 +164,7 @@ def test_non_contiguous_params_are_saved_as_their_values(tmp_path):
                                     FlaxXLSTMForCausalLM(config, seed=2).params)
     assert not params["lm_head"]["kernel"].flags.c_contiguous
     FlaxXLSTMForCausalLM(config, _do_init=False).save_pretrained(tmp_path, params=params)
-    _assert_identical(_load(tmp_path)[1], params)
+    assert_params_identical(_load(tmp_path)[1], params)
 
 
 def test_param_dtype_bfloat16_and_no_warning_list(tmp_path, caplog):
@@ -198,13 +190,13 @@ def test_backbone_checkpoint_into_lm_initialises_the_head(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         lm = FlaxXLSTMForCausalLM.from_pretrained(tmp_path)
     assert any("lm_head/kernel" in r.getMessage() and "newly initialized" in r.getMessage() for r in caplog.records)
-    _assert_identical(lm.params["backbone"], base.params)
+    assert_params_identical(lm.params["backbone"], base.params)
     assert lm.params["lm_head"]["kernel"].shape == (config.embedding_dim, config.vocab_size)
 
     model, params = FlaxXLSTMForCausalLM.from_pretrained(tmp_path, _do_init=False)
     assert "lm_head" not in params and model._missing_keys == {("lm_head", "kernel")}
     full = model.init_weights(jax.random.PRNGKey(0), (1, 1), params)
-    _assert_identical(full["backbone"], base.params)
+    assert_params_identical(full["backbone"], base.params)
     assert "lm_head" in full
 
 

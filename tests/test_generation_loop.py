@@ -12,9 +12,7 @@ which the Flax loop ignores or, for n-grams, cannot run under jax 0.10); `min_ne
 fewer than that many tokens are new); top_k=1 sampling, several eos ids and sampling's num_return_sequences
 against the host greedy search.
 
-Every program here is compiled with XLA:CPU's backend optimisation and fusion emitters off (`FAST`, for the
-reference too): the same computations in about a third of the compile time, which is most of this file's run
-time.
+Its programs compile with the suite's fast XLA:CPU settings (`tests/conftest.py`), the references too.
 """
 
 import copy
@@ -37,9 +35,6 @@ from modeling_xlstm_flax.generation_loop import (
 
 NEW = 8  # new tokens per test
 S = 6  # prompt length
-FAST = {"xla_backend_optimization_level": 0}
-if tuple(int(part) for part in jax.__version__.split(".")[:2]) < (0, 12):
-    FAST["xla_cpu_use_fusion_emitters"] = False  # an XLA:CPU compile option that jax 0.12 no longer has
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +64,7 @@ def ours(model, params, ids, mask=None, key=0, **kwargs):
     run = _PROGRAMS.get((id(model), settings))
     if run is None:
         run = _PROGRAMS[(id(model), settings)] = jax.jit(
-            lambda p, i, m, k: generate_loop(model, p, i, m, config, k), compiler_options=FAST)
+            lambda p, i, m, k: generate_loop(model, p, i, m, config, k))
     return run(params, ids, mask, jax.random.PRNGKey(key))
 
 
@@ -83,8 +78,7 @@ def reference(model, params, ids, mask=None, key=0, **kwargs):
     flax_utils = needs_flax_loop()
     extra = {} if mask is None else {"attention_mask": mask}  # its beam search cannot take attention_mask=None
     run = jax.jit(lambda p, i, k, e: flax_utils.FlaxGenerationMixin.generate(model, i, params=p, prng_key=k,
-                                                                             **kwargs, **e),
-                  compiler_options=FAST)
+                                                                             **kwargs, **e))
     return run(params, ids, jax.random.PRNGKey(key), extra)
 
 
@@ -98,7 +92,7 @@ def host_greedy(setup, eos=(), processors=None) -> np.ndarray:
     (model, params), ids, mask = setup[0][False], setup[1], setup[2]
     if not _STEP:
         _STEP["run"] = jax.jit(lambda p, i, m, c: (lambda o: (o.logits[:, -1], o.past_key_values))(
-            model(i, attention_mask=m, params=p, past_key_values=c, logits_to_keep=1)), compiler_options=FAST)
+            model(i, attention_mask=m, params=p, past_key_values=c, logits_to_keep=1)))
     logits, cache = _STEP["run"](params, ids, mask, model.init_cache(3))
     seqs, finished = ids.astype(np.int64), np.zeros(3, bool)
     for _ in range(NEW):
@@ -233,8 +227,7 @@ def processed(**kwargs):
     """Our processors then warpers on _SCORES after _SEQS[:, :cur_len] (a prompt of 5 tokens, max_length 14, eos
     3): cur_len -> (4, 12) scores. The buffer past cur_len holds other tokens, which must not count."""
     settings = check_generation_config(GenerationConfig(**{"max_length": 14, "eos_token_id": 3, **kwargs}), 5)
-    run = jax.jit(lambda c: logits_warper(settings)(logits_processor(settings)(_SEQS, _SCORES, c)),
-                  compiler_options=FAST)
+    run = jax.jit(lambda c: logits_warper(settings)(logits_processor(settings)(_SEQS, _SCORES, c)))
     return lambda cur_len: np.asarray(run(cur_len))
 
 
@@ -252,7 +245,7 @@ def test_logits_processors_match_flax_processors():
         (dict(do_sample=True, top_k=0, temperature=0.5), flax_proc.FlaxTemperatureLogitsWarper(0.5)),
     ]:
         ours_at = processed(**kwargs)
-        theirs = jax.jit(lambda c: proc(jnp.asarray(_SEQS), jnp.asarray(_SCORES), c), compiler_options=FAST)
+        theirs = jax.jit(lambda c: proc(jnp.asarray(_SEQS), jnp.asarray(_SCORES), c))
         for cur_len in (1, 5, 9, 13):
             np.testing.assert_array_equal(ours_at(cur_len), np.asarray(theirs(cur_len)),
                                           err_msg=f"{kwargs} cur_len={cur_len}")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import max_abs_diff, tiny_config
+from conftest import max_abs_diff, tiny_config, transformers_flax_class
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM, FlaxXLSTMModel, stack_block_params
 
 TOL = 1e-4
@@ -82,12 +82,10 @@ def test_hidden_states_match_pytorch_xlstm(pt_and_flax, scan_blocks):
 # ---------------------------------------------------------------------------------------------- __call__
 def test_call_signature_follows_transformers_flax_causal_lm():
     """Our positional parameters follow transformers' Flax causal LMs (4.x; transformers 5 has none to compare)."""
-    import transformers
-
     ours = list(inspect.signature(FlaxXLSTMForCausalLM.__call__).parameters.values())
     keyword_only = {p.name for p in ours if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert {"document_borders", "logits_to_keep", "use_cache"} <= keyword_only
-    references = [getattr(transformers, name, None) for name in ("FlaxLlamaForCausalLM", "FlaxGPT2LMHeadModel")]
+    references = [transformers_flax_class(name) for name in ("FlaxLlamaForCausalLM", "FlaxGPT2LMHeadModel")]
     if None in references:
         pytest.skip("transformers 5 has no Flax models to hold the positional parameters against")
     for reference in references:

@@ -3,17 +3,8 @@
 import jax
 import numpy as np
 import pytest
-from flax.traverse_util import flatten_dict
 
-from conftest import config_fields, flax_auto_class, tiny_config
-
-
-def _assert_params_identical(a, b):
-    fa, fb = flatten_dict(a), flatten_dict(b)
-    assert set(fa) == set(fb)
-    for key in fa:
-        assert np.asarray(fa[key]).dtype == np.asarray(fb[key]).dtype, key
-        np.testing.assert_array_equal(np.asarray(fa[key]), np.asarray(fb[key]), err_msg=str(key))
+from conftest import assert_params_identical, config_fields, tiny_config, transformers_flax_class
 
 
 @pytest.mark.parametrize("layer_type", ["mlstm_v1", "mlstm"])
@@ -31,13 +22,13 @@ def test_round_trip_bit_identical(tmp_path, layer_type, scan_blocks):
     assert (tmp_path / "model.safetensors").is_file()
 
     loaded = FlaxXLSTMForCausalLM.from_pretrained(tmp_path)
-    _assert_params_identical(model.params, loaded.params)
+    assert_params_identical(model.params, loaded.params)
     np.testing.assert_array_equal(np.asarray(loaded(ids).logits), logits)
 
     auto_config = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(auto_config, XLSTMFlaxConfig)
     assert config_fields(auto_config) == config_fields(config)
-    auto_class = flax_auto_class("FlaxAutoModelForCausalLM")
+    auto_class = transformers_flax_class("FlaxAutoModelForCausalLM")
     if auto_class is not None:  # transformers 4.x
         auto = auto_class.from_pretrained(tmp_path)
         assert isinstance(auto, FlaxXLSTMForCausalLM)
@@ -57,8 +48,8 @@ def test_base_model_loads_from_lm_checkpoint(tmp_path):
 
     lm = FlaxXLSTMForCausalLM(tiny_config(), seed=1)
     lm.save_pretrained(tmp_path)
-    loaders = [FlaxXLSTMModel] + [cls for cls in [flax_auto_class("FlaxAutoModel")] if cls is not None]
+    loaders = [FlaxXLSTMModel] + [cls for cls in [transformers_flax_class("FlaxAutoModel")] if cls is not None]
     for loader in loaders:
         base = loader.from_pretrained(tmp_path)
         assert isinstance(base, FlaxXLSTMModel)
-        _assert_params_identical(base.params, lm.params["backbone"])
+        assert_params_identical(base.params, lm.params["backbone"])
