@@ -15,8 +15,10 @@ import pytest
 from flax import linen as nn
 from flax.traverse_util import flatten_dict
 
-from modeling_xlstm_flax import slstm_cell, slstm_layers
+from modeling_xlstm_flax import mlstm_kernels, slstm_cell, slstm_layers
+from modeling_xlstm_flax.library_mlstm_params import mlstm_block_config_from_library, mlstm_block_params_from_library
 from modeling_xlstm_flax.slstm_layers import SLSTMBlock, SLSTMConfig, SLSTMLayer, zero_layer_state
+from modeling_xlstm_flax.xlstm_layers import FlaxXLSTMBlock
 from modeling_xlstm_flax.slstm_params import (
     bias_from_library, block_params_from_library, block_params_to_library, slstm_config_from_library,
 )
@@ -97,14 +99,37 @@ def test_steps_from_token_0_match_library_step(name, prefill):
     assert max_diff(y, arrays["y_step"]) <= TOL
 
 
-def _lm_logits(library_config, sd, idx, step: bool):
-    """An sLSTM-only `xLSTMLMModel` composed from our blocks (test harness: embedding, blocks, post norm, head)."""
-    config, backend = slstm_config_from_library(library_config["slstm_block"], library_config["embedding_dim"])
-    blocks = [block_params_from_library(sd, config, backend, f"xlstm_block_stack.blocks.{i}.")
-              for i in range(library_config["num_blocks"])]
+def _lm_logits(library_config, sd, idx, step: bool, mlstm_kernel: str = "chunkwise"):
+    """A library `xLSTMLMModel` composed from our blocks (a test harness until the model wires mixed stacks):
+    embedding, blocks by `slstm_at` (our `SLSTMBlock`; the library's mLSTM blocks on our `FlaxXLSTMBlock`), post
+    norm, head. step: every block one token per call with its state, from token 0."""
+    num_blocks = library_config["num_blocks"]
+    slstm_at = library_config["slstm_at"]
+    slstm_at = list(range(num_blocks)) if slstm_at == "all" else slstm_at
+    s_config, backend = slstm_config_from_library(library_config["slstm_block"], library_config["embedding_dim"])
+    m_config = None
+    if library_config.get("mlstm_block"):
+        m_config = mlstm_block_config_from_library(library_config, sequence_kernel=mlstm_kernel)
     x = jnp.asarray(sd["token_embedding.weight"])[jnp.asarray(idx)]
-    for params in blocks:
-        x = run_steps(config, params, np.asarray(x))[0] if step else run_block(config, params, x)
+    for i in range(num_blocks):
+        prefix = f"xlstm_block_stack.blocks.{i}."
+        if i in slstm_at:
+            params = block_params_from_library(sd, s_config, backend, prefix)
+            x = run_steps(s_config, params, np.asarray(x))[0] if step else run_block(s_config, params, x)
+            continue
+        params = mlstm_block_params_from_library(sd, m_config, prefix)
+        apply = jax.jit(lambda p, xt, st: FlaxXLSTMBlock(m_config).apply({"params": p}, xt, None, None, st))
+        if not step:
+            x = apply(params, x, None)[0]
+            continue
+        state = mlstm_kernels.zero_state(x.shape[0], m_config.num_heads, m_config.qk_head_dim,
+                                         m_config.v_head_dim)._asdict()
+        state["conv"] = jnp.zeros((x.shape[0], m_config.conv1d_kernel_size - 1, m_config.inner_dim))
+        outs = []
+        for t in range(x.shape[1]):
+            y, state = apply(params, x[:, t : t + 1], state)
+            outs.append(y)
+        x = jnp.concatenate(outs, axis=1)
     scale = 1.0 + sd["xlstm_block_stack.post_blocks_norm.weight"]
     x = nn.LayerNorm(epsilon=1e-5, use_bias=False).apply({"params": {"scale": scale}}, x)
     return x @ jnp.asarray(sd["lm_head.weight"]).T
@@ -115,8 +140,25 @@ def test_slstm_only_lm_longer_than_context_matches_library(step):
     library_config, sd, arrays = load("lm_slstm")
     assert library_config["slstm_block"]["feedforward"]["_proj_up_dim"] == 0  # the width must be recomputed
     assert arrays["idx"].shape[1] > library_config["context_length"]
+    np.testing.assert_array_equal(sd["lm_head.weight"], sd["token_embedding.weight"])  # tied
     logits = _lm_logits(library_config, sd, arrays["idx"], step)
     assert max_diff(logits, arrays["logits_step" if step else "logits"]) <= TOL
+
+
+@pytest.mark.parametrize("step, kernel", [(False, "chunkwise"), (False, "parallel_stabilized"), (True, "chunkwise")],
+                         ids=["chunkwise", "parallel", "steps"])
+def test_mixed_lm_matches_library(step, kernel):
+    """slstm_at [1]: block 0 is the library's mLSTM block on our existing `mlstm` layer, block 1 our sLSTM block."""
+    library_config, sd, arrays = load("lm_mixed")
+    assert library_config["slstm_at"] == [1] and arrays["idx"].shape[1] <= library_config["context_length"]
+    logits = _lm_logits(library_config, sd, arrays["idx"], step, kernel)
+    assert max_diff(logits, arrays["logits_step" if step else "logits"]) <= TOL
+
+
+def test_library_mlstm_bias_is_refused():
+    library_config, _, _ = load("lm_mixed")
+    with pytest.raises(ValueError, match="bias=true is not supported"):
+        mlstm_block_config_from_library(dict(library_config, bias=True))
 
 
 # ---------------------------------------------------------------------------------------------- layouts
