@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from . import slstm_cell
-from .xlstm_layers import CausalConv1d, HeadwiseLinear, XLSTMNorm
+from .xlstm_layers import CausalConv1d, HeadwiseLinear, XLSTMNorm, small_init, wang_init
 
 # The library's feedforward activations by name (`xlstm.components.feedforward`); "gelu" is torch's exact erf GELU.
 LIBRARY_ACTIVATIONS = {
@@ -50,7 +50,8 @@ class SLSTMConfig:
     """Everything an sLSTM block computes with (nothing about init or training kernels).
 
     `ff_proj_factor=None` means a block without feedforward. `ff_dim` is always recomputed from the factor and the
-    rounding (the library's stored `_proj_up_dim` may be 0).
+    rounding (the library's stored `_proj_up_dim` may be 0). A fresh init follows the library's defaults
+    (`powerlaw_blockdependent` bias, zero recurrent kernel, small-init gates, Wang-init FFN output).
     """
 
     embedding_dim: int
@@ -64,6 +65,8 @@ class SLSTMConfig:
     ff_act_fn: str = "gelu"
     ff_bias: bool = False
     norm_eps: float = 1e-5
+    block_idx: int = 0  # init only: the forget-gate bias of a fresh block depends on its depth
+    num_blocks: int = 1
 
     def __post_init__(self):
         slstm_cell.check_function(self.function)
@@ -95,6 +98,19 @@ def zero_layer_state(config: SLSTMConfig, batch: int) -> dict:
     if config.conv1d_kernel_size > 0:
         state["conv"] = jnp.zeros((batch, config.conv1d_kernel_size - 1, config.embedding_dim), jnp.float32)
     return state
+
+
+def powerlaw_bias_init(config: SLSTMConfig):
+    """The library's `powerlaw_blockdependent` bias (NH, 4, DH): forget gate per head
+    -(-5 + 12 * (d / (DH - 1)) ** (0.3 + 1.3 * block_idx / (num_blocks - 1))), the other gates 0."""
+
+    def init(key, shape, dtype=jnp.float32):
+        ratio = config.block_idx / (config.num_blocks - 1) if config.num_blocks > 1 else 0.0
+        dims = jnp.arange(config.head_dim, dtype=jnp.float32) / max(config.head_dim - 1, 1)
+        fgate = -(-5.0 + 12.0 * dims ** (0.3 + 1.3 * ratio))
+        return jnp.zeros(shape, dtype).at[:, 1, :].set(fgate.astype(dtype))
+
+    return init
 
 
 def _group_norm(y: jax.Array, scale: Optional[jax.Array], eps: float) -> jax.Array:
@@ -135,12 +151,12 @@ class SLSTMLayer(nn.Module):
                 new_state["conv"] = window.astype(jnp.float32)
         else:
             xc = x
-        headwise = partial(HeadwiseLinear, NH, D, use_bias=False, dtype=self.dtype)
+        headwise = partial(HeadwiseLinear, NH, D, use_bias=False, kernel_init=small_init(D), dtype=self.dtype)
         wx = jnp.stack([headwise(name="igate")(xc), headwise(name="fgate")(xc),
                         headwise(name="zgate")(x), headwise(name="ogate")(x)], axis=2)  # (B, S, 4, D)
         wx = wx.reshape(B, S, 4, NH, DH)
         kernel = self.param("recurrent_kernel", nn.initializers.zeros, (NH, DH, 4 * DH), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (NH, 4, DH), jnp.float32)
+        bias = self.param("bias", powerlaw_bias_init(cfg), (NH, 4, DH), jnp.float32)
         cell_state = None if state is None else slstm_cell.SLSTMState(*(state[k] for k in ("y", "c", "n", "m")))
         reset = document_borders
         if S == 1 and cell_state is not None:
@@ -177,8 +193,9 @@ class SLSTMFeedForward(nn.Module):
         cfg = self.config
         dense = partial(nn.Dense, use_bias=cfg.ff_bias, dtype=self.dtype, param_dtype=jnp.float32)
         act = LIBRARY_ACTIVATIONS[cfg.ff_act_fn]
-        h = act(dense(cfg.ff_dim, name="proj_up_gate")(x)) * dense(cfg.ff_dim, name="proj_up")(x)
-        return dense(cfg.embedding_dim, name="proj_down")(h)
+        up = partial(dense, cfg.ff_dim, kernel_init=small_init(cfg.embedding_dim))
+        h = act(up(name="proj_up_gate")(x)) * up(name="proj_up")(x)
+        return dense(cfg.embedding_dim, kernel_init=wang_init(cfg.embedding_dim, cfg.num_blocks), name="proj_down")(h)
 
 
 class SLSTMBlock(nn.Module):

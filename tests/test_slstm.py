@@ -293,6 +293,10 @@ def test_left_padding_starts_from_the_fresh_state():
     assert max_diff(y_pad[:, pad:], y_ref) <= 1e-6
     for key in state_ref:
         assert max_diff(state_pad[key], state_ref[key]) <= 1e-6, key
+    # a masked decoding step (a padded row in a batch) leaves the whole state untouched
+    _, state_held = layer.apply({"params": params["slstm_layer"]}, x[:, :1] + 1.0, state_ref, jnp.zeros((1, 1), bool))
+    for key in state_ref:
+        np.testing.assert_array_equal(np.asarray(state_held[key]), np.asarray(state_ref[key]), err_msg=key)
 
 
 def test_document_border_resets_the_state():
@@ -307,3 +311,18 @@ def test_document_border_resets_the_state():
     assert max_diff(jnp.stack(state_doc), jnp.stack(state_alone)) <= 1e-6
     y_no_reset, _ = slstm_cell.slstm_sequence(wx, kernel, bias)
     assert max_diff(y_no_reset[:, 2:], y_alone) > 1e-3  # the test can fail: history matters without the reset
+
+
+# ---------------------------------------------------------------------------------------------- fresh init
+@pytest.mark.parametrize("block_idx, num_blocks", [(0, 1), (0, 3), (1, 3), (2, 3)])
+def test_fresh_bias_init_matches_library_powerlaw(block_idx, num_blocks):
+    _, _, arrays = load("init_bias")
+    config = SLSTMConfig(32, 4, block_idx=block_idx, num_blocks=num_blocks)
+    x = jnp.zeros((1, 2, 32))
+    params = SLSTMBlock(config).init(jax.random.PRNGKey(0), x)["params"]
+    expected = bias_from_library(arrays[f"bias_{block_idx}_of_{num_blocks}"], "vanilla", 4)
+    np.testing.assert_allclose(np.asarray(params["slstm_layer"]["bias"]), expected, rtol=0, atol=1e-6)
+    assert not np.any(np.asarray(params["slstm_layer"]["recurrent_kernel"]))  # recurrent_weight_init "zeros"
+    assert float(jnp.std(params["slstm_layer"]["igate"]["kernel"])) > 0
+    y, _ = SLSTMBlock(config).apply({"params": params}, jax.random.normal(jax.random.PRNGKey(1), (2, 5, 32)))
+    assert bool(jnp.all(jnp.isfinite(y)))
