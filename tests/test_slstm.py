@@ -203,6 +203,19 @@ def test_compiled_prefix_is_stripped_and_missing_or_extra_params_refused():
         block_params_from_library({**sd, "xlstm.extra": np.zeros(1)}, config, backend)
 
 
+def test_bfloat16_checkpoint_loads_as_float32():
+    import ml_dtypes
+
+    config, backend, _, _ = load_block("block")
+    _, sd, _ = load("block")
+    sd_bf16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in sd.items()}
+    params = block_params_from_library(sd_bf16, config, backend)
+    expected = block_params_from_library({k: v.astype(np.float32) for k, v in sd_bf16.items()}, config, backend)
+    for key, value in flatten_dict(params, sep="/").items():
+        assert value.dtype == np.float32, key
+        np.testing.assert_array_equal(value, flatten_dict(expected, sep="/")[key], err_msg=key)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"slstm": {"gradient_recurrent_clipval": 1.0}}, "gradient_recurrent_clipval=1.0 is not supported"),
     ({"slstm": {"function": "gru"}}, "function 'gru' is not supported"),
