@@ -65,6 +65,7 @@ class SLSTMConfig:
     ff_act_fn: str = "gelu"
     ff_bias: bool = False
     norm_eps: float = 1e-5
+    dropout: float = 0.0  # the library's layer/feedforward dropout: identity at inference, not implemented in training
     block_idx: int = 0  # init only: the forget-gate bias of a fresh block depends on its depth
     num_blocks: int = 1
 
@@ -124,6 +125,7 @@ def _group_norm(y: jax.Array, scale: Optional[jax.Array], eps: float) -> jax.Arr
 class SLSTMLayer(nn.Module):
     """x (B, S, D) -> y (B, S, D) float32-accurate, new state (or None when no state was given).
 
+    The argument order is `FlaxXLSTMBlock`'s (x, attention_mask, document_borders, state, deterministic).
     state: None (fresh, no state returned) or the dict of `zero_layer_state`. With S == 1 and a state this is the
     one-token step (no scan). attention_mask (B, S): 0 = padding (holds the state, zero conv input);
     document_borders (B, S): True = the token starts from the fresh state.
@@ -133,8 +135,11 @@ class SLSTMLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, state=None, attention_mask=None, document_borders=None):
+    def __call__(self, x, attention_mask=None, document_borders=None, state=None, deterministic=True):
         cfg = self.config
+        if not deterministic and cfg.dropout > 0:
+            raise NotImplementedError(f"sLSTM dropout={cfg.dropout} in training (deterministic=False) is not "
+                                      "implemented; train with dropout 0")
         B, S, D = x.shape
         NH, DH, K = cfg.num_heads, cfg.head_dim, cfg.conv1d_kernel_size
         keep = None if attention_mask is None else attention_mask.astype(bool)
@@ -169,7 +174,7 @@ class SLSTMLayer(nn.Module):
         if new_state is not None:
             new_state.update(cell_state._asdict())
         scale = GroupNormScale(D, name="group_norm")() if cfg.group_norm_weight else None
-        return _group_norm(y, scale, 1e-5).astype(self.dtype), new_state
+        return _group_norm(y, scale, cfg.norm_eps).astype(self.dtype), new_state
 
 
 class GroupNormScale(nn.Module):
@@ -199,17 +204,18 @@ class SLSTMFeedForward(nn.Module):
 
 
 class SLSTMBlock(nn.Module):
-    """Pre-norm residual sLSTM block (+ gated feedforward). x (B, S, D) -> (B, S, D), new layer state (or None)."""
+    """Pre-norm residual sLSTM block (+ gated feedforward). x (B, S, D) -> (B, S, D), new layer state (or None).
+    Called like `FlaxXLSTMBlock`: (x, attention_mask, document_borders, state, deterministic)."""
 
     config: SLSTMConfig
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, state=None, attention_mask=None, document_borders=None):
+    def __call__(self, x, attention_mask=None, document_borders=None, state=None, deterministic=True):
         cfg = self.config
         norm = partial(XLSTMNorm, "layernorm", cfg.norm_eps, dtype=self.dtype)
         y, new_state = SLSTMLayer(cfg, dtype=self.dtype, name="slstm_layer")(
-            norm(name="norm_slstm")(x), state, attention_mask, document_borders)
+            norm(name="norm_slstm")(x), attention_mask, document_borders, state, deterministic)
         x = x + y
         if cfg.ff_proj_factor is not None:
             x = x + SLSTMFeedForward(cfg, dtype=self.dtype, name="ffn")(norm(name="norm_ffn")(x))

@@ -76,7 +76,8 @@ def slstm_config_from_library(block: Mapping, embedding_dim: Optional[int] = Non
     config = SLSTMConfig(
         embedding_dim=int(dim), num_heads=int(slstm.get("num_heads", 4)),
         conv1d_kernel_size=int(slstm.get("conv1d_kernel_size", 4)), function=slstm.get("function", "slstm"),
-        group_norm_weight=bool(slstm.get("group_norm_weight", True)), **ff)
+        group_norm_weight=bool(slstm.get("group_norm_weight", True)),
+        dropout=float(max(slstm.get("dropout", 0.0) or 0.0, (ffn or {}).get("dropout", 0.0) or 0.0)), **ff)
     return config, backend
 
 

@@ -54,7 +54,7 @@ def run_block(config, params, x):
 def run_steps(config, params, x, prefill: int = 0):
     """Block over x (B, S, D): the first `prefill` tokens in one call with a fresh state, then one token per call."""
     state = zero_layer_state(config, x.shape[0])
-    apply = jax.jit(lambda p, xt, st: SLSTMBlock(config).apply({"params": p}, xt, st))
+    apply = jax.jit(lambda p, xt, st: SLSTMBlock(config).apply({"params": p}, xt, None, None, st))
     outs = []
     if prefill:
         y, state = apply(params, jnp.asarray(x[:, :prefill]), state)
@@ -79,12 +79,12 @@ def test_final_state_and_given_initial_state_match_library(name):
     config, _, params, arrays = load_block(name)
     layer = SLSTMLayer(config)
     x = jnp.asarray(arrays["x"])
-    _, state = layer.apply({"params": params["slstm_layer"]}, x, zero_layer_state(config, x.shape[0]))
+    _, state = layer.apply({"params": params["slstm_layer"]}, x, None, None, zero_layer_state(config, x.shape[0]))
     cell_state = slstm_cell.SLSTMState(*(state[k] for k in "ycnm"))
     assert max_diff(slstm_cell.state_to_library(cell_state, config.function), arrays["state"]) <= TOL
     start = zero_layer_state(config, x.shape[0])
     start.update(slstm_cell.state_from_library(arrays["state0"], config.num_heads, config.function)._asdict())
-    y, state = layer.apply({"params": params["slstm_layer"]}, x, start)
+    y, state = layer.apply({"params": params["slstm_layer"]}, x, None, None, start)
     cell_state = slstm_cell.SLSTMState(*(state[k] for k in "ycnm"))
     assert max_diff(y, arrays["layer_y_state0"]) <= TOL
     assert max_diff(slstm_cell.state_to_library(cell_state, config.function), arrays["state_from_state0"]) <= TOL
@@ -231,6 +231,18 @@ def test_unsupported_library_settings_are_refused_by_name(change, message):
         slstm_config_from_library(library_config)
 
 
+def test_training_dropout_is_refused_not_ignored():
+    library_config, _, _ = load("block")
+    library_config["slstm"]["dropout"] = 0.1
+    config, backend = slstm_config_from_library(library_config)
+    _, sd, arrays = load("block")
+    params = block_params_from_library(sd, config, backend)
+    x = jnp.asarray(arrays["x"])
+    assert max_diff(run_block(config, params, x), arrays["y"]) <= TOL  # inference: dropout is the identity
+    with pytest.raises(NotImplementedError, match="dropout=0.1 in training"):
+        SLSTMBlock(config).apply({"params": params}, x, None, None, None, False)
+
+
 def test_feedforward_width_is_recomputed_and_no_feedforward_is_allowed():
     library_config, _, _ = load("block_k0")  # proj_factor 1.7, D 32 -> ceil(54.4 / 64) * 64
     library_config["feedforward"]["_proj_up_dim"] = 0
@@ -301,13 +313,14 @@ def test_left_padding_starts_from_the_fresh_state():
     padded = jnp.concatenate([jnp.full((1, pad, x.shape[-1]), 7.0), x], axis=1)
     mask = jnp.concatenate([jnp.zeros((1, pad), bool), jnp.ones((1, x.shape[1]), bool)], axis=1)
     layer = SLSTMLayer(config)
-    y_ref, state_ref = layer.apply({"params": params["slstm_layer"]}, x, zero_layer_state(config, 1))
-    y_pad, state_pad = layer.apply({"params": params["slstm_layer"]}, padded, zero_layer_state(config, 1), mask)
+    y_ref, state_ref = layer.apply({"params": params["slstm_layer"]}, x, None, None, zero_layer_state(config, 1))
+    y_pad, state_pad = layer.apply({"params": params["slstm_layer"]}, padded, mask, None, zero_layer_state(config, 1))
     assert max_diff(y_pad[:, pad:], y_ref) <= 1e-6
     for key in state_ref:
         assert max_diff(state_pad[key], state_ref[key]) <= 1e-6, key
     # a masked decoding step (a padded row in a batch) leaves the whole state untouched
-    _, state_held = layer.apply({"params": params["slstm_layer"]}, x[:, :1] + 1.0, state_ref, jnp.zeros((1, 1), bool))
+    _, state_held = layer.apply({"params": params["slstm_layer"]}, x[:, :1] + 1.0, jnp.zeros((1, 1), bool), None,
+                                 state_ref)
     for key in state_ref:
         np.testing.assert_array_equal(np.asarray(state_held[key]), np.asarray(state_ref[key]), err_msg=key)
 
