@@ -85,6 +85,7 @@ def check_inputs(input_ids, attention_mask: Optional[Any], document_borders: Opt
 # ---------------------------------------------------------------------------------------------- generate
 # Longest sequence `generate` accepts (prompt + new tokens): its output buffer is allocated up front.
 MAX_GENERATION_LENGTH = 1 << 24
+DEFAULT_MAX_LENGTH = 20  # transformers' GenerationConfig default (transformers 5 leaves it None until generate)
 
 
 def _as_array(value: Any, name: str) -> Any:
@@ -140,9 +141,9 @@ def check_generation_options(generation_config: Any, kwargs: dict, prompt_length
     if new_tokens is not None:
         _check_int("max_new_tokens", new_tokens, 1, limit - prompt_length,
                    f" (the prompt has {prompt_length} tokens; prompt + new tokens may be at most {limit})")
-    elif "max_length" not in kwargs and get("max_length") in (None, GenerationConfig().max_length) \
-            and prompt_length >= GenerationConfig().max_length:
-        raise ValueError(f"no length given: the default max_length={GenerationConfig().max_length} counts the "
+    elif "max_length" not in kwargs and get("max_length") in (None, DEFAULT_MAX_LENGTH) \
+            and prompt_length >= DEFAULT_MAX_LENGTH:
+        raise ValueError(f"no length given: the default max_length={DEFAULT_MAX_LENGTH} counts the "
                          f"prompt's {prompt_length} tokens, so nothing would be generated; pass max_new_tokens=N "
                          "(N new tokens after the prompt) or a larger max_length")
     else:  # max_length counts the prompt (an explicit 20 too, as transformers' PyTorch generate)
@@ -201,7 +202,7 @@ def check_generate_inputs(model: Any, input_ids: Any, attention_mask: Any, gener
     attention_mask = _as_array(attention_mask, "attention_mask")
     if generation_config is None:
         generation_config = model.generation_config
-    if input_ids is not None and not _is_traced(input_ids) and np.size(input_ids) == 0:
+    if input_ids is not None and 0 in np.shape(input_ids):  # (shapes are known inside a trace too)
         raise ValueError(f"input_ids is empty (shape {np.shape(input_ids)}): generate continues a prompt, so give "
                          "at least one token per row (e.g. the tokenizer's bos_token_id)")
     check_prng_key(prng_key)
