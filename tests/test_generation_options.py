@@ -250,6 +250,15 @@ def test_plain_callable_logits_processor(model):
     np.testing.assert_array_equal(got, np.asarray(model.generate(IDS, max_new_tokens=NEW,
                                                                  bad_words_ids=[[banned]]).sequences))
     assert not np.array_equal(got, greedy)
+    try:  # transformers 4.x's own Flax processors are such callables
+        from transformers.generation.flax_logits_process import (
+            FlaxLogitsProcessorList, FlaxSuppressTokensLogitsProcessor,
+        )
+    except ImportError:
+        return
+    flax_list = FlaxLogitsProcessorList([FlaxSuppressTokensLogitsProcessor([banned])])
+    np.testing.assert_array_equal(np.asarray(model.generate(IDS, max_new_tokens=NEW,
+                                                            logits_processor=flax_list).sequences), got)
 
 
 # ---------------------------------------------------------------------------------------------- sharded cache
