@@ -23,7 +23,6 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from transformers import GenerationConfig
 
 from .generation_loop import (  # noqa: F401  (cache_constraint: the sharded steps' way in)
     cache_constraint, check_logits_processors, constrained as _constrained, generate_loop, with_unset_defaults,
