@@ -273,13 +273,12 @@ class Models:
         return decode
 
     def ours_generate_fn(self, new_tokens: int):
-        """jit-able (params, ids) -> sequences: transformers' Flax greedy `generate`, no early stop."""
+        """jit-able (params, ids) -> sequences: our greedy `generate`, no early stop."""
         model = self.model
-        unreachable_eos = self.config.vocab_size  # never emitted: every sequence gets new_tokens tokens
 
-        def generate(params, ids):
+        def generate(params, ids):  # no eos id: every sequence gets new_tokens tokens
             return model.generate(ids, params=params, max_new_tokens=new_tokens, do_sample=False, num_beams=1,
-                                  pad_token_id=self.config.pad_token_id, eos_token_id=unreachable_eos).sequences
+                                  pad_token_id=self.config.pad_token_id, eos_token_id=None).sequences
 
         return generate
 

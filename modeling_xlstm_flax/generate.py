@@ -57,6 +57,9 @@ def _check_options(args) -> None:
 
     if args.max_new_tokens <= 0:
         raise UsageError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if args.preset and not args.prompt:  # (a model's tokenizer starts an empty prompt from its bos token)
+        raise UsageError("--prompt is empty: the random-init --preset model has no bos token to start from; give "
+                         "some text to continue")
     if args.num_beams < 1:
         raise UsageError(f"--num-beams must be >= 1 (1: no beam search), got {args.num_beams}")
     if args.do_sample:

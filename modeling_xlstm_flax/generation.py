@@ -3,8 +3,8 @@
 * `generate(model, ...)`: host-side checks of the prompt and options, the eos/pad defaults, left padding to a
   multiple (`pad_to_multiple_of`), then the decode loop compiled once per model, generation arguments and input
   signature (`jitted`), or run as is inside someone else's trace.
-* the loop is transformers' Flax generation loop (greedy, sampling, beam search) under transformers 4.x and our
-  own (`generation_loop`, the same tokens, tested against it) under transformers 5, which has no Flax loop; the model's
+* the loop is our own (`generation_loop`: greedy, sampling, beam search) under transformers 4 and 5 alike; it gives
+  transformers 4.x's Flax loop's tokens (tested against it), which is kept only as a test oracle: the model's
   `prepare_inputs_for_generation` / `update_inputs_for_generation` (defined here: `prepare_inputs`,
   `update_inputs`) make the recurrent state its cache.
 * `cache_constraint(fn)`: while a `generate` is traced under it, every cache the loop creates or carries goes
@@ -15,8 +15,6 @@ Shapes: B batch, S prompt length, L = max_length (prompt + new tokens).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import copy
 import json
 import weakref
@@ -25,18 +23,15 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from transformers import GenerationConfig
 
-from .generation_loop import generate_loop, with_unset_defaults
-from .hf_compat import FlaxGenerationMixin
+from .generation_loop import (  # noqa: F401  (cache_constraint: the sharded steps' way in)
+    cache_constraint, check_logits_processors, constrained as _constrained, generate_loop, with_unset_defaults,
+)
 from .input_checks import check_generate_inputs
 
 # Compiled functions per model: {model: {kind: {key: jitted fn}}}; bounded, never keeps a model alive.
 _COMPILED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 _MAX_COMPILED_PER_MODEL = 32
-# The function applied to every cache the loop makes while a generate is traced (see `cache_constraint`).
-_CACHE_CONSTRAINT: contextvars.ContextVar[Optional[Callable]] = contextvars.ContextVar("xlstm_cache_constraint",
-                                                                                        default=None)
 
 
 def jitted(model, kind: str, key, build: Callable[[], Any]) -> Any:
@@ -64,22 +59,6 @@ def model_key(model) -> tuple:
     """What a compiled program of `model` depends on besides its arguments: the module object and the config's
     current values (a config field changed after a call gives a new program, never a stale one)."""
     return id(model.module), repr(sorted(vars(model.config).items()))
-
-
-@contextlib.contextmanager
-def cache_constraint(fn: Callable):
-    """Within this block, `prepare_inputs` / `update_inputs` pass every cache through `fn` (e.g.
-    `jax.lax.with_sharding_constraint`); meant around the tracing of a jitted generate."""
-    token = _CACHE_CONSTRAINT.set(fn)
-    try:
-        yield
-    finally:
-        _CACHE_CONSTRAINT.reset(token)
-
-
-def _constrained(cache):
-    fn = _CACHE_CONSTRAINT.get()
-    return cache if fn is None else fn(cache)
 
 
 def prepare_inputs(model, input_ids, max_length, attention_mask=None) -> dict:
@@ -117,20 +96,6 @@ def is_traced(*arrays) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(arrays))
 
 
-def resolve_defaults(model, generation_config, kwargs: dict) -> dict:
-    """`kwargs` plus the ids the loop needs when neither they nor the generation config give one: a checkpoint
-    without an eos id (e.g. converted from upstream) generates to the length, so the eos id becomes the vocabulary
-    size, one no logit can produce (processors that mask that column write out of bounds, which JAX drops); the pad
-    id then defaults to 0."""
-    kwargs = dict(kwargs)
-    resolved = generation_config if generation_config is not None else model.generation_config
-    if kwargs.get("eos_token_id", getattr(resolved, "eos_token_id", None)) is None:
-        kwargs["eos_token_id"] = model.config.vocab_size
-        if kwargs.get("pad_token_id", getattr(resolved, "pad_token_id", None)) is None:
-            kwargs["pad_token_id"] = 0
-    return kwargs
-
-
 def pad_prompt(model, input_ids, attention_mask, generation_config, kwargs: dict, multiple: Optional[int]):
     """Left-pad the prompt (B, S) to a multiple of `multiple` tokens, masked, so prompts of different lengths share
     one compiled program. Returns (input_ids, attention_mask, kwargs, pad); `max_length` / `min_length` are shifted
@@ -146,70 +111,68 @@ def pad_prompt(model, input_ids, attention_mask, generation_config, kwargs: dict
     if not pad:
         return input_ids, attention_mask, kwargs, 0
     kwargs = dict(kwargs)
-    config = generation_config if generation_config is not None else model.generation_config
+    config = with_unset_defaults(generation_config if generation_config is not None else model.generation_config)
     pad_id = kwargs.get("pad_token_id", config.pad_token_id)
-    pad_id = config.eos_token_id if pad_id is None else pad_id
+    pad_id = kwargs.get("eos_token_id", config.eos_token_id) if pad_id is None else pad_id
     pad_id = 0 if pad_id is None else int(np.ravel(pad_id)[0])
     input_ids = xp.pad(input_ids, ((0, 0), (pad, 0)), constant_values=pad_id)
     attention_mask = xp.pad(attention_mask, ((0, 0), (pad, 0)))
-    # transformers turns its default max_length into that many new tokens by itself; an explicit one counts the prompt
-    if kwargs.get("max_new_tokens", config.max_new_tokens) is None:
-        max_length = kwargs.get("max_length", config.max_length)
-        if "max_length" in kwargs or max_length != GenerationConfig().max_length:
-            kwargs["max_length"] = max_length + pad
+    if kwargs.get("max_new_tokens", config.max_new_tokens) is None:  # max_length counts the prompt
+        kwargs["max_length"] = kwargs.get("max_length", config.max_length) + pad
     if kwargs.get("min_length", config.min_length):
         kwargs["min_length"] = kwargs.get("min_length", config.min_length) + pad
     return input_ids, attention_mask, kwargs, pad
 
 
-def resolve_config(model, generation_config, kwargs: dict, prompt_length: int):
+def resolve_config(model, generation_config, kwargs: dict):
     """One GenerationConfig for our loop: the given one (or the model's), the call's `kwargs` merged in (an unknown
-    name is a TypeError naming it), and `max_length` fixed as transformers' generate fixes it: `max_new_tokens`
-    counts after the prompt; a `max_length` of 20 (GenerationConfig's default) means 20 new tokens unless it is the
-    untouched default, which counts the prompt."""
+    name is a TypeError naming it), transformers 4's defaults for what transformers 5 leaves None. Length as in
+    transformers' PyTorch `generate`: `max_new_tokens` counts after the prompt, else `max_length` counts the prompt
+    (an explicit `max_length=20` too: transformers 4's Flax loop took it as 20 new tokens)."""
     config = copy.deepcopy(generation_config if generation_config is not None else model.generation_config)
     unused = config.update(**kwargs)
     if unused:
         raise TypeError(f"unknown generation arguments: {sorted(unused)} (neither GenerationConfig fields nor "
                         "generate arguments)")
-    config = with_unset_defaults(config)  # transformers 5 leaves these None until its generate fills them in
-    untouched = "max_length" not in kwargs and config.max_length is not None
-    if config.max_new_tokens is not None:
-        config.max_length = config.max_new_tokens + prompt_length
-    elif not (untouched and config.max_length == GenerationConfig().max_length):
-        if config.max_length == GenerationConfig().max_length:
-            config.max_length += prompt_length
-    return config
+    return with_unset_defaults(config)  # transformers 5 leaves these None until its generate fills them in
 
 
 def run_loop(model, input_ids, attention_mask, generation_config, prng_key, params, kwargs: dict,
-             logits_processor=None, trace: bool = True):
-    """The decode loop itself (traceable): transformers' Flax `generate` with this model's cache hooks where
-    transformers has it (4.x), else our own loop (`generation_loop`, same tokens; transformers 5)."""
-    if FlaxGenerationMixin is not None:
-        mask = {} if attention_mask is None else {"attention_mask": attention_mask}
-        return FlaxGenerationMixin.generate(model, input_ids, generation_config, prng_key, trace, params,
-                                            logits_processor, **kwargs, **mask)
-    if logits_processor is not None:
-        raise ValueError("logits_processor needs transformers' Flax generation loop (transformers 4.x); with "
-                         "transformers 5 use the GenerationConfig fields (temperature, top_k, top_p, ...)")
-    config = resolve_config(model, generation_config, kwargs, input_ids.shape[1])
+             processors: tuple = ()):
+    """The decode loop itself (traceable): `generation_loop.generate_loop` with the resolved config."""
+    config = resolve_config(model, generation_config, kwargs)
     params = model.params if params is None else params
-    prng_key = jax.random.PRNGKey(0) if prng_key is None else prng_key
-    return generate_loop(model, params, input_ids, attention_mask, config, prng_key)
+    prng_key = jax.random.PRNGKey(0) if prng_key is None else prng_key  # transformers' default
+    return generate_loop(model, params, input_ids, attention_mask, config, prng_key, processors)
+
+
+def _finish(out, pad: int):
+    """The padding cut from the sequences; per-step scores / logits (B * n, max_length - S, V) become a tuple of
+    (B * n, V) arrays, one per step the loop ran, as transformers returns them (outside a trace only)."""
+    if pad:
+        out = out.replace(sequences=out.sequences[:, pad:])
+    per_step = {name: getattr(out, name) for name in ("scores", "logits")
+                if getattr(out, name) is not None and getattr(out, name).ndim == 3}
+    if per_step and not is_traced(out.steps):
+        steps = int(out.steps)
+        out = out.replace(**{name: tuple(value[:, i] for i in range(steps)) for name, value in per_step.items()})
+    return out
 
 
 def generate(model, input_ids, generation_config=None, prng_key=None, trace: bool = True, params=None,
              logits_processor=None, *, attention_mask=None, pad_to_multiple_of: Optional[int] = None, **kwargs):
     """`model.generate`: see `FlaxXLSTMPreTrainedModel.generate`."""
-    input_ids, attention_mask = check_generate_inputs(model, input_ids, attention_mask, generation_config, kwargs)
-    kwargs = resolve_defaults(model, generation_config, kwargs)
+    if not getattr(model, "has_lm_head", True):
+        raise TypeError(f"{type(model).__name__} is the xLSTM backbone (hidden states, no LM head) and cannot "
+                        "generate: load the model with FlaxXLSTMForCausalLM")
+    processors = check_logits_processors(logits_processor)
+    input_ids, attention_mask = check_generate_inputs(model, input_ids, attention_mask, generation_config, kwargs,
+                                                      prng_key)
     input_ids, attention_mask, kwargs, pad = pad_prompt(model, input_ids, attention_mask, generation_config, kwargs,
                                                         pad_to_multiple_of)
-    if (not trace or logits_processor is not None or not all(_is_plain(v) for v in kwargs.values())
+    if (not trace or processors or not all(_is_plain(v) for v in kwargs.values())
             or is_traced(input_ids, attention_mask, params, prng_key)):
-        out = run_loop(model, input_ids, attention_mask, generation_config, prng_key, params, kwargs,
-                       logits_processor, trace)
+        out = run_loop(model, input_ids, attention_mask, generation_config, prng_key, params, kwargs, processors)
     else:
         key = (_config_key(generation_config), _config_key(model.generation_config), repr(sorted(kwargs.items())),
                attention_mask is not None, model_key(model))
@@ -223,4 +186,4 @@ def generate(model, input_ids, generation_config=None, prng_key=None, trace: boo
         params = model.params if params is None else params
         prng_key = jax.random.PRNGKey(0) if prng_key is None else prng_key  # transformers' default
         out = run(params, input_ids, attention_mask, prng_key)
-    return out.replace(sequences=out.sequences[:, pad:]) if pad else out
+    return _finish(out, pad)

@@ -85,6 +85,7 @@ def check_inputs(input_ids, attention_mask: Optional[Any], document_borders: Opt
 # ---------------------------------------------------------------------------------------------- generate
 # Longest sequence `generate` accepts (prompt + new tokens): its output buffer is allocated up front.
 MAX_GENERATION_LENGTH = 1 << 24
+DEFAULT_MAX_LENGTH = 20  # transformers' GenerationConfig default (transformers 5 leaves it None until generate)
 
 
 def _as_array(value: Any, name: str) -> Any:
@@ -140,16 +141,26 @@ def check_generation_options(generation_config: Any, kwargs: dict, prompt_length
     if new_tokens is not None:
         _check_int("max_new_tokens", new_tokens, 1, limit - prompt_length,
                    f" (the prompt has {prompt_length} tokens; prompt + new tokens may be at most {limit})")
-    else:
+    elif "max_length" not in kwargs and get("max_length") in (None, DEFAULT_MAX_LENGTH) \
+            and prompt_length >= DEFAULT_MAX_LENGTH:
+        raise ValueError(f"no length given: the default max_length={DEFAULT_MAX_LENGTH} counts the "
+                         f"prompt's {prompt_length} tokens, so nothing would be generated; pass max_new_tokens=N "
+                         "(N new tokens after the prompt) or a larger max_length")
+    else:  # max_length counts the prompt (an explicit 20 too, as transformers' PyTorch generate)
         max_length = get("max_length")
-        if max_length is not None and max_length != GenerationConfig().max_length:  # transformers adds the prompt
-            # to its default max_length; any other value counts the prompt
+        if max_length is not None:
             _check_int("max_length", max_length, prompt_length + 1, limit,
                        f" (it counts the prompt's {prompt_length} tokens, so it must exceed them to generate "
                        "anything; or pass max_new_tokens)")
     for name in ("min_length", "min_new_tokens"):
         if get(name) is not None:
             _check_int(name, get(name), 0, limit)
+    if new_tokens is not None and get("min_new_tokens") is not None and get("min_new_tokens") > new_tokens:
+        raise ValueError(f"min_new_tokens={get('min_new_tokens')} is more than max_new_tokens={new_tokens}")
+    length_penalty = get("length_penalty")
+    if length_penalty is not None and (isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float))
+                                       or not math.isfinite(length_penalty)):
+        raise ValueError(f"length_penalty={length_penalty!r} is invalid: must be a finite number")
     _check_int("num_beams", get("num_beams") if get("num_beams") is not None else 1, 1, None,
                " (1: no beam search)")
     if get("num_return_sequences") is not None:
@@ -167,15 +178,34 @@ def check_generation_options(generation_config: Any, kwargs: dict, prompt_length
         raise ValueError(f"top_p={top_p!r} is invalid when sampling: must be in (0, 1]")
 
 
+def check_prng_key(prng_key: Any) -> None:
+    """None, `jax.random.PRNGKey(seed)` (shape (2,) uint32) or `jax.random.key(seed)` (a typed key, shape ())."""
+    if prng_key is None or _is_traced(prng_key):
+        return
+    dtype, shape = getattr(prng_key, "dtype", None), tuple(getattr(prng_key, "shape", ()) or ())
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return
+    elif dtype is not None and np.dtype(dtype) == np.uint32 and shape == (2,):
+        return
+    got = f"shape {shape} {dtype}" if dtype is not None else type(prng_key).__name__
+    raise ValueError(f"prng_key must be one key, jax.random.PRNGKey(seed) (shape (2,) uint32) or "
+                     f"jax.random.key(seed), got {got}")
+
+
 def check_generate_inputs(model: Any, input_ids: Any, attention_mask: Any, generation_config: Any,
-                          kwargs: dict) -> tuple[Any, Any]:
+                          kwargs: dict, prng_key: Any = None) -> tuple[Any, Any]:
     """Everything `model.generate` can check before compiling: lists become arrays (as in the model call), the prompt
-    ids and mask (left padding only), and the generation options (`kwargs` over `generation_config`, else the model's
-    own). Returns (input_ids, attention_mask)."""
+    ids and mask (left padding only), the PRNG key, and the generation options (`kwargs` over `generation_config`,
+    else the model's own). Returns (input_ids, attention_mask)."""
     input_ids = _as_array(input_ids, "input_ids")
     attention_mask = _as_array(attention_mask, "attention_mask")
     if generation_config is None:
         generation_config = model.generation_config
+    if input_ids is not None and 0 in np.shape(input_ids):  # (shapes are known inside a trace too)
+        raise ValueError(f"input_ids is empty (shape {np.shape(input_ids)}): generate continues a prompt, so give "
+                         "at least one token per row (e.g. the tokenizer's bos_token_id)")
+    check_prng_key(prng_key)
     check_input_ids(input_ids, model.config.vocab_size)
     check_mask(attention_mask, input_ids, "attention_mask")
     check_left_padding(attention_mask)

@@ -45,7 +45,8 @@ from .xlstm_layers import (  # noqa: F401  (the module classes are part of this 
 from .cli import resolve_model_source  # noqa: E402,F401
 from .config_translation import round_to_multiple  # noqa: E402,F401
 from .flax_base import FlaxPreTrainedModel as _OwnBaseModel  # noqa: E402,F401  (hf_compat's base for transformers 5)
-from .generation_loop import generate_loop  # noqa: E402,F401  (generation's loop for transformers 5)
+from .generation_loop import generate_loop  # noqa: E402,F401  (generation's loop)
+from .logits_processors import check_generation_config  # noqa: E402,F401  (the loop's settings and processors)
 
 logger = logging.getLogger(__name__)
 
@@ -271,20 +272,25 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
 
     def generate(self, input_ids, generation_config=None, prng_key=None, trace: bool = True, params=None,
                  logits_processor=None, *, attention_mask=None, pad_to_multiple_of: Optional[int] = None, **kwargs):
-        """transformers' Flax `generate`, after checking the prompt ids and mask on the host, and compiled
-        (`generation.generate`).
+        """transformers' Flax `generate` API run by our own loop (`generation_loop`, the same under transformers 4
+        and 5), after checking the prompt ids, mask, key and options on the host, and compiled
+        (`generation.generate`). Greedy search, sampling (temperature, top_k, top_p, min_p, typical_p), beam search;
+        repetition_penalty, no_repeat_ngram_size, bad_words_ids, min/max length, forced/suppressed tokens,
+        num_return_sequences, output_scores / output_logits (greedy, sampling: a tuple of (B * n, V) per step).
+        A GenerationConfig field it does not implement is a ValueError naming it, never ignored.
 
-        transformers builds its loop functions anew on every call, so an eager `generate` compiles its whole loop
-        again each time (about 3 s for a 160M model on a CPU, whatever the length). Called outside a trace, this
-        runs it through a `jax.jit` kept per model and per generation arguments: a repeated call with the same
-        shapes reuses the program. Inside a trace (your own `jax.jit`, `sharded_generate`), with `trace=False`, a
-        `logits_processor` or arguments that are not plain values, it is the loop as is. Same outputs either way.
+        Called outside a trace, the loop runs through a `jax.jit` kept per model and per generation arguments: a
+        repeated call with the same shapes reuses the program. Inside a trace (your own `jax.jit`,
+        `sharded_generate`), with `trace=False`, a `logits_processor` or arguments that are not plain values, it is
+        the loop as is. Same outputs either way. logits_processor: a callable or list of callables
+        `fn(input_ids (N, L), scores (N, V), cur_len) -> scores` (transformers' Flax processors), run after the
+        built-in ones.
 
         input_ids (B, S); attention_mask (B, S), left padding only. pad_to_multiple_of: left-pad the prompt to a
         multiple of this many tokens, masked, so prompts of different lengths share one compiled program; padded
         tokens never touch the state, and the padding is cut from the returned sequences, so they are what the
         unpadded call returns (an explicit `max_length` / `min_length` still counts the unpadded prompt).
-        Returns transformers' output with `sequences` (B, max_length) (beam search: (B * num_return_sequences, L)).
+        Returns a `GenerationOutput` with `sequences` (B * num_return_sequences, max_length) and `scores`.
         """
         return generate_tokens(self, input_ids, generation_config, prng_key, trace, params, logits_processor,
                                attention_mask=attention_mask, pad_to_multiple_of=pad_to_multiple_of, **kwargs)

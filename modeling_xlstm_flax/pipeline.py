@@ -173,8 +173,13 @@ class FlaxTextGenerationPipeline:
                   "clean_up_tokenization_spaces": _default(args.pop("clean_up_tokenization_spaces", None), True),
                   "skip_special_tokens": _default(args.pop("skip_special_tokens", None), True)}
         stop = args.pop("stop_sequence", None)
-        if stop is not None:
-            args["eos_token_id"] = self.tokenizer.encode(stop, add_special_tokens=False)
+        if stop is not None:  # as transformers: the stop sequence's token becomes the eos id
+            stop_ids = self.tokenizer.encode(stop, add_special_tokens=False)
+            if len(stop_ids) != 1:
+                raise ValueError(f"stop_sequence={stop!r} is {len(stop_ids)} tokens {stop_ids}: only a stop sequence "
+                                 "of one token is supported (it becomes the eos id; transformers would silently "
+                                 "stop at its first token)")
+            args["eos_token_id"] = stop_ids[0]
         return _Options(encode, args, decode, run)
 
     def _generation_config(self, generate_kwargs: dict, prefix_length: int = 0) -> GenerationConfig:
@@ -202,11 +207,6 @@ class FlaxTextGenerationPipeline:
                 config.min_length = (config.min_length or 0) + prefix_length
         if config.eos_token_id is None:
             config.eos_token_id = self.tokenizer.eos_token_id
-        if isinstance(config.eos_token_id, (list, tuple)):  # transformers 4's Flax loop takes one eos id
-            if len(config.eos_token_id) != 1:
-                raise ValueError("the Flax generation loop supports one eos token id (so `stop_sequence` must be a "
-                                 f"single token), got {config.eos_token_id}")
-            config.eos_token_id = int(config.eos_token_id[0])
         return config
 
     # ------------------------------------------------------------------------------------------ steps

@@ -9,11 +9,16 @@ from modeling_xlstm_flax import FlaxXLSTMForCausalLM
 
 
 def no_eos_config(layer_type="mlstm_v1", **overrides):
-    """Tiny config whose end-of-sequence id is one the model cannot emit (transformers' Flax loops require an
-    eos id), so generation always runs to max_new_tokens."""
+    """Tiny config without an end-of-sequence id, so generation always runs to max_new_tokens (transformers' Flax
+    loop, the reference, needs an eos id: `flax_no_eos` gives it one no logit can produce)."""
     config = tiny_config(layer_type, **overrides)
-    config.eos_token_id = config.vocab_size
+    config.eos_token_id = None
     return config
+
+
+def flax_no_eos(model) -> dict:
+    """For transformers' Flax loop (the test oracle) on a `no_eos_config` model: an eos id outside the vocabulary."""
+    return {"eos_token_id": model.config.vocab_size}
 
 
 def _cached_forward(model):
@@ -130,7 +135,10 @@ def test_generate_is_compiled_once_and_equals_transformers_loop():
     own (eager) `generate` (transformers 4.x; 5.x has no Flax loop), one compiled program for repeated calls of one
     shape, a new one per argument set; inside a trace it runs as is, with the same tokens."""
     from modeling_xlstm_flax.generation import _COMPILED as _COMPILED_GENERATE
-    from modeling_xlstm_flax.hf_compat import FlaxGenerationMixin
+    try:  # transformers 4.x's Flax loop, the oracle
+        from transformers.generation.flax_utils import FlaxGenerationMixin
+    except ImportError:
+        FlaxGenerationMixin = None
 
     model = FlaxXLSTMForCausalLM(no_eos_config(), seed=8)
     prompt = np.random.RandomState(8).randint(3, 97, (2, 5))
@@ -141,7 +149,7 @@ def test_generate_is_compiled_once_and_equals_transformers_loop():
                    {"max_new_tokens": 6, "num_beams": 3, "attention_mask": mask}):
         ours = model.generate(prompt, pad_token_id=1, **kwargs)
         if FlaxGenerationMixin is not None:
-            theirs = FlaxGenerationMixin.generate(model, prompt, pad_token_id=1, **kwargs)
+            theirs = FlaxGenerationMixin.generate(model, prompt, pad_token_id=1, **flax_no_eos(model), **kwargs)
             np.testing.assert_array_equal(np.asarray(ours.sequences), np.asarray(theirs.sequences),
                                           err_msg=str(kwargs))
     assert len(_COMPILED_GENERATE[model]["generate"]) == 4
@@ -280,5 +288,5 @@ def test_greedy_matches_transformers_pytorch(tmp_path):
         ref = pt.generate(torch.tensor(prompt), max_new_tokens=32, do_sample=False, pad_token_id=1,
                           eos_token_id=None, min_new_tokens=32).numpy()
     ours = np.asarray(flax_model.generate(prompt, max_new_tokens=32, pad_token_id=1,
-                                          eos_token_id=101).sequences)  # an id outside the vocab: no early stop
+                                          eos_token_id=None).sequences)  # no eos: no early stop
     np.testing.assert_array_equal(ours, ref)

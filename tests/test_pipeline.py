@@ -148,6 +148,23 @@ def test_defaults_follow_transformers_text_generation(generator, model, tokenize
         model.generation_config.max_length = saved
 
 
+def test_stop_sequence_of_one_token_stops_there(generator, tokenizer, refs):
+    """stop_sequence becomes the eos id (transformers' rule): the greedy run stops at the first new token that is
+    its token, the rest is padding; a stop sequence of several tokens is refused by name (transformers would stop at
+    its first token without a word)."""
+    prompt, ref = PROMPTS[1], refs[1]
+    start = len(_ids(tokenizer, prompt))
+    stop = next(t for t in ref[start + 1:]
+                     if tokenizer.encode(tokenizer.decode([t]), add_special_tokens=False) == [t])
+    got = generator(prompt, max_new_tokens=NEW, do_sample=False, return_tensors=True,
+                    stop_sequence=tokenizer.decode([stop]))[0]["generated_token_ids"]
+    first = ref.index(stop, start)
+    assert got[:first + 1] == ref[:first + 1] and set(got[first + 1:]) <= {tokenizer.pad_token_id}
+    assert first < len(ref) - 1 and len(got) == len(ref)  # it did stop early
+    with pytest.raises(ValueError, match=r"stop_sequence='The object' is \d+ tokens .*only a stop sequence of one"):
+        generator(prompt, max_new_tokens=NEW, do_sample=False, stop_sequence="The object")
+
+
 def test_greedy_single_equals_generate(generator, tokenizer, refs):
     prompt, ref = PROMPTS[1], refs[1]
     assert generator(prompt, max_new_tokens=NEW, do_sample=False, return_tensors=True) == [
