@@ -96,8 +96,62 @@ class SafetensorsFile:
         return np.ascontiguousarray(data)
 
 
+def file_name_problem(name) -> Optional[str]:
+    """Why `name` (a file or folder name a checkpoint index or a caller gives, relative to a model folder) is not
+    a plain relative name inside that folder, or None. Judged as written, before any file system access: a name
+    is `/`-separated parts, none empty, `.` or `..`; not absolute; no backslash, drive colon or NUL."""
+    if not isinstance(name, str) or not name:
+        return "an empty name"
+    if name.startswith("/") or os.path.isabs(name):
+        return "an absolute path, outside the model folder"
+    if any(c in name for c in "\\:\0"):
+        return "not a plain relative name (a backslash, drive colon or NUL character)"
+    parts = name.split("/")
+    if ".." in parts:
+        return "a path outside the model folder (a '..' part)"
+    if any(part in ("", ".") for part in parts):
+        return "not a plain relative name (an empty or '.' part)"
+    return None
+
+
+def _link_roots(folder: Path) -> list[Path]:
+    """Where a file listed in `folder` may really lie (its symlinks resolved): the folder itself and, when the
+    folder is (inside) a snapshot of the Hugging Face Hub cache (`<repo>/snapshots/<rev>/...`, files linking to
+    `<repo>/blobs/<hash>`), that repo's blobs: never another repo's, nor anywhere else."""
+    folder = folder.resolve()
+    roots = [folder]
+    for snapshot in (folder, *folder.parents):
+        if snapshot.parent.name == "snapshots" and (snapshot.parent.parent / "blobs").is_dir():
+            roots += [snapshot, (snapshot.parent.parent / "blobs").resolve()]
+            break
+    return roots
+
+
+def locate_listed_file(index_path: Path, name: str, tensor: str) -> Path:
+    """The shard `name` that `index_path` lists for `tensor`, as `index_path.parent / name`, after checking the
+    name (`file_name_problem`), that the file exists and that its symlinks (the Hub cache's `snapshots/<rev>/f ->
+    ../../blobs/<hash>`) end inside `_link_roots(folder)`. Returned as listed, links unresolved."""
+    folder = index_path.parent
+    problem = file_name_problem(name)
+    if problem:
+        raise CheckpointFileError(f"{index_path}: tensor {tensor} is mapped to {name!r}, {problem} (model folder "
+                                  f"{folder}); refusing to read it")
+    path = folder / name
+    if not path.is_file():
+        raise CheckpointFileError(f"{index_path}: names shard {name!r} (for {tensor}), which does not exist")
+    real = path.resolve()
+    roots = _link_roots(folder)
+    if not any(real == root or root in real.parents for root in roots):
+        raise CheckpointFileError(
+            f"{index_path}: tensor {tensor} is mapped to {name!r}, a symbolic link to {real}, outside the model "
+            f"folder {roots[0]}" + (" and its Hub cache repo's blobs" if len(roots) > 1 else "")
+            + "; refusing to read it")
+    return path
+
+
 def _read_index(index_path: Path) -> dict[str, str]:
-    """The weight map of a transformers index, each file checked to lie inside the index's folder."""
+    """The weight map of a transformers index, each file checked to lie inside the index's folder
+    (`locate_listed_file`)."""
     try:
         index = json.loads(index_path.read_text())
         weight_map = index["weight_map"]
@@ -105,14 +159,11 @@ def _read_index(index_path: Path) -> dict[str, str]:
             raise TypeError("weight_map is not an object of file names")
     except Exception as e:
         raise CheckpointFileError(f"{index_path}: not a valid checkpoint index ({type(e).__name__}: {e})") from None
-    folder = index_path.parent.resolve()
+    checked: set[str] = set()
     for tensor, file in weight_map.items():
-        target = (index_path.parent / file).resolve()
-        if os.path.isabs(file) or folder not in target.parents:
-            raise CheckpointFileError(f"{index_path}: tensor {tensor} is mapped to {file!r}, a path outside the "
-                                      f"model folder {folder}; refusing to read it")
-        if not target.is_file():
-            raise CheckpointFileError(f"{index_path}: names shard {file!r} (for {tensor}), which does not exist")
+        if file not in checked:
+            locate_listed_file(index_path, file, tensor)
+            checked.add(file)
     return weight_map
 
 
@@ -470,23 +521,29 @@ def _normalise_index(index: tuple, shape: tuple) -> tuple:
 
 def resolve_model_dir(name_or_path, subfolder: str = "", **hub_kwargs) -> Path:
     """A local model folder (symlinks resolved), or a Hub repo id downloaded with huggingface_hub (config, weights,
-    tokenizer and generation files). ValueError naming the path when it is a file, a broken link or a link loop,
-    or neither an existing folder nor a valid repo id (`cli.resolve_model_source` decides which)."""
+    tokenizer and generation files; a snapshot of its cache, whose files link into the repo's blobs). ValueError
+    naming the path when it is a file, a broken link or a link loop, or neither an existing folder nor a valid repo
+    id (`cli.resolve_model_source` decides which), and when `subfolder` is not a plain relative name
+    (`file_name_problem`) or no folder of the model."""
     from .cli import resolve_model_source
 
+    if subfolder:
+        problem = file_name_problem(subfolder)
+        if problem:
+            raise ValueError(f"subfolder={subfolder!r}: {problem}; expected a folder name inside the model")
     source = resolve_model_source(name_or_path, option="model", need_config=False)
     path = Path(source).expanduser()
     if path.is_dir():
-        path = path.resolve()
-        return path / subfolder if subfolder else path
-    from huggingface_hub import snapshot_download
+        local = path.resolve()
+    else:
+        from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "*.msgpack", "*.txt", "*.model", "*.jinja", "*.md"]
-    try:
-        local = snapshot_download(source, allow_patterns=[f"{subfolder}/{p}" if subfolder else p for p in patterns],
-                                  **hub_kwargs)
-    except Exception as e:
-        raise OSError(f"cannot get model {source!r} from the Hub ({type(e).__name__}: {e})") from None
-    return Path(local) / subfolder if subfolder else Path(local)
-
-
+        patterns = ["*.json", "*.safetensors", "*.msgpack", "*.txt", "*.model", "*.jinja", "*.md"]
+        try:
+            local = Path(snapshot_download(
+                source, allow_patterns=[f"{subfolder}/{p}" if subfolder else p for p in patterns], **hub_kwargs))
+        except Exception as e:
+            raise OSError(f"cannot get model {source!r} from the Hub ({type(e).__name__}: {e})") from None
+    if subfolder and not (local / subfolder).is_dir():
+        raise ValueError(f"subfolder={subfolder!r}: no such folder in the model {source} ({local})")
+    return local / subfolder if subfolder else local
