@@ -23,7 +23,6 @@ Writing: `checkpoint_writer`.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -32,6 +31,7 @@ import ml_dtypes
 import numpy as np
 
 from . import param_table
+from .model_folder import file_name_problem, link_roots, resolve_model_dir  # noqa: F401  (resolve_model_dir: API)
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -57,6 +57,45 @@ class CheckpointFileError(ValueError):
 def is_float_dtype(dtype) -> bool:
     dtype = np.dtype(dtype)
     return np.issubdtype(dtype, np.floating) or dtype == np.dtype(ml_dtypes.bfloat16)  # bf16 is no np.floating
+
+
+PARAM_DTYPES = tuple(np.dtype(d) for d in (np.float32, ml_dtypes.bfloat16, np.float16, np.float64))
+
+
+def param_dtype_of(value, what: str = "param_dtype") -> np.dtype:
+    """`value` (a dtype, its name or type: "bfloat16", jnp.float16, ...; None: float32) as the NumPy dtype params
+    are loaded in; ValueError naming `what` for an unknown name or a dtype params cannot have (integers, bool,
+    complex, 8-bit floats)."""
+    if value is None:
+        return np.dtype(np.float32)
+    try:
+        dtype = np.dtype(getattr(ml_dtypes, value) if isinstance(value, str) and hasattr(ml_dtypes, value)
+                         else value)
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.name not in {d.name for d in PARAM_DTYPES}:  # (np.dtype == None is True)
+        raise ValueError(f"{what}={value!r} is not a dtype params can have: use one of "
+                         f"{', '.join(d.name for d in PARAM_DTYPES)}")
+    if dtype == np.float64:
+        import jax
+
+        if not jax.config.jax_enable_x64:  # JAX would store the values as float32 (inf where they overflow)
+            raise ValueError(f"{what}=float64 needs 64-bit JAX (jax.config.update('jax_enable_x64', True))")
+    return dtype
+
+
+def _check_cast(data: np.ndarray, cast: np.ndarray, origin: str) -> None:
+    """`cast` (data in a narrower float dtype) must not gain non-finite values: a value beyond its range would
+    silently become inf."""
+    if cast is data or ml_dtypes.finfo(cast.dtype).max >= ml_dtypes.finfo(data.dtype).max or not cast.size:
+        return
+    gained = int(np.count_nonzero(~np.isfinite(cast)) - np.count_nonzero(~np.isfinite(data)))
+    if gained > 0:
+        largest = float(np.max(np.abs(data[np.isfinite(data)]).astype(np.float64)))
+        raise CheckpointFileError(f"{origin}: {gained} of {data.size} values overflow {cast.dtype.name} (largest "
+                                  f"|value| {largest:.4g}; {cast.dtype.name} holds at most "
+                                  f"{float(ml_dtypes.finfo(cast.dtype).max):.4g}) and would load as inf; load it "
+                                  f"with a wider param_dtype (float32 or {data.dtype.name})")
 
 
 # ---------------------------------------------------------------------------------------------- stored files
@@ -96,41 +135,10 @@ class SafetensorsFile:
         return np.ascontiguousarray(data)
 
 
-def file_name_problem(name) -> Optional[str]:
-    """Why `name` (a file or folder name a checkpoint index or a caller gives, relative to a model folder) is not
-    a plain relative name inside that folder, or None. Judged as written, before any file system access: a name
-    is `/`-separated parts, none empty, `.` or `..`; not absolute; no backslash, drive colon or NUL."""
-    if not isinstance(name, str) or not name:
-        return "an empty name"
-    if name.startswith("/") or os.path.isabs(name):
-        return "an absolute path, outside the model folder"
-    if any(c in name for c in "\\:\0"):
-        return "not a plain relative name (a backslash, drive colon or NUL character)"
-    parts = name.split("/")
-    if ".." in parts:
-        return "a path outside the model folder (a '..' part)"
-    if any(part in ("", ".") for part in parts):
-        return "not a plain relative name (an empty or '.' part)"
-    return None
-
-
-def _link_roots(folder: Path) -> list[Path]:
-    """Where a file listed in `folder` may really lie (its symlinks resolved): the folder itself and, when the
-    folder is (inside) a snapshot of the Hugging Face Hub cache (`<repo>/snapshots/<rev>/...`, files linking to
-    `<repo>/blobs/<hash>`), that repo's blobs: never another repo's, nor anywhere else."""
-    folder = folder.resolve()
-    roots = [folder]
-    for snapshot in (folder, *folder.parents):
-        if snapshot.parent.name == "snapshots" and (snapshot.parent.parent / "blobs").is_dir():
-            roots += [snapshot, (snapshot.parent.parent / "blobs").resolve()]
-            break
-    return roots
-
-
 def locate_listed_file(index_path: Path, name: str, tensor: str) -> Path:
     """The shard `name` that `index_path` lists for `tensor`, as `index_path.parent / name`, after checking the
     name (`file_name_problem`), that the file exists and that its symlinks (the Hub cache's `snapshots/<rev>/f ->
-    ../../blobs/<hash>`) end inside `_link_roots(folder)`. Returned as listed, links unresolved."""
+    ../../blobs/<hash>`) end inside `link_roots(folder)`. Returned as listed, links unresolved."""
     folder = index_path.parent
     problem = file_name_problem(name)
     if problem:
@@ -140,7 +148,7 @@ def locate_listed_file(index_path: Path, name: str, tensor: str) -> Path:
     if not path.is_file():
         raise CheckpointFileError(f"{index_path}: names shard {name!r} (for {tensor}), which does not exist")
     real = path.resolve()
-    roots = _link_roots(folder)
+    roots = link_roots(folder)
     if not any(real == root or root in real.parents for root in roots):
         raise CheckpointFileError(
             f"{index_path}: tensor {tensor} is mapped to {name!r}, a symbolic link to {real}, outside the model "
@@ -167,6 +175,22 @@ def _read_index(index_path: Path) -> dict[str, str]:
     return weight_map
 
 
+def _check_shard(index_path: Path, weight_map: dict[str, str], name: str, keys) -> None:
+    """Shard `name` holds exactly the tensors `weight_map` maps to it: one it lacks, a second copy of a tensor
+    mapped to another shard, or a tensor the index does not list is an error (which copy is meant is no guess)."""
+    listed = {t for t, f in weight_map.items() if f == name}
+    absent = sorted(listed - set(keys))
+    path = index_path.parent / name
+    if absent:
+        raise CheckpointFileError(f"{path}: index {index_path.name} lists tensors the file lacks: {absent[:20]}")
+    extra = sorted(set(keys) - listed)
+    if extra:
+        said = [f"{t} (the index maps it to {weight_map[t]})" if t in weight_map else f"{t} (not in the index)"
+                for t in extra]
+        raise CheckpointFileError(f"{path}: holds {len(extra)} tensors that index {index_path.name} does not map "
+                                  "to this file; refusing to guess which copy is meant:" + _fmt_list(said))
+
+
 class SafetensorsCheckpoint:
     """All tensors of `model.safetensors` or of the shards `model.safetensors.index.json` lists: name -> file."""
 
@@ -181,11 +205,7 @@ class SafetensorsCheckpoint:
             self.files = {name: SafetensorsFile(directory / name) for name in sorted(set(weight_map.values()))}
             self.location = {}
             for name, file in self.files.items():
-                listed = {t for t, f in weight_map.items() if f == name}
-                absent = sorted(listed - set(file.tensors))
-                if absent:
-                    raise CheckpointFileError(f"{file.path}: index {index_path.name} lists tensors the file lacks: "
-                                              f"{absent[:20]}")
+                _check_shard(index_path, weight_map, name, file.tensors)
                 for t in file.tensors:
                     self.location[t] = name
         else:
@@ -213,7 +233,8 @@ class MsgpackCheckpoint:
         if single.is_file():
             names = [single.name]
         elif index_path.is_file():
-            names = sorted(set(_read_index(index_path).values()))
+            weight_map = _read_index(index_path)
+            names = sorted(set(weight_map.values()))
         else:
             raise CheckpointFileError(f"{directory}: neither {FLAX_WEIGHTS_NAME} nor {FLAX_WEIGHTS_INDEX_NAME} found")
         self.directory = directory
@@ -221,6 +242,8 @@ class MsgpackCheckpoint:
         self.location: dict[str, str] = {}
         self.shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         for name in names:  # one pass to learn names and shapes, one file in memory at a time
+            if index_path.is_file() and not single.is_file():
+                _check_shard(index_path, weight_map, name, self._load(name))
             for key, value in self._load(name).items():
                 self.location[key] = name
                 self.shapes[key] = (tuple(value.shape), value.dtype)
@@ -465,14 +488,15 @@ def load_params(source: Source, plan: dict[str, tuple[int, ...]], *, dtype=None,
     scanned: a scanned target stacks its blocks), tensor by tensor.
 
     Each tensor (or, with `shardings` {name: Sharding}, each device's window of it) is read, checked for non-finite
-    values, cast to `dtype` (None: float32) and put on its device at once (`jax.device_put`, or
+    values, cast to `dtype` (None: float32; a float dtype, `param_dtype_of`; a value beyond its range is an error,
+    never an inf) and put on its device at once (`jax.device_put`, or
     `jax.make_array_from_callback` with a sharding), so the host holds about one tensor at a time. `skip`: plan
     names the source lacks (left out of the result). `on_read(name, index, nbytes)` is called for every read (for
     diagnostics). Returns a nested dict of jax arrays."""
     import jax
     from flax.traverse_util import unflatten_dict
 
-    dtype = np.dtype(np.float32) if dtype is None else np.dtype(dtype)
+    dtype = param_dtype_of(dtype)
     skip = set(skip)
     out = {}
     backbone_only = param_table.is_backbone_plan(plan)
@@ -499,7 +523,10 @@ def load_params(source: Source, plan: dict[str, tuple[int, ...]], *, dtype=None,
                 on_read(name, index, data.nbytes)
             if check_finite:
                 _check_finite(data, origin)
-            return data.astype(dtype, copy=False)
+            with np.errstate(over="ignore"):  # an overflow is found and named by _check_cast
+                cast = data.astype(dtype, copy=False)
+            _check_cast(data, cast, origin)
+            return cast
 
         if shardings is None:
             out[name] = jax.device_put(window())
@@ -517,33 +544,3 @@ def _normalise_index(index: tuple, shape: tuple) -> tuple:
         start, stop, step = s.indices(n) if isinstance(s, slice) else (s, s + 1, 1)
         out.append(slice(start, stop, step))
     return tuple(out)
-
-
-def resolve_model_dir(name_or_path, subfolder: str = "", **hub_kwargs) -> Path:
-    """A local model folder (symlinks resolved), or a Hub repo id downloaded with huggingface_hub (config, weights,
-    tokenizer and generation files; a snapshot of its cache, whose files link into the repo's blobs). ValueError
-    naming the path when it is a file, a broken link or a link loop, or neither an existing folder nor a valid repo
-    id (`cli.resolve_model_source` decides which), and when `subfolder` is not a plain relative name
-    (`file_name_problem`) or no folder of the model."""
-    from .cli import resolve_model_source
-
-    if subfolder:
-        problem = file_name_problem(subfolder)
-        if problem:
-            raise ValueError(f"subfolder={subfolder!r}: {problem}; expected a folder name inside the model")
-    source = resolve_model_source(name_or_path, option="model", need_config=False)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        local = path.resolve()
-    else:
-        from huggingface_hub import snapshot_download
-
-        patterns = ["*.json", "*.safetensors", "*.msgpack", "*.txt", "*.model", "*.jinja", "*.md"]
-        try:
-            local = Path(snapshot_download(
-                source, allow_patterns=[f"{subfolder}/{p}" if subfolder else p for p in patterns], **hub_kwargs))
-        except Exception as e:
-            raise OSError(f"cannot get model {source!r} from the Hub ({type(e).__name__}: {e})") from None
-    if subfolder and not (local / subfolder).is_dir():
-        raise ValueError(f"subfolder={subfolder!r}: no such folder in the model {source} ({local})")
-    return local / subfolder if subfolder else local
