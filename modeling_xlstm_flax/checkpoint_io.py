@@ -47,6 +47,11 @@ SAFETENSORS_DTYPES = {
 }
 _DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 _LIST_LIMIT = 50
+# What to do with PyTorch pickle weights (`pytorch_model*.bin`), which this port never unpickles.
+CONVERT_BIN_HINT = ("convert them to safetensors first: load with transformers' xLSTMForCausalLM, then "
+                    "save_pretrained(folder, safe_serialization=True) (tied embeddings: model.config.save_pretrained("
+                    "folder) and safetensors.torch.save_model(model, folder + '/model.safetensors', "
+                    "metadata={'format': 'pt'}))")
 
 
 class CheckpointFileError(ValueError):
@@ -415,8 +420,7 @@ def open_pytorch_dir(directory, plan: dict[str, tuple[int, ...]]) -> Source:
     directory = Path(directory)
     if not ((directory / SAFE_WEIGHTS_NAME).is_file() or (directory / SAFE_WEIGHTS_INDEX_NAME).is_file()):
         bins = sorted(p.name for p in directory.glob("pytorch_model*.bin*"))
-        hint = (f" (found {bins}: load it with transformers' xLSTMForCausalLM and save_pretrained(..., "
-                "safe_serialization=True) first)") if bins else ""
+        hint = f" (found PyTorch pickle weights {bins}; {CONVERT_BIN_HINT})" if bins else ""
         raise CheckpointFileError(f"{directory}: no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}{hint}")
     ckpt = SafetensorsCheckpoint(directory)
     to_flax = param_table.pytorch_to_flax_names(plan)

@@ -24,7 +24,7 @@ from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .checkpoint_io import (
-    WEIGHT_FILE_NAMES, CheckpointFileError, check_source, has_weights, load_params, open_checkpoint, param_dtype_of,
+    CONVERT_BIN_HINT, WEIGHT_FILE_NAMES, CheckpointFileError, check_source, has_weights, load_params, open_checkpoint, param_dtype_of,
 )
 from .checkpoint_writer import (
     params_tensors, parse_size, replace_files_atomically, weight_files, write_checkpoint,
@@ -200,10 +200,8 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         if not has_weights(directory):
             bins = sorted(p.name for p in Path(directory).glob("pytorch_model*.bin*"))
             if bins:  # a pickle: never unpickled here (arbitrary code), read only by torch
-                raise CheckpointFileError(
-                    f"{directory}: holds PyTorch pickle weights {bins}, which this port does not read; convert them "
-                    "first: load with transformers' xLSTMForCausalLM and save_pretrained(..., "
-                    "safe_serialization=True), then load that folder (from_pt is detected from its files)")
+                raise CheckpointFileError(f"{directory}: holds PyTorch pickle weights {bins}, which this port does "
+                                          f"not read; {CONVERT_BIN_HINT}")
             raise CheckpointFileError(f"{directory}: no weights ({', '.join(WEIGHT_FILE_NAMES)})")
         generation_config = _load_generation_config(directory)
         model = cls(config, dtype=dtype, _do_init=False)
@@ -249,21 +247,22 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         """config.json, generation_config.json and the weights, written by `checkpoint_io`: safetensors by default
         (`model.safetensors`, or shards of at most `max_shard_size` with `model.safetensors.index.json`), every
         tensor C-contiguous whatever the params' memory layout; the new weight files replace the old ones only once
-        all are complete (and stale shards are removed). `safe_serialization=False` writes Flax msgpack.
+        all are complete (and stale shards are removed). `safe_serialization=False` writes Flax msgpack. Before
+        anything is written (or a Hub repo created) the params are checked: this model's names, shapes, float
+        dtypes and finite values (`param_checks`), so a folder that would not load is never written.
         `push_to_hub=True` uploads the folder afterwards (`repo_id`, `commit_message` as in transformers)."""
         save_directory = str(save_directory)
         if os.path.isfile(save_directory):
             raise ValueError(f"save_pretrained: {save_directory} is a file, expected a folder")
+        parse_size(max_shard_size)  # the arguments and params are checked before anything is written
+        what = f"save_pretrained({'' if params is None else 'params=...'}) of {type(self).__name__}"
+        params = self.params if params is None else params
+        check_params_to_save(params, param_plan(self), what)
         if push_to_hub:
             commit_message = kwargs.pop("commit_message", None)
             repo_id = kwargs.pop("repo_id", save_directory.split(os.path.sep)[-1])
             repo_id = self._create_repo(repo_id, token=token, **kwargs)
             files_timestamps = self._get_files_timestamps(save_directory)
-        parse_size(max_shard_size)  # the arguments and params are checked before anything is written
-        if params is None:
-            params = self.params
-        else:
-            check_params_to_save(params, param_plan(self), f"save_pretrained(params=...) of {type(self).__name__}")
         tensors = params_tensors(params)
         with replace_files_atomically(save_directory, stale=weight_files(save_directory)) as tmp:
             self.config.architectures = [type(self).__name__[4:]]

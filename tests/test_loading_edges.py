@@ -286,7 +286,7 @@ def test_pytorch_pickle_gets_the_convert_first_error(saved, truncate):
     data = b"PK\x03\x04" + b"\x00" * 200
     (directory / "pytorch_model.bin").write_bytes(data[:50] if truncate else data)
     with pytest.raises(ValueError, match=r"holds PyTorch pickle weights \['pytorch_model\.bin'\].*convert them "
-                                         r"first.*safe_serialization=True"):
+                                         r"to safetensors first.*safe_serialization=True.*save_model"):
         _load(directory)
 
 
