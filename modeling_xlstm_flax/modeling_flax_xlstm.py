@@ -40,7 +40,7 @@ from .param_table import (
 )
 from .mlstm_kernels import zero_state
 from .model_folder import resolve_model_dir
-from .param_checks import check_param_tree, check_params_to_save, param_plan
+from .param_checks import check_model_params, check_params_to_save, param_plan
 from .xlstm_layers import (  # noqa: F401  (the module classes are part of this module's API, as in transformers)
     FlaxXLSTMForCausalLMModule, FlaxXLSTMModule, param_shapes, stack_block_params, unstack_block_params,
 )
@@ -406,7 +406,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         if params is None:
             params = self.params
         else:
-            check_param_tree(params, param_plan(self), f"params passed to {type(self).__name__}")
+            check_model_params(self, params, f"params passed to {type(self).__name__}")
         args = (params, input_ids, attention_mask, document_borders, past_key_values, dropout_rng)
         static = dict(train=bool(train), output_hidden_states=bool(output_hidden_states),
                       logits_to_keep=logits_to_keep)

@@ -121,7 +121,8 @@ def test_cache_layout_is_what_huggingface_hub_reads(hub_cache):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_load_by_hub_id_offline_and_by_snapshot_path(hub_cache, source_model, layout):
     cache, snapshots = hub_cache
-    by_id = _load(f"{REPO_ID}-{layout}", cache_dir=cache, local_files_only=True)
+    from_pt = {"from_pt": True} if layout.startswith("pt") else {}  # as a user of a PyTorch repo writes it
+    by_id = _load(f"{REPO_ID}-{layout}", cache_dir=cache, local_files_only=True, **from_pt)
     assert_params_identical(by_id, source_model.params, f"{layout} by id")
     by_path = _load(snapshots[layout])
     assert_params_identical(by_path, source_model.params, f"{layout} by snapshot path")

@@ -210,6 +210,9 @@ def test_model_call_and_generate_use_the_params_given(model):
     expected = np.asarray(other(ids).logits)
     assert not np.allclose(expected, np.asarray(model(ids).logits))
     np.testing.assert_array_equal(np.asarray(model(ids, params=freeze(other.params)).logits), expected)
+    as_int = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(np.int32), other.params)
+    with pytest.raises(ValueError, match="not floating point"):  # a tree accepted before does not vouch for this
+        model(ids, params=as_int)
     with pytest.raises(ValueError, match=r"(?s)params passed to FlaxXLSTMForCausalLM.*shape mismatches"):
         model.generate(ids, params=_other_params(), max_new_tokens=2)
 
