@@ -403,10 +403,9 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             document_borders = jnp.asarray(document_borders, dtype=bool)
         if use_cache and past_key_values is None:
             past_key_values = self.init_cache(input_ids.shape[0])
-        if params is None:
-            params = self.params
-        else:
-            check_model_params(self, params, f"params passed to {type(self).__name__}")
+        what = f"params passed to {type(self).__name__}" if params is not None else f"{type(self).__name__}.params"
+        params = self.params if params is None else params
+        check_model_params(self, params, what)  # another model's tree, {}, integers: named, never run
         args = (params, input_ids, attention_mask, document_borders, past_key_values, dropout_rng)
         static = dict(train=bool(train), output_hidden_states=bool(output_hidden_states),
                       logits_to_keep=logits_to_keep)

@@ -201,6 +201,16 @@ def test_model_call_refuses_params_that_are_not_its_own(model, case):
         model(ids, params=make(model.params))
 
 
+def test_params_set_on_the_model_are_checked_too(model):
+    """Params assigned to `model.params` (transformers 4.x's setter checks only missing keys) run only if they fit."""
+    from modeling_xlstm_flax import FlaxXLSTMForCausalLM
+
+    other = FlaxXLSTMForCausalLM(tiny_config(), seed=3)
+    other.params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(np.int32), other.params)
+    with pytest.raises(ValueError, match=r"^FlaxXLSTMForCausalLM\.params: .*not floating point"):
+        other(np.zeros((1, 3), np.int32))
+
+
 def test_model_call_and_generate_use_the_params_given(model):
     """Control: params of the same shapes (another seed, frozen or not) are used, not the model's own."""
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM
