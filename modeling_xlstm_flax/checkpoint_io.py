@@ -11,11 +11,13 @@ and a `read(index)` that loads just that tensor (or a window of it) as a fresh C
 * orbax runs of upstream xlstm-jax (`conversion.orbax_to_hf` opens them as a `Source` too).
 
 Safetensors files are read with `safetensors.safe_open` only (header validation, `get_slice` windows): no header is
-parsed by hand. An index must name files inside the model folder, and every file it names must exist and hold the
-tensors it lists. Opening checks names, shapes and dtype classes against the model's plan (no data read);
-`load_params` then reads tensor by tensor, checks values are finite (on by default: one pass over each tensor,
-about 0.3 s/GB; `check_finite=False` skips it), casts to the requested dtype and places the tensor on its device or
-sharding at once, so host memory stays near the largest tensor.
+parsed by hand. An index must name files inside the model folder (plain relative names; their symlinks may lead
+into the folder or, in the Hugging Face Hub cache, its repo's blobs: `model_folder`), and every file it names must
+exist and hold exactly the tensors the index maps to it. Opening checks names, shapes and dtype classes against the
+model's plan (no data read); `load_params` then reads tensor by tensor, checks values are finite (on by default: one
+pass over each tensor, about 0.3 s/GB; `check_finite=False` skips it), casts to the requested float dtype (a value
+beyond its range is an error, never an inf) and places the tensor on its device or sharding at once, so host memory
+stays near the largest tensor.
 
 Writing: `checkpoint_writer`.
 """

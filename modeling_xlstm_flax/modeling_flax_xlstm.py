@@ -24,7 +24,8 @@ from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .checkpoint_io import (
-    CONVERT_BIN_HINT, WEIGHT_FILE_NAMES, CheckpointFileError, check_source, has_weights, load_params, open_checkpoint, param_dtype_of,
+    CONVERT_BIN_HINT, WEIGHT_FILE_NAMES, CheckpointFileError, check_source, has_weights, load_params, open_checkpoint,
+    param_dtype_of,
 )
 from .checkpoint_writer import (
     params_tensors, parse_size, replace_files_atomically, weight_files, write_checkpoint,
@@ -162,7 +163,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         PyTorch xLSTM safetensors (single or sharded, `from_pt` or not: the files say which), Flax msgpack. Each
         tensor is read, checked (names, shapes, dtype class, finite values), cast to `param_dtype` (None: float32;
         `jnp.bfloat16` halves the memory) and put on the device at once: no random init, no float32 copy of the
-        whole model on the host. A PyTorch `.bin` checkpoint (`from_pt=True`) goes through transformers' converter.
+        whole model on the host.
 
         * `dtype=None` (default) uses the config's `compute_dtype`;
         * a backbone checkpoint (`FlaxXLSTMModel`) loads into `FlaxXLSTMForCausalLM` with the LM head initialised
@@ -170,8 +171,8 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
           `allow_missing_keys=True`; with `_do_init=False` the missing keys are recorded, so
           `model.init_weights(rng, input_shape, params)` completes the params;
         * `check_finite=False` skips the NaN/inf check (one pass over each tensor, about 0.3 s per GB);
-        * `param_dtype` is float32, bfloat16, float16 or float64; a stored value beyond its range is an error
-          naming the tensor (never an inf);
+        * `param_dtype` is float32, bfloat16, float16 (or float64 with `jax_enable_x64`); a stored value beyond
+          its range is an error naming the tensor (never an inf);
         * `generation_config.json`, when present, becomes `model.generation_config` (a corrupt one is an error);
         * a PyTorch pickle (`pytorch_model.bin`) is refused with how to convert it (to safetensors) first.
         """
