@@ -11,11 +11,13 @@ and a `read(index)` that loads just that tensor (or a window of it) as a fresh C
 * orbax runs of upstream xlstm-jax (`conversion.orbax_to_hf` opens them as a `Source` too).
 
 Safetensors files are read with `safetensors.safe_open` only (header validation, `get_slice` windows): no header is
-parsed by hand. An index must name files inside the model folder, and every file it names must exist and hold the
-tensors it lists. Opening checks names, shapes and dtype classes against the model's plan (no data read);
-`load_params` then reads tensor by tensor, checks values are finite (on by default: one pass over each tensor,
-about 0.3 s/GB; `check_finite=False` skips it), casts to the requested dtype and places the tensor on its device or
-sharding at once, so host memory stays near the largest tensor.
+parsed by hand. An index must name files inside the model folder (plain relative names; their symlinks may lead
+into the folder or, in the Hugging Face Hub cache, its repo's blobs: `model_folder`), and every file it names must
+exist and hold exactly the tensors the index maps to it. Opening checks names, shapes and dtype classes against the
+model's plan (no data read); `load_params` then reads tensor by tensor, checks values are finite (on by default: one
+pass over each tensor, about 0.3 s/GB; `check_finite=False` skips it), casts to the requested float dtype (a value
+beyond its range is an error, never an inf) and places the tensor on its device or sharding at once, so host memory
+stays near the largest tensor.
 
 Writing: `checkpoint_writer`.
 """
@@ -23,7 +25,6 @@ Writing: `checkpoint_writer`.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -32,6 +33,7 @@ import ml_dtypes
 import numpy as np
 
 from . import param_table
+from .model_folder import file_name_problem, link_roots, resolve_model_dir  # noqa: F401  (resolve_model_dir: API)
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -47,6 +49,11 @@ SAFETENSORS_DTYPES = {
 }
 _DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 _LIST_LIMIT = 50
+# What to do with PyTorch pickle weights (`pytorch_model*.bin`), which this port never unpickles.
+CONVERT_BIN_HINT = ("convert them to safetensors first: load with transformers' xLSTMForCausalLM, then "
+                    "save_pretrained(folder, safe_serialization=True) (tied embeddings: model.config.save_pretrained("
+                    "folder) and safetensors.torch.save_model(model, folder + '/model.safetensors', "
+                    "metadata={'format': 'pt'}))")
 
 
 class CheckpointFileError(ValueError):
@@ -57,6 +64,45 @@ class CheckpointFileError(ValueError):
 def is_float_dtype(dtype) -> bool:
     dtype = np.dtype(dtype)
     return np.issubdtype(dtype, np.floating) or dtype == np.dtype(ml_dtypes.bfloat16)  # bf16 is no np.floating
+
+
+PARAM_DTYPES = tuple(np.dtype(d) for d in (np.float32, ml_dtypes.bfloat16, np.float16, np.float64))
+
+
+def param_dtype_of(value, what: str = "param_dtype") -> np.dtype:
+    """`value` (a dtype, its name or type: "bfloat16", jnp.float16, ...; None: float32) as the NumPy dtype params
+    are loaded in; ValueError naming `what` for an unknown name or a dtype params cannot have (integers, bool,
+    complex, 8-bit floats)."""
+    if value is None:
+        return np.dtype(np.float32)
+    try:
+        dtype = np.dtype(getattr(ml_dtypes, value) if isinstance(value, str) and hasattr(ml_dtypes, value)
+                         else value)
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.name not in {d.name for d in PARAM_DTYPES}:  # (np.dtype == None is True)
+        raise ValueError(f"{what}={value!r} is not a dtype params can have: use one of "
+                         f"{', '.join(d.name for d in PARAM_DTYPES)}")
+    if dtype == np.float64:
+        import jax
+
+        if not jax.config.jax_enable_x64:  # JAX would store the values as float32 (inf where they overflow)
+            raise ValueError(f"{what}=float64 needs 64-bit JAX (jax.config.update('jax_enable_x64', True))")
+    return dtype
+
+
+def _check_cast(data: np.ndarray, cast: np.ndarray, origin: str) -> None:
+    """`cast` (data in a narrower float dtype) must not gain non-finite values: a value beyond its range would
+    silently become inf."""
+    if cast is data or ml_dtypes.finfo(cast.dtype).max >= ml_dtypes.finfo(data.dtype).max or not cast.size:
+        return
+    gained = int(np.count_nonzero(~np.isfinite(cast)) - np.count_nonzero(~np.isfinite(data)))
+    if gained > 0:
+        largest = float(np.max(np.abs(data[np.isfinite(data)]).astype(np.float64)))
+        raise CheckpointFileError(f"{origin}: {gained} of {data.size} values overflow {cast.dtype.name} (largest "
+                                  f"|value| {largest:.4g}; {cast.dtype.name} holds at most "
+                                  f"{float(ml_dtypes.finfo(cast.dtype).max):.4g}) and would load as inf; load it "
+                                  f"with a wider param_dtype (float32 or {data.dtype.name})")
 
 
 # ---------------------------------------------------------------------------------------------- stored files
@@ -96,8 +142,31 @@ class SafetensorsFile:
         return np.ascontiguousarray(data)
 
 
+def locate_listed_file(index_path: Path, name: str, tensor: str) -> Path:
+    """The shard `name` that `index_path` lists for `tensor`, as `index_path.parent / name`, after checking the
+    name (`file_name_problem`), that the file exists and that its symlinks (the Hub cache's `snapshots/<rev>/f ->
+    ../../blobs/<hash>`) end inside `link_roots(folder)`. Returned as listed, links unresolved."""
+    folder = index_path.parent
+    problem = file_name_problem(name)
+    if problem:
+        raise CheckpointFileError(f"{index_path}: tensor {tensor} is mapped to {name!r}, {problem} (model folder "
+                                  f"{folder}); refusing to read it")
+    path = folder / name
+    if not path.is_file():
+        raise CheckpointFileError(f"{index_path}: names shard {name!r} (for {tensor}), which does not exist")
+    real = path.resolve()
+    roots = link_roots(folder)
+    if not any(real == root or root in real.parents for root in roots):
+        raise CheckpointFileError(
+            f"{index_path}: tensor {tensor} is mapped to {name!r}, a symbolic link to {real}, outside the model "
+            f"folder {roots[0]}" + (" and its Hub cache repo's blobs" if len(roots) > 1 else "")
+            + "; refusing to read it")
+    return path
+
+
 def _read_index(index_path: Path) -> dict[str, str]:
-    """The weight map of a transformers index, each file checked to lie inside the index's folder."""
+    """The weight map of a transformers index, each file checked to lie inside the index's folder
+    (`locate_listed_file`)."""
     try:
         index = json.loads(index_path.read_text())
         weight_map = index["weight_map"]
@@ -105,15 +174,28 @@ def _read_index(index_path: Path) -> dict[str, str]:
             raise TypeError("weight_map is not an object of file names")
     except Exception as e:
         raise CheckpointFileError(f"{index_path}: not a valid checkpoint index ({type(e).__name__}: {e})") from None
-    folder = index_path.parent.resolve()
+    checked: set[str] = set()
     for tensor, file in weight_map.items():
-        target = (index_path.parent / file).resolve()
-        if os.path.isabs(file) or folder not in target.parents:
-            raise CheckpointFileError(f"{index_path}: tensor {tensor} is mapped to {file!r}, a path outside the "
-                                      f"model folder {folder}; refusing to read it")
-        if not target.is_file():
-            raise CheckpointFileError(f"{index_path}: names shard {file!r} (for {tensor}), which does not exist")
+        if file not in checked:
+            locate_listed_file(index_path, file, tensor)
+            checked.add(file)
     return weight_map
+
+
+def _check_shard(index_path: Path, weight_map: dict[str, str], name: str, keys) -> None:
+    """Shard `name` holds exactly the tensors `weight_map` maps to it: one it lacks, a second copy of a tensor
+    mapped to another shard, or a tensor the index does not list is an error (which copy is meant is no guess)."""
+    listed = {t for t, f in weight_map.items() if f == name}
+    absent = sorted(listed - set(keys))
+    path = index_path.parent / name
+    if absent:
+        raise CheckpointFileError(f"{path}: index {index_path.name} lists tensors the file lacks: {absent[:20]}")
+    extra = sorted(set(keys) - listed)
+    if extra:
+        said = [f"{t} (the index maps it to {weight_map[t]})" if t in weight_map else f"{t} (not in the index)"
+                for t in extra]
+        raise CheckpointFileError(f"{path}: holds {len(extra)} tensors that index {index_path.name} does not map "
+                                  "to this file; refusing to guess which copy is meant:" + _fmt_list(said))
 
 
 class SafetensorsCheckpoint:
@@ -130,11 +212,7 @@ class SafetensorsCheckpoint:
             self.files = {name: SafetensorsFile(directory / name) for name in sorted(set(weight_map.values()))}
             self.location = {}
             for name, file in self.files.items():
-                listed = {t for t, f in weight_map.items() if f == name}
-                absent = sorted(listed - set(file.tensors))
-                if absent:
-                    raise CheckpointFileError(f"{file.path}: index {index_path.name} lists tensors the file lacks: "
-                                              f"{absent[:20]}")
+                _check_shard(index_path, weight_map, name, file.tensors)
                 for t in file.tensors:
                     self.location[t] = name
         else:
@@ -162,7 +240,8 @@ class MsgpackCheckpoint:
         if single.is_file():
             names = [single.name]
         elif index_path.is_file():
-            names = sorted(set(_read_index(index_path).values()))
+            weight_map = _read_index(index_path)
+            names = sorted(set(weight_map.values()))
         else:
             raise CheckpointFileError(f"{directory}: neither {FLAX_WEIGHTS_NAME} nor {FLAX_WEIGHTS_INDEX_NAME} found")
         self.directory = directory
@@ -170,6 +249,8 @@ class MsgpackCheckpoint:
         self.location: dict[str, str] = {}
         self.shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         for name in names:  # one pass to learn names and shapes, one file in memory at a time
+            if index_path.is_file() and not single.is_file():
+                _check_shard(index_path, weight_map, name, self._load(name))
             for key, value in self._load(name).items():
                 self.location[key] = name
                 self.shapes[key] = (tuple(value.shape), value.dtype)
@@ -341,8 +422,7 @@ def open_pytorch_dir(directory, plan: dict[str, tuple[int, ...]]) -> Source:
     directory = Path(directory)
     if not ((directory / SAFE_WEIGHTS_NAME).is_file() or (directory / SAFE_WEIGHTS_INDEX_NAME).is_file()):
         bins = sorted(p.name for p in directory.glob("pytorch_model*.bin*"))
-        hint = (f" (found {bins}: load it with transformers' xLSTMForCausalLM and save_pretrained(..., "
-                "safe_serialization=True) first)") if bins else ""
+        hint = f" (found PyTorch pickle weights {bins}; {CONVERT_BIN_HINT})" if bins else ""
         raise CheckpointFileError(f"{directory}: no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}{hint}")
     ckpt = SafetensorsCheckpoint(directory)
     to_flax = param_table.pytorch_to_flax_names(plan)
@@ -414,14 +494,15 @@ def load_params(source: Source, plan: dict[str, tuple[int, ...]], *, dtype=None,
     scanned: a scanned target stacks its blocks), tensor by tensor.
 
     Each tensor (or, with `shardings` {name: Sharding}, each device's window of it) is read, checked for non-finite
-    values, cast to `dtype` (None: float32) and put on its device at once (`jax.device_put`, or
+    values, cast to `dtype` (None: float32; a float dtype, `param_dtype_of`; a value beyond its range is an error,
+    never an inf) and put on its device at once (`jax.device_put`, or
     `jax.make_array_from_callback` with a sharding), so the host holds about one tensor at a time. `skip`: plan
     names the source lacks (left out of the result). `on_read(name, index, nbytes)` is called for every read (for
     diagnostics). Returns a nested dict of jax arrays."""
     import jax
     from flax.traverse_util import unflatten_dict
 
-    dtype = np.dtype(np.float32) if dtype is None else np.dtype(dtype)
+    dtype = param_dtype_of(dtype)
     skip = set(skip)
     out = {}
     backbone_only = param_table.is_backbone_plan(plan)
@@ -448,7 +529,10 @@ def load_params(source: Source, plan: dict[str, tuple[int, ...]], *, dtype=None,
                 on_read(name, index, data.nbytes)
             if check_finite:
                 _check_finite(data, origin)
-            return data.astype(dtype, copy=False)
+            with np.errstate(over="ignore"):  # an overflow is found and named by _check_cast
+                cast = data.astype(dtype, copy=False)
+            _check_cast(data, cast, origin)
+            return cast
 
         if shardings is None:
             out[name] = jax.device_put(window())
@@ -466,27 +550,3 @@ def _normalise_index(index: tuple, shape: tuple) -> tuple:
         start, stop, step = s.indices(n) if isinstance(s, slice) else (s, s + 1, 1)
         out.append(slice(start, stop, step))
     return tuple(out)
-
-
-def resolve_model_dir(name_or_path, subfolder: str = "", **hub_kwargs) -> Path:
-    """A local model folder (symlinks resolved), or a Hub repo id downloaded with huggingface_hub (config, weights,
-    tokenizer and generation files). ValueError naming the path when it is a file, a broken link or a link loop,
-    or neither an existing folder nor a valid repo id (`cli.resolve_model_source` decides which)."""
-    from .cli import resolve_model_source
-
-    source = resolve_model_source(name_or_path, option="model", need_config=False)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        path = path.resolve()
-        return path / subfolder if subfolder else path
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "*.msgpack", "*.txt", "*.model", "*.jinja", "*.md"]
-    try:
-        local = snapshot_download(source, allow_patterns=[f"{subfolder}/{p}" if subfolder else p for p in patterns],
-                                  **hub_kwargs)
-    except Exception as e:
-        raise OSError(f"cannot get model {source!r} from the Hub ({type(e).__name__}: {e})") from None
-    return Path(local) / subfolder if subfolder else Path(local)
-
-

@@ -56,6 +56,9 @@ def parse_size(size) -> int:
     """'5GB', '500MB', '100KB' (powers of 1000, as transformers) or a byte count -> bytes."""
     from transformers.utils.hub import convert_file_size_to_int
 
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer, str)):
+        raise ValueError(f"max_shard_size={size!r}: expected a byte count (an int) or digits with a unit like 5GB, "
+                         "500MB")
     try:
         value = convert_file_size_to_int(size)
     except (ValueError, TypeError):

@@ -9,6 +9,7 @@ Shapes: B batch, S sequence, D embedding_dim, NH heads, DHQK / DHV head dims, V 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import weakref
@@ -23,9 +24,12 @@ from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .checkpoint_io import (
-    WEIGHT_FILE_NAMES, CheckpointFileError, check_source, has_weights, load_params, open_checkpoint, resolve_model_dir,
+    CONVERT_BIN_HINT, WEIGHT_FILE_NAMES, CheckpointFileError, check_source, has_weights, load_params, open_checkpoint,
+    param_dtype_of,
 )
-from .checkpoint_writer import params_tensors, replace_files_atomically, weight_files, write_checkpoint
+from .checkpoint_writer import (
+    params_tensors, parse_size, replace_files_atomically, weight_files, write_checkpoint,
+)
 from .configuration_xlstm_flax import XLSTMFlaxConfig, from_transformers_config
 from .generation import (
     forget_compiled, generate as generate_tokens, is_traced, jitted, model_key, prepare_inputs, update_inputs,
@@ -36,6 +40,8 @@ from .param_table import (
     LM_HEAD, is_scanned, unrolled_names, unrolled_plan, with_backbone_prefix,
 )
 from .mlstm_kernels import zero_state
+from .model_folder import resolve_model_dir
+from .param_checks import check_model_params, check_params_to_save, param_plan
 from .xlstm_layers import (  # noqa: F401  (the module classes are part of this module's API, as in transformers)
     FlaxXLSTMForCausalLMModule, FlaxXLSTMModule, param_shapes, stack_block_params, unstack_block_params,
 )
@@ -58,6 +64,24 @@ _IGNORED_LOADING_KWARGS = (
     "_commit_hash", "user_agent", "code_revision", "resume_download", "use_auth_token", "mirror", "_fast_init",
     "low_cpu_mem_usage", "ignore_mismatched_sizes", "use_safetensors", "variant", "output_loading_info",
 )
+
+
+def _load_generation_config(directory: Path):
+    """The GenerationConfig of `directory/generation_config.json` (None without one), as transformers reads it;
+    a file that is not valid JSON, not an object or not a valid generation config is a ValueError naming it."""
+    path = Path(directory) / "generation_config.json"
+    if not path.is_file():
+        return None
+    from transformers import GenerationConfig
+
+    try:
+        if not isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+            raise TypeError("not a JSON object")
+        return GenerationConfig.from_pretrained(str(directory))
+    except Exception as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"{path}: not a valid generation config ({type(e).__name__}: {reason[:300]}); fix or "
+                         "delete it") from None
 
 
 def _as_flax_config(config) -> XLSTMFlaxConfig:
@@ -100,7 +124,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
                  gradient_checkpointing: Optional[bool] = None, **kwargs):
         """gradient_checkpointing: None takes the config's `gradient_checkpointing` field."""
         config = _as_flax_config(config)
-        dtype = jnp.dtype(config.compute_dtype) if dtype is None else jnp.dtype(dtype)
+        dtype = jnp.dtype(config.compute_dtype) if dtype is None else param_dtype_of(dtype, "dtype")
         if gradient_checkpointing is None:
             gradient_checkpointing = getattr(config, "gradient_checkpointing", False)
         module = self.module_class(config=config, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
@@ -140,17 +164,24 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         PyTorch xLSTM safetensors (single or sharded, `from_pt` or not: the files say which), Flax msgpack. Each
         tensor is read, checked (names, shapes, dtype class, finite values), cast to `param_dtype` (None: float32;
         `jnp.bfloat16` halves the memory) and put on the device at once: no random init, no float32 copy of the
-        whole model on the host. A PyTorch `.bin` checkpoint (`from_pt=True`) goes through transformers' converter.
+        whole model on the host.
 
         * `dtype=None` (default) uses the config's `compute_dtype`;
         * a backbone checkpoint (`FlaxXLSTMModel`) loads into `FlaxXLSTMForCausalLM` with the LM head initialised
           and a warning naming it, as transformers does; any other missing param is an error naming it unless
           `allow_missing_keys=True`; with `_do_init=False` the missing keys are recorded, so
           `model.init_weights(rng, input_shape, params)` completes the params;
-        * `check_finite=False` skips the NaN/inf check (one pass over each tensor, about 0.3 s per GB).
+        * `check_finite=False` skips the NaN/inf check (one pass over each tensor, about 0.3 s per GB);
+        * `param_dtype` is float32, bfloat16, float16 (or float64 with `jax_enable_x64`); a stored value beyond
+          its range is an error naming the tensor (never an inf);
+        * `generation_config.json`, when present, becomes `model.generation_config` (a corrupt one is an error);
+        * a PyTorch pickle (`pytorch_model.bin`) is refused with how to convert it (to safetensors) first.
         """
         do_init = kwargs.pop("_do_init", True)
         config = kwargs.pop("config", None)
+        param_dtype_of(param_dtype)  # an invalid dtype is named before any file is read
+        if dtype is not None:
+            param_dtype_of(dtype, "dtype")
         for name in _IGNORED_LOADING_KWARGS:  # transformers' loading options with no meaning here
             kwargs.pop(name, None)
         hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only",
@@ -170,12 +201,14 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         config.validate()
         if not has_weights(directory):
             bins = sorted(p.name for p in Path(directory).glob("pytorch_model*.bin*"))
-            if bins:  # transformers' own converter (needs torch and an initialised model)
-                return super().from_pretrained(directory, dtype, *model_args, config=config, from_pt=True,
-                                               _do_init=do_init, **hub_kwargs)
-            raise CheckpointFileError(
-                f"{directory}: no weights ({', '.join(WEIGHT_FILE_NAMES)} or pytorch_model.bin)")
+            if bins:  # a pickle: never unpickled here (arbitrary code), read only by torch
+                raise CheckpointFileError(f"{directory}: holds PyTorch pickle weights {bins}, which this port does "
+                                          f"not read; {CONVERT_BIN_HINT}")
+            raise CheckpointFileError(f"{directory}: no weights ({', '.join(WEIGHT_FILE_NAMES)})")
+        generation_config = _load_generation_config(directory)
         model = cls(config, dtype=dtype, _do_init=False)
+        if generation_config is not None:
+            model.generation_config = generation_config
         params, missing = model._load_checkpoint(directory, param_dtype, allow_missing_keys, check_finite)
         if not do_init:
             return model, params
@@ -216,17 +249,22 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         """config.json, generation_config.json and the weights, written by `checkpoint_io`: safetensors by default
         (`model.safetensors`, or shards of at most `max_shard_size` with `model.safetensors.index.json`), every
         tensor C-contiguous whatever the params' memory layout; the new weight files replace the old ones only once
-        all are complete (and stale shards are removed). `safe_serialization=False` writes Flax msgpack.
+        all are complete (and stale shards are removed). `safe_serialization=False` writes Flax msgpack. Before
+        anything is written (or a Hub repo created) the params are checked: this model's names, shapes, float
+        dtypes and finite values (`param_checks`), so a folder that would not load is never written.
         `push_to_hub=True` uploads the folder afterwards (`repo_id`, `commit_message` as in transformers)."""
         save_directory = str(save_directory)
         if os.path.isfile(save_directory):
             raise ValueError(f"save_pretrained: {save_directory} is a file, expected a folder")
+        parse_size(max_shard_size)  # the arguments and params are checked before anything is written
+        what = f"save_pretrained({'' if params is None else 'params=...'}) of {type(self).__name__}"
+        params = self.params if params is None else params
+        check_params_to_save(params, param_plan(self), what)
         if push_to_hub:
             commit_message = kwargs.pop("commit_message", None)
             repo_id = kwargs.pop("repo_id", save_directory.split(os.path.sep)[-1])
             repo_id = self._create_repo(repo_id, token=token, **kwargs)
             files_timestamps = self._get_files_timestamps(save_directory)
-        params = self.params if params is None else params
         tensors = params_tensors(params)
         with replace_files_atomically(save_directory, stale=weight_files(save_directory)) as tmp:
             self.config.architectures = [type(self).__name__[4:]]
@@ -372,7 +410,10 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             document_borders = jnp.asarray(document_borders, dtype=bool)
         if use_cache and past_key_values is None:
             past_key_values = self.init_cache(input_ids.shape[0])
-        args = (params or self.params, input_ids, attention_mask, document_borders, past_key_values, dropout_rng)
+        what = f"params passed to {type(self).__name__}" if params is not None else f"{type(self).__name__}.params"
+        params = self.params if params is None else params
+        check_model_params(self, params, what)  # another model's tree, {}, integers: named, never run
+        args = (params, input_ids, attention_mask, document_borders, past_key_values, dropout_rng)
         static = dict(train=bool(train), output_hidden_states=bool(output_hidden_states),
                       logits_to_keep=logits_to_keep)
         if (self.jit_forward if jit is None else jit) and not is_traced(*args):
