@@ -25,7 +25,8 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from .checkpoint_io import (
     WEIGHT_FILE_NAMES, CheckpointFileError, check_source, has_weights, load_params, open_checkpoint, resolve_model_dir,
 )
-from .checkpoint_writer import params_tensors, replace_files_atomically, weight_files, write_checkpoint
+from .checkpoint_writer import params_tensors, write_checkpoint
+from .safe_output import MODEL_FILES, atomic_output_dir
 from .configuration_xlstm_flax import XLSTMFlaxConfig, from_transformers_config
 from .generation import (
     forget_compiled, generate as generate_tokens, is_traced, jitted, model_key, prepare_inputs, update_inputs,
@@ -227,7 +228,9 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             files_timestamps = self._get_files_timestamps(save_directory)
         params = self.params if params is None else params
         tensors = params_tensors(params)
-        with replace_files_atomically(save_directory, stale=weight_files(save_directory)) as tmp:
+        # all-or-nothing: written beside the folder, which it replaces in one rename (other files carried over)
+        with atomic_output_dir(save_directory, True, owned=MODEL_FILES, keep_others=True,
+                               option="save_pretrained: save_directory") as tmp:
             self.config.architectures = [type(self).__name__[4:]]
             self.config.save_pretrained(tmp)
             if self.can_generate() and self.generation_config is not None:
