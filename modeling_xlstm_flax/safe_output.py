@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 __all__ = ["OutputPathError", "OutputExistsError", "check_output_path", "atomic_output_dir", "remove_stale_partials",
-           "signals_as_interrupts", "raise_if_interrupted", "MODEL_FILES", "TOKENIZER_FILES"]
+           "signals_as_interrupts", "raise_if_interrupted", "matches_any", "MODEL_FILES", "TOKENIZER_FILES"]
 
 # What the model writers own: config, generation config, weights (single, sharded, index; Flax and safetensors).
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
@@ -258,7 +258,7 @@ def _swap_into_place(new: Path, target: Path) -> None:
         print(f"warning: could not remove the previous folder {old}: {exc}", file=sys.stderr)
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
+def matches_any(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p.rstrip("/")) for p in patterns)
 
 
@@ -304,7 +304,7 @@ def atomic_output_dir(target, overwrite: bool = False, *, owned: Optional[Sequen
     existing = sorted(os.listdir(target)) if target.is_dir() else []
     if existing and not overwrite:
         raise OutputExistsError(f"{option} {target}: already exists; pass --overwrite to replace it (it is not empty)")
-    foreign = [n for n in existing if owned is not None and not _matches(n, owned)]
+    foreign = [n for n in existing if owned is not None and not matches_any(n, owned)]
     if foreign and not keep_others:
         shown = ", ".join(n + ("/" if (target / n).is_dir() else "") for n in foreign[:5])
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
