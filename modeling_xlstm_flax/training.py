@@ -488,6 +488,8 @@ def _main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     check_output_location(args.output_dir, "--output-dir")  # an empty path first: it would mean this folder
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --output-dir and --overwrite replaces it: give one of them")
     if args.resume and (Path(args.output_dir) / "checkpoints").is_dir():
         merge_resumed_args(args, explicit_options(argv), Path(args.output_dir))
     check_args(args)

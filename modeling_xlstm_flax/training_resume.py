@@ -45,8 +45,6 @@ def check_output_dir(args) -> None:
     """A non-empty --output-dir needs --resume (continue the run there) or --overwrite (replace a previous run or
     model: only what this command writes, anything else is refused by name)."""
     out = Path(args.output_dir)
-    if args.resume and args.overwrite:
-        raise UsageError("--resume continues the run in --output-dir and --overwrite replaces it: give one of them")
     entries = sorted(os.listdir(out)) if out.is_dir() else []
     if not entries or args.resume:
         return

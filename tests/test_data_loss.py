@@ -298,3 +298,119 @@ def test_signals_during_export_overwrite_keep_the_old_export(tmp_path, pause, si
     status, err, before, after = _export_with_signal(tmp_path, pause, sig)
     assert status == 128 + sig and "interrupted" in err, err[-2000:]
     assert after == before and _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------- training output
+def _train(argv) -> int:
+    from modeling_xlstm_flax import training
+
+    return training.main([str(a) for a in argv] + ["--no-progress"])
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    from modeling_xlstm_flax.data import pydoc_topics
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(pydoc_topics()[:30]))
+    return path
+
+
+@pytest.mark.parametrize("case", ["model", "previous_run", "overwrite_foreign", "resume_and_overwrite",
+                                  "inside_model", "config_json", "config_folder"])
+def test_training_output_and_input_refusals(tmp_path, capsys, case):
+    """Before any data is read: a non-empty --output-dir without --resume/--overwrite (a model, a previous run),
+    --overwrite over files the command does not write, --resume with --overwrite, an output inside the --model
+    folder, an invalid --config: one line each, nothing changed."""
+    out = tmp_path / "out"
+    shutil.copytree(BUNDLED, out)  # a model folder (with tokenizer, log and loss curve)
+    argv, message = ["--output-dir", out], None
+    if case == "model":
+        (out / "training_log.json").unlink()
+        message = "is not empty (holds a model"
+    elif case == "previous_run":
+        (out / "checkpoints" / "step_4").mkdir(parents=True)
+        message = "holds a previous training run"
+    elif case == "overwrite_foreign":
+        (out / "notes.txt").write_text("mine")
+        (out / "README.md").unlink()
+        argv, message = argv + ["--overwrite"], "holds files xlstm-flax-train does not write (notes.txt)"
+    elif case == "resume_and_overwrite":
+        argv, message = argv + ["--resume", "--overwrite"], "give one of them"
+    elif case == "inside_model":
+        argv, message = ["--output-dir", out / "tuned", "--model", out], "lies inside the input"
+    elif case == "config_json":
+        (tmp_path / "bad.json").write_text('{"num_blocks": 2,')
+        argv, message = ["--output-dir", tmp_path / "new", "--config", tmp_path / "bad.json"], "not valid JSON"
+    elif case == "config_folder":
+        argv, message = ["--output-dir", tmp_path / "new", "--config", tmp_path], "is a folder"
+    before = _tree_digest(tmp_path)
+    assert _train(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("xlstm-flax-train: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert _tree_digest(tmp_path) == before and not (tmp_path / "new").exists()
+
+
+def test_training_data_and_tokenizer_problems_are_one_line(tmp_path, capsys, corpus, two_models):
+    """--seq-len longer than the corpus; a --model folder without tokenizer files (it would otherwise train a new
+    tokenizer that does not fit the model's embeddings): one line naming the problem, no output."""
+    assert _train(["--output-dir", tmp_path / "a", "--text-file", corpus, "--seq-len", "100000",
+                   "--tokenizer-vocab-size", "300"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--seq-len 100000 is longer than the corpus allows" in err and len(err.splitlines()) == 1, err
+    model = tmp_path / "model"
+    two_models[0].save_pretrained(model)
+    assert _train(["--output-dir", tmp_path / "b", "--model", model, "--text-file", corpus]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--model" in err and "has no tokenizer files" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_training_rerun_resume_and_overwrite(tmp_path, capsys, corpus):
+    """A 3-step run with a checkpoint per step; then: a plain re-run is refused; --resume with another --lr is
+    refused naming it, with --set num_blocks=2 is one line naming num_blocks; the newest checkpoint truncated,
+    --resume --steps 4 (no other option: the run's are read back) warns, continues from step 2 with the run's
+    corpus and window length; --overwrite starts afresh (the old checkpoints gone)."""
+    out = tmp_path / "out"
+    common = ["--text-file", corpus, "--set", "num_blocks=1", "--seq-len", "16", "--batch-size", "2",
+              "--tokenizer-vocab-size", "300", "--eval-every", "0"]
+    assert _train(["--output-dir", out, "--steps", "3", "--save-every", "1", "--keep-checkpoints", "3"] + common) == 0
+    first = _tree_digest(out)
+    capsys.readouterr()
+    for extra, message in ((["--steps", "3"] + common, "is not empty (holds a previous training run"),
+                           (["--resume", "--lr", "0.1"], "--resume: --lr 0.1 differs from the run's 0.003"),
+                           (["--resume", "--set", "num_blocks=2"], "the run's model has num_blocks=1, this command "
+                                                                   "builds num_blocks=2")):
+        assert _train(["--output-dir", out] + extra) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert _tree_digest(out) == first
+    data = max((p for p in (out / "checkpoints" / "step_3" / "params").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    os.truncate(data, data.stat().st_size // 4)
+    assert _train(["--output-dir", out, "--resume", "--steps", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "step_3 cannot be read" in err and "at step 2" in err, err
+    log = __import__("json").loads((out / "training_log.json").read_text())
+    assert log["steps"] == 4 and log["args"]["text_file"] == [str(corpus)] and log["args"]["seq_len"] == 16
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_3", "step_4"]
+    assert [p.name.split("-")[0] for p in (out / "corrupt_checkpoints").iterdir()] == ["step_3"]
+    assert _train(["--output-dir", out, "--overwrite", "--steps", "1", "--save-every", "0"] + common) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
+    assert not (out / "corrupt_checkpoints").exists() and _leftovers(tmp_path) == []
+
+
+def test_model_folder_without_tokenizer_is_one_line(tmp_path, capsys, two_models):
+    """xlstm-flax-generate and text_generation_pipeline on a model folder without tokenizer files: one line
+    naming the folder and what is missing (xlstm-flax-train: test_training_data_and_tokenizer_problems_are_one_line)."""
+    from modeling_xlstm_flax import generate
+    from modeling_xlstm_flax.pipeline import text_generation_pipeline
+
+    model = tmp_path / "model"
+    two_models[0].save_pretrained(model)
+    with pytest.raises(ValueError, match="the folder has no tokenizer files"):
+        text_generation_pipeline(str(model))
+    assert generate.main(["--model", str(model), "--prompt", "hi"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "has no tokenizer files" in err and str(model) in err and len(err.splitlines()) == 1, err
