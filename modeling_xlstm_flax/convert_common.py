@@ -39,7 +39,7 @@ from .checkpoint_io import (  # noqa: F401  (re-exported for the commands)
     is_float_dtype,
 )
 from .checkpoint_writer import OutTensor, parse_size, write_checkpoint  # noqa: F401
-from .safe_output import MODEL_FILES, atomic_output_dir, check_output_path, signals_as_interrupts
+from .safe_output import MODEL_FILES, atomic_output_dir, check_output_path, interrupted_signal, signals_as_interrupts
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 from .safe_output import TOKENIZER_FILES  # noqa: E402
@@ -375,15 +375,20 @@ def _positive_int(text: str) -> int:
 def run_cli(convert: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
             argv: Optional[list[str]] = None) -> int:
     """Parse `argv`, run `convert` and print "wrote <the path it returns>"; print any error as one line and return
-    the exit status (0 done, 1 bad input or any other failure, 2 usage, 3 verification failed, 130 interrupted).
+    the exit status (0 done, 1 bad input or any other failure, 2 usage, 3 verification failed, 130 interrupted, 143
+    SIGTERM).
     `--debug` prints the traceback of an unexpected error too."""
     from .cli import quiet_transformers
 
     quiet_transformers()
     args = parser.parse_args(argv)
+    with signals_as_interrupts():  # SIGTERM as Ctrl-C; an interrupt that Python dropped still stops the swap
+        return _run_converter(convert, args)
+
+
+def _run_converter(convert, args) -> int:
     try:
-        with signals_as_interrupts():  # SIGTERM as Ctrl-C; an interrupt that Python dropped still stops the swap
-            print(f"wrote {convert(args)}")
+        print(f"wrote {convert(args)}")
     except VerificationError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_VERIFY_FAILED
@@ -391,8 +396,9 @@ def run_cli(convert: Callable[[argparse.Namespace], Any], parser: argparse.Argum
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        signum = interrupted_signal()  # SIGTERM: 143, Ctrl-C: 130
         print("interrupted; no output was written", file=sys.stderr)
-        return 130
+        return 128 + signum if signum else 130
     except Exception as e:  # anything else: one line naming it (the output is never half-written)
         if getattr(args, "debug", False):
             traceback.print_exc()

@@ -26,7 +26,6 @@ import argparse
 import ast
 import json
 import logging
-import os
 import re
 import shutil
 import sys

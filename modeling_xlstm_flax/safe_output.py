@@ -72,8 +72,11 @@ def check_output_path(output, inputs: Iterable = (), option: str = "output") -> 
         raise OutputPathError(f"{option} is empty: give the folder to write (an empty path would mean the current "
                               "folder)")
     target = _resolved(output)
-    cwd = Path.cwd().resolve()
-    if _inside(cwd, target):
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the current folder was removed
+        cwd = None
+    if cwd is not None and _inside(cwd, target):
         raise OutputPathError(f"{option} {output}: is the current folder or holds it; name a folder of its own")
     for item in inputs:
         if item is None or not str(item).strip() or not os.path.exists(os.path.expanduser(str(item))):

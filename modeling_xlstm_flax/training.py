@@ -12,10 +12,13 @@ one device by default; `--mesh-data/--mesh-fsdp/--mesh-tensor N` for data / full
 on the first data*fsdp*tensor devices. Validation: `sharded_forward` + `causal_lm_loss` on the same mesh.
 
 Output dir: config.json + model.safetensors (`FlaxXLSTMForCausalLM.from_pretrained`), tokenizer files,
-training_log.json (history, validation perplexity, arguments), loss_curve.png, and checkpoints/step_N/{params,
-opt_state,state} by orbax-checkpoint's `CheckpointManager` (atomic: a temporary folder renamed when complete; the
-newest `--keep-checkpoints` kept). `--resume` restores the newest onto the current mesh (any mesh). The JSON state
-holds step, seed (data order and dropout rng are functions of seed and step), history and arguments.
+training_log.json (history, validation perplexity, arguments), loss_curve.png (these replace the previous ones
+together at the end: `safe_output.atomic_output_dir`), run/ (the run's arguments, config and tokenizer, written at
+its start) and checkpoints/step_N/{params,opt_state,state} by orbax-checkpoint's `CheckpointManager` (atomic: a
+temporary folder renamed when complete; the newest `--keep-checkpoints` kept). A non-empty output dir needs
+`--resume` or `--overwrite` (`training_resume`). `--resume` restores the newest readable checkpoint onto the current
+mesh (any mesh) with the run's saved options. The JSON state holds step, seed (data order and dropout rng are
+functions of seed and step), history and arguments.
 """
 
 from __future__ import annotations
