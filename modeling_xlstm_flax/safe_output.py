@@ -186,11 +186,34 @@ def remove_stale_partials(target) -> list[Path]:
     for entry in entries:
         if _owned_and_stale(entry, old) and not os.path.lexists(target):
             os.rename(entry, target)  # a swap killed between its two renames: the old folder comes back
+    if target.is_dir() and not target.is_symlink():  # partial folders of in-place writes (see `_in_place`)
+        entries += sorted(target.iterdir(), key=lambda p: p.name)
     for entry in entries:
         if (_owned_and_stale(entry, partial) or _owned_and_stale(entry, old)) and entry.exists():
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
+
+
+def _in_place(target: Path) -> bool:
+    """An existing folder that cannot be replaced as a whole: a mount point, or in a folder we may not write."""
+    return target.is_dir() and (os.path.ismount(target) or not os.access(target.parent, os.W_OK | os.X_OK))
+
+
+def _move_in(tmp: Path, target: Path, owned: Optional[Sequence[str]]) -> None:
+    """The fallback of `_in_place` folders: each finished file of `tmp` (inside `target`) moved into `target` by
+    one rename, then the writer's old entries it did not rewrite removed. Not one step, but the old files stay
+    until every new one is complete."""
+    written = sorted(os.listdir(tmp))
+    with _signals_held():
+        for name in written:
+            if (target / name).is_dir() and not (target / name).is_symlink():
+                shutil.rmtree(target / name)
+            os.replace(tmp / name, target / name)
+    for name in sorted(os.listdir(target)):
+        path = target / name
+        if name not in written and path != tmp and owned is not None and matches_any(name, owned):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else os.remove(path)
 
 
 def _make_sibling(target: Path, kind: str) -> Path:
@@ -318,20 +341,28 @@ def atomic_output_dir(target, overwrite: bool = False, *, owned: Optional[Sequen
     while not parent.exists():
         created.append(parent)
         parent = parent.parent
+    in_place = _in_place(target)
+    if in_place:
+        print(f"note: {target} is a mount point or its parent is not writable: its files are replaced one by one",
+              file=sys.stderr)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _make_sibling(target, "partial")
+        tmp = _make_sibling(target / target.name if in_place else target, "partial")
     except OSError as exc:
         raise OutputPathError(f"{option} {target}: cannot be created ({exc.strerror or exc})") from None
     _ACTIVE.add(str(tmp))
     try:
         _test_pause("start")
         yield tmp
-        if keep_others and foreign:
+        if keep_others and foreign and not in_place:
             _carry_over(target, tmp, foreign)
         _test_pause("swap")
         raise_if_interrupted()
-        _swap_into_place(tmp, target)
+        if in_place:
+            _move_in(tmp, target, owned)
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for d in created:  # innermost first

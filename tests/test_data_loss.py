@@ -217,6 +217,22 @@ def test_replacing_a_model_is_all_or_nothing_under_a_fault_at_each_step(two_mode
     assert _leftovers(tmp_path) == []
 
 
+def test_a_folder_that_cannot_be_swapped_gets_its_files_replaced(two_models, tmp_path, monkeypatch, capsys):
+    """A mount point (or a folder in a read-only parent) cannot be renamed: the writer builds inside it and moves
+    each finished file in, says so, keeps the other files, drops its stale shards and leaves no partial folder."""
+    old, new = two_models
+    folder = tmp_path / "mounted"
+    old.save_pretrained(folder, max_shard_size="20KB")
+    (folder / "tokenizer.json").write_text('{"mine": 1}')
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == folder)
+    new.save_pretrained(folder)
+    assert "replaced one by one" in capsys.readouterr().err
+    assert sorted(os.listdir(folder)) == ["config.json", "generation_config.json", "model.safetensors",
+                                          "tokenizer.json"]
+    assert (folder / "tokenizer.json").read_text() == '{"mine": 1}' and _loads_as(folder, old, new) == "new"
+    assert _leftovers(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------------------------- stale partials
 def test_stale_partial_folders_are_removed_live_ones_kept(two_models, tmp_path):
     """Partial folders of a dead process of this host go; a live process's, another host's and unrelated names
