@@ -334,8 +334,8 @@ def atomic_output_dir(target, overwrite: bool = False, *, owned: Optional[Sequen
     if foreign and not keep_others:
         shown = ", ".join(n + ("/" if (target / n).is_dir() else "") for n in foreign[:5])
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        raise OutputExistsError(f"{option} {target}: holds files {writer} does not write ({shown}{more}); --overwrite "
-                              "replaces only its own files: choose another folder or move those away")
+        raise OutputExistsError(f"{option} {target}: holds files {writer} does not write ({shown}{more}); "
+                                "--overwrite replaces only its own files: choose another folder or move those away")
     created = []
     parent = target.parent
     while not parent.exists():

@@ -386,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in output-dir from its newest readable checkpoint, with its saved options "
                         "(give only what changes: --steps, --stop-at-step, --save-every, ...)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a previous run or model in a non-empty output-dir (its checkpoints go when the new run "
-                        "starts, its model when the new one is complete); other files there are refused")
+                   help="replace a previous run or model in a non-empty output-dir (its checkpoints go when the new "
+                        "run starts, its model when the new one is complete); other files there are refused")
     p.add_argument("--stop-at-step", type=int, default=None,
                    help="end this run (with a checkpoint) at this step; the schedule still spans --steps, so a "
                         "later --resume continues the same run")
