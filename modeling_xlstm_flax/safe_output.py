@@ -149,7 +149,10 @@ _ACTIVE: set[str] = set()  # partial folders this process is writing now
 
 
 def _partial_pattern(name: str, kind: str) -> re.Pattern:
-    return re.compile(rf"^\.{re.escape(name)}\.{kind}-(\d+)-([A-Za-z0-9]+)-[A-Za-z0-9_]+$")
+    """`.NAME.KIND-<pid>-<host>-<random>`, and the same for a writer nested in one of our partial folders
+    (`..NAME.partial-....KIND-<pid>-<host>-<random>`: e.g. save_pretrained inside the export's)."""
+    name = re.escape(name)
+    return re.compile(rf"^\.(?:{name}|\.{name}\.partial-.*)\.{kind}-(\d+)-([A-Za-z0-9]+)-[A-Za-z0-9_]+$")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -217,6 +217,47 @@ def test_replacing_a_model_is_all_or_nothing_under_a_fault_at_each_step(two_mode
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_converter_and_export_overwrite_is_all_or_nothing_under_a_fault_at_each_step(two_models, tmp_path,
+                                                                                      monkeypatch, exchange):
+    """What the converters and export-hub --overwrite run (`atomic_output_dir` owning the model and tokenizer
+    files, no carry-over), with Ctrl-C injected at each move/rename/remove call in turn: the old output or the
+    complete new one, never a mix; nothing left beside it after the next clean run."""
+    from modeling_xlstm_flax import safe_output
+    from modeling_xlstm_flax.safe_output import MODEL_FILES, TOKENIZER_FILES, atomic_output_dir
+
+    old, new = two_models
+    folder = tmp_path / "converted"
+    old.save_pretrained(folder)
+    (folder / "tokenizer.json").write_text('{"old": 1}')
+    if not exchange:
+        monkeypatch.setattr(safe_output, "_exchange", lambda a, b: False)
+
+    def convert(model, tag):
+        with atomic_output_dir(folder, True, owned=MODEL_FILES + TOKENIZER_FILES) as tmp:
+            model.save_pretrained(tmp)
+            (tmp / "tokenizer.json").write_text(f'{{"{tag}": 1}}')
+
+    outcomes = []
+    for at in range(1, 40):
+        with monkeypatch.context() as m:
+            fault = _Fault(m, at, KeyboardInterrupt)
+            try:
+                convert(new, "new")
+            except KeyboardInterrupt as exc:
+                assert fault.fired and "injected fault" in str(exc)
+        state = _loads_as(folder, old, new)
+        assert (folder / "tokenizer.json").read_text() == f'{{"{state}": 1}}', f"a mix after a fault at call {at}"
+        outcomes.append(state)
+        if not fault.fired:
+            break
+        if state == "new":
+            convert(old, "old")
+    assert not fault.fired and outcomes[-1] == "new" and "old" in outcomes
+    convert(old, "old")
+    assert _leftovers(tmp_path) == []
+
+
 def test_a_folder_that_cannot_be_swapped_gets_its_files_replaced(two_models, tmp_path, monkeypatch, capsys):
     """A mount point (or a folder in a read-only parent) cannot be renamed: the writer builds inside it and moves
     each finished file in, says so, keeps the other files, drops its stale shards and leaves no partial folder."""
