@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 __all__ = ["OutputPathError", "OutputExistsError", "check_output_path", "atomic_output_dir", "remove_stale_partials",
-           "signals_as_interrupts", "raise_if_interrupted", "matches_any", "MODEL_FILES", "TOKENIZER_FILES"]
+           "signals_as_interrupts", "raise_if_interrupted", "record_dropped_interrupts", "matches_any", "MODEL_FILES",
+           "TOKENIZER_FILES"]
 
 # What the model writers own: config, generation config, weights (single, sharded, index; Flax and safetensors).
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
@@ -92,6 +93,26 @@ def check_output_path(output, inputs: Iterable = (), option: str = "output") -> 
 
 # ---------------------------------------------------------------------------------------------- signals
 _received: Optional[int] = None
+_dropped = False  # a KeyboardInterrupt Python reported as "Exception ignored" (sys.unraisablehook)
+
+
+def record_dropped_interrupts() -> None:
+    """Wrap `sys.unraisablehook` (idempotent) so that a KeyboardInterrupt raised where Python cannot propagate it
+    (a garbage-collection callback such as jax's `_xla_gc_callback`, a finalizer, `__del__`) is remembered; it is
+    still reported as before. `modeling_xlstm_flax` calls this on import, before jax is loaded, so a Ctrl-C during
+    a command's start-up counts too."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_records_dropped_interrupts", False):
+        return
+
+    def hook(unraisable):
+        global _dropped
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _dropped = True
+        previous(unraisable)
+
+    hook._records_dropped_interrupts = True
+    sys.unraisablehook = hook
 
 
 def _on_signal(signum, frame):
@@ -104,30 +125,32 @@ def _on_signal(signum, frame):
 def signals_as_interrupts() -> Iterator[None]:
     """SIGINT and SIGTERM raise KeyboardInterrupt and are remembered (see `raise_if_interrupted`) while the body
     runs; the previous handlers come back afterwards. Outside the main thread: no change."""
-    global _received
+    global _received, _dropped
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _received = None
+    _received = None  # (a Ctrl-C dropped before, while the command started, still counts)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _received = None
+        _received, _dropped = None, False
 
 
 def raise_if_interrupted() -> None:
     """KeyboardInterrupt if SIGINT/SIGTERM arrived under `signals_as_interrupts`, even when the KeyboardInterrupt
     it raised was swallowed (a finalizer, a garbage-collection callback, a broad `except`)."""
-    if _received is not None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(_received).name} received")
+    signum = interrupted_signal()
+    if signum is not None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name} received")
 
 
 def interrupted_signal() -> Optional[int]:
-    """The signal number received under `signals_as_interrupts`, or None."""
-    return _received
+    """The signal number received under `signals_as_interrupts` (SIGINT for a KeyboardInterrupt Python dropped,
+    see `record_dropped_interrupts`), or None."""
+    return _received if _received is not None else (signal.SIGINT if _dropped else None)
 
 
 @contextmanager

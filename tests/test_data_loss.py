@@ -309,6 +309,44 @@ def test_stale_partial_folders_are_removed_live_ones_kept(two_models, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- signals
+def test_a_ctrl_c_python_drops_still_stops_the_swap(two_models, tmp_path, monkeypatch):
+    """A KeyboardInterrupt raised in a garbage-collection callback (where jax's `_xla_gc_callback` dropped the
+    reported Ctrl-C: Python prints "Exception ignored" and goes on) is remembered through sys.unraisablehook, before
+    or during a command: the writer stops before its swap, the old model stays."""
+    import gc
+
+    from modeling_xlstm_flax import safe_output
+
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)  # (pytest's own hook would warn)
+    safe_output.record_dropped_interrupts()
+    old, new = two_models
+    folder = tmp_path / "model"
+    old.save_pretrained(folder)
+
+    def dropped_ctrl_c():
+        def callback(phase, info):
+            if phase == "start":
+                raise KeyboardInterrupt
+
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()  # "Exception ignored in: <function callback>": the interrupt goes nowhere
+        finally:
+            gc.callbacks.remove(callback)
+
+    for before_command in (True, False):
+        if before_command:
+            dropped_ctrl_c()  # e.g. while the command imports jax
+        with safe_output.signals_as_interrupts():
+            with pytest.raises(KeyboardInterrupt):
+                with safe_output.atomic_output_dir(folder, True) as tmp:
+                    new.save_pretrained(tmp)
+                    if not before_command:
+                        dropped_ctrl_c()
+        assert _loads_as(folder, old, new) == "old" and _leftovers(tmp_path) == []
+    assert safe_output.interrupted_signal() is None  # the command's end clears it
+
+
 def _export_with_signal(tmp_path: Path, pause: str, sig: int):
     """export-hub --overwrite over an existing export, in a subprocess paused at `pause` (safe_output's test hook),
     where it receives `sig`. Returns (exit status, stderr, the output's files before, after)."""
