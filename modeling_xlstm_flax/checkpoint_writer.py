@@ -3,19 +3,15 @@
 `write_checkpoint` streams tensors into safetensors (or msgpack) files: every part is made C-contiguous before its
 bytes are written (safetensors' own `save_file` writes a NumPy view's raw memory, so a transposed view would be
 saved transposed). Shards are planned with huggingface_hub's `split_state_dict_into_shards_factory` and get
-transformers' index. `atomic_output_dir` writes into a temporary folder beside the target and renames it at the end;
-`replace_files_atomically` moves finished files into an existing folder (the old weights stay until the new ones
-are complete).
+transformers' index. Every writer writes into `safe_output.atomic_output_dir` (a folder beside the target that
+replaces it in one rename when complete).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -186,79 +182,8 @@ def write_checkpoint(directory, tensors: list[OutTensor], *, file_format: str = 
     return names + [index_name]
 
 
-# ---------------------------------------------------------------------------------------------- atomic output
-def _make_temp_dir(parent: Path, name: str) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
-
-
-@contextmanager
-def atomic_output_dir(target, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside `target`; on success rename it to `target` (replacing an old one
-    only with `overwrite`, and only now that the new one is complete), on any error remove it (and parent
-    directories this call created): nothing half-written, nothing lost. Leftover `.<name>.partial-*` folders of
-    killed runs are never read as output."""
-    target = Path(target).absolute()
-    if target.exists() and not overwrite:
-        raise CheckpointFileError(f"output {target} already exists; pass --overwrite to replace it")
-    if target.exists() and not target.is_dir():
-        raise CheckpointFileError(f"output {target} exists and is not a directory")
-    created = []
-    parent = target.parent
-    while not parent.exists():
-        created.append(parent)
-        parent = parent.parent
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _make_temp_dir(target.parent, target.name)
-    except OSError as e:
-        raise CheckpointFileError(f"cannot create output {target}: {e.strerror or e}") from None
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for d in created:  # innermost first
-            try:
-                d.rmdir()
-            except OSError:
-                break
-        raise
-
-
-@contextmanager
-def replace_files_atomically(directory, stale: Iterable[str] = ()) -> Iterator[Path]:
-    """Yield a temporary folder inside `directory` (created if needed); on success move each file written there
-    into `directory` (each move atomic, all files complete before the first move) and delete the `stale` names the
-    new files do not replace (e.g. old shards); on error remove the temporary folder and leave `directory` as it
-    was. For `save_pretrained`, which writes into a folder that may hold other files (a tokenizer)."""
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = _make_temp_dir(directory, "save")
-    except OSError as e:
-        raise CheckpointFileError(f"cannot write to {directory}: {e.strerror or e}") from None
-    try:
-        yield tmp
-        written = sorted(os.listdir(tmp))
-        for name in written:
-            os.replace(tmp / name, directory / name)
-        for name in set(stale) - set(written):
-            if (directory / name).is_file():
-                os.remove(directory / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
+# ---------------------------------------------------------------------------------------------- output folders
+# (the all-or-nothing output folder, shared by every writer, lives in `safe_output`)
 def weight_files(directory) -> list[str]:
     """Names of the weight files (single, shards, indexes) in `directory`."""
     directory = Path(directory)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -69,17 +70,24 @@ def _first_line(exc: BaseException) -> str:
 
 def run_command(prog: str, body: Callable[[Optional[Sequence[str]]], int], argv=None) -> int:
     """`body(argv)`'s exit status; bad input ends as one line on stderr and status 1."""
+    from .safe_output import interrupted_signal, signals_as_interrupts
+
     quiet_transformers()
-    try:
-        return body(argv)
-    except (UsageError, ValueError, OSError, RuntimeError) as exc:
-        if os.environ.get("XLSTM_FLAX_DEBUG"):
-            raise
-        print(f"{prog}: error: {_first_line(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    with signals_as_interrupts():  # SIGTERM as Ctrl-C; an interrupt that Python dropped still stops any swap
+        try:
+            status = body(argv)
+            if interrupted_signal() is not None:  # dropped where it landed (e.g. jax's gc callback), still honoured
+                raise KeyboardInterrupt
+            return status
+        except (UsageError, ValueError, OSError, RuntimeError) as exc:
+            if os.environ.get("XLSTM_FLAX_DEBUG"):
+                raise
+            print(f"{prog}: error: {_first_line(exc)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            signum = interrupted_signal()
+            print(f"{prog}: interrupted" + (f" ({signal.Signals(signum).name})" if signum else ""), file=sys.stderr)
+            return 128 + signum if signum else 130
 
 
 def _looks_like_hub_id(value: str) -> bool:
@@ -120,10 +128,14 @@ def resolve_model_source(value, option: str = "--model", need_config: bool = Tru
     raise UsageError(f"{option} {text}: no such folder (and not a Hub model id such as 'owner/name')")
 
 
-def check_output_location(path, option: str = "--output") -> Path:
-    """`path` (absolute) if it is a folder or can become one: an existing file, or a nearest existing parent that is
-    not a writable folder, is a `UsageError` naming `option` (checked by creating and removing a temporary folder,
-    so read-only file systems count too)."""
+def check_output_location(path, option: str = "--output", inputs=()) -> Path:
+    """`path` (absolute) if it is a folder or can become one: empty, overlapping one of `inputs`
+    (`safe_output.check_output_path`), an existing file, or a nearest existing parent that is not a writable folder,
+    is an error naming `option` (checked by creating and removing a temporary folder, so read-only file systems
+    count too)."""
+    from .safe_output import check_output_path
+
+    check_output_path(path, inputs, option)
     target = Path(str(path)).expanduser().absolute()
     if target.exists() and not target.is_dir():
         raise UsageError(f"{option} {path}: exists and is not a folder")

@@ -38,13 +38,11 @@ from .checkpoint_io import (  # noqa: F401  (re-exported for the commands)
     compare_to_plan,
     is_float_dtype,
 )
-from .checkpoint_writer import OutTensor, atomic_output_dir, parse_size, write_checkpoint  # noqa: F401
+from .checkpoint_writer import OutTensor, parse_size, write_checkpoint  # noqa: F401
+from .safe_output import MODEL_FILES, atomic_output_dir, check_output_path, interrupted_signal, signals_as_interrupts
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja", "chat_template.json",
-)
+from .safe_output import TOKENIZER_FILES  # noqa: E402
 EXIT_BAD_INPUT = 1
 EXIT_VERIFY_FAILED = 3
 _LIST_LIMIT = 50
@@ -125,6 +123,18 @@ def output_tensors(source: Source, config, layout: str, dtype: str = "keep") -> 
 
 
 # ---------------------------------------------------------------------------------------------- output directory
+def check_converter_output(output_dir, inputs) -> None:
+    """Before any work: `output_dir` not empty, not overlapping an input (`safe_output.check_output_path`)."""
+    check_output_path(output_dir, inputs, "output")
+
+
+def converter_output_dir(output_dir, overwrite: bool, inputs, prog: str):
+    """`safe_output.atomic_output_dir` for a converter: it owns the model and tokenizer files; --overwrite refuses
+    a folder holding anything else (and an output overlapping `inputs`)."""
+    return atomic_output_dir(output_dir, overwrite, owned=MODEL_FILES + TOKENIZER_FILES, inputs=inputs,
+                             option="output", writer=prog)
+
+
 def write_weights(directory, tensors: list[OutTensor], *, layout: str, max_shard_size=None,
                   flax_shard_format: str = "safetensors", progress: bool = True) -> list[str]:
     """Write the weights of `layout` into `directory` with a progress bar over tensors; returns file names.
@@ -365,12 +375,18 @@ def _positive_int(text: str) -> int:
 def run_cli(convert: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
             argv: Optional[list[str]] = None) -> int:
     """Parse `argv`, run `convert` and print "wrote <the path it returns>"; print any error as one line and return
-    the exit status (0 done, 1 bad input or any other failure, 2 usage, 3 verification failed, 130 interrupted).
+    the exit status (0 done, 1 bad input or any other failure, 2 usage, 3 verification failed, 130 interrupted, 143
+    SIGTERM).
     `--debug` prints the traceback of an unexpected error too."""
     from .cli import quiet_transformers
 
     quiet_transformers()
     args = parser.parse_args(argv)
+    with signals_as_interrupts():  # SIGTERM as Ctrl-C; an interrupt that Python dropped still stops the swap
+        return _run_converter(convert, args)
+
+
+def _run_converter(convert, args) -> int:
     try:
         print(f"wrote {convert(args)}")
     except VerificationError as e:
@@ -380,8 +396,9 @@ def run_cli(convert: Callable[[argparse.Namespace], Any], parser: argparse.Argum
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        signum = interrupted_signal()  # SIGTERM: 143, Ctrl-C: 130
         print("interrupted; no output was written", file=sys.stderr)
-        return 130
+        return 128 + signum if signum else 130
     except Exception as e:  # anything else: one line naming it (the output is never half-written)
         if getattr(args, "debug", False):
             traceback.print_exc()

@@ -27,7 +27,8 @@ from .convert_common import (
     DTYPES,
     ConversionError,
     add_common_arguments,
-    atomic_output_dir,
+    check_converter_output,
+    converter_output_dir,
     check_logits,
     convert_kwargs,
     copy_tokenizer,
@@ -48,6 +49,7 @@ def convert_flax_to_pytorch(input_dir, output_dir, *, dtype: str = "keep", max_s
                             tolerance: float = 1e-4, verify_length: int = 16, seed: int = 0, overwrite: bool = False,
                             progress: bool = True):
     """Convert; returns the output directory. Raises ConversionError / VerificationError."""
+    check_converter_output(output_dir, (input_dir, tokenizer))
     from pathlib import Path
 
     from transformers import GenerationConfig
@@ -83,7 +85,7 @@ def convert_flax_to_pytorch(input_dir, output_dir, *, dtype: str = "keep", max_s
     if len(float_dtypes) == 1:  # what PyTorch's save_pretrained records: the dtype of the stored weights
         pt_config.dtype = {np.dtype(np.float32): "float32", DTYPES["bfloat16"]: "bfloat16",
                            np.dtype(np.float16): "float16"}[float_dtypes.pop()]
-    with atomic_output_dir(output_dir, overwrite) as tmp:
+    with converter_output_dir(output_dir, overwrite, (input_dir, tokenizer), "xlstm-flax-to-pytorch") as tmp:
         copy_tokenizer(tokenizer, tmp, source_dir=input_dir)
         pt_config.save_pretrained(tmp)
         if not (tmp / "generation_config.json").is_file():

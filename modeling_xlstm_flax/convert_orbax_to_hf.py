@@ -33,7 +33,8 @@ from .convert_common import (
     Source,
     SourceTensor,
     add_common_arguments,
-    atomic_output_dir,
+    check_converter_output,
+    converter_output_dir,
     check_logits,
     convert_kwargs,
     compare_to_plan,
@@ -212,6 +213,7 @@ def convert_orbax(input_path, output_dir, *, step: Optional[int] = None, dtype: 
                   overrides: Optional[dict] = None, verify: bool = False, tolerance: float = 1e-4,
                   verify_length: int = 16, seed: int = 0, overwrite: bool = False, progress: bool = True) -> Path:
     """Convert; returns the output directory. Raises ConversionError / VerificationError (see module doc)."""
+    check_converter_output(output_dir, (input_path, tokenizer))
     from .configuration_xlstm_flax import from_upstream_config
 
     checkpoint = find_checkpoint(input_path, step)
@@ -224,7 +226,7 @@ def convert_orbax(input_path, output_dir, *, step: Optional[int] = None, dtype: 
     params = OrbaxParams(checkpoint / "params")
     source = open_orbax_params(params, config)
     tensors = output_tensors(source, config, "flax", dtype)
-    with atomic_output_dir(output_dir, overwrite) as tmp:
+    with converter_output_dir(output_dir, overwrite, (input_path, tokenizer), "xlstm-flax-from-orbax") as tmp:
         save_flax_config(config, tmp)
         copy_tokenizer(tokenizer, tmp)
         write_weights(tmp, tensors, layout="flax", max_shard_size=max_shard_size,

@@ -23,7 +23,8 @@ from typing import Optional
 from .convert_common import (
     ConversionError,
     add_common_arguments,
-    atomic_output_dir,
+    check_converter_output,
+    converter_output_dir,
     check_logits,
     convert_kwargs,
     copy_tokenizer,
@@ -57,6 +58,7 @@ def convert_pytorch_to_flax(input_dir, output_dir, *, dtype: str = "keep", max_s
                             verify_length: int = 16, seed: int = 0, overwrite: bool = False,
                             progress: bool = True) -> Path:
     """Convert; returns the output directory. Raises ConversionError / VerificationError."""
+    check_converter_output(output_dir, (input_dir, tokenizer))
     from .configuration_xlstm_flax import from_transformers_config
 
     pt_config = read_json_config(input_dir)
@@ -69,7 +71,7 @@ def convert_pytorch_to_flax(input_dir, output_dir, *, dtype: str = "keep", max_s
         raise ConversionError(f"{Path(input_dir) / 'config.json'}: cannot be translated: {e}") from None
     source = open_pytorch_dir(input_dir, config)
     tensors = output_tensors(source, config, "flax", dtype)
-    with atomic_output_dir(output_dir, overwrite) as tmp:
+    with converter_output_dir(output_dir, overwrite, (input_dir, tokenizer), "xlstm-flax-from-pytorch") as tmp:
         copy_tokenizer(tokenizer, tmp, source_dir=input_dir)
         save_flax_config(config, tmp)
         write_weights(tmp, tensors, layout="flax", max_shard_size=max_shard_size,

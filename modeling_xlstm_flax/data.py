@@ -99,3 +99,14 @@ def eval_windows(stream: np.ndarray, seq_len: int) -> np.ndarray:
     if n == 0:
         raise ValueError(f"validation stream has {len(stream)} tokens; need at least seq_len + 1 = {seq_len + 1}")
     return np.stack([stream[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)])
+
+
+def check_window_length(seq_len: int, train_tokens: int, val_tokens: int, option: str = "--seq-len") -> None:
+    """Windows of `seq_len` tokens fit the corpus: the training text needs more than seq_len tokens (a window and
+    a start to draw), the validation text at least seq_len; else a `UsageError` naming `option` and the sizes."""
+    from .cli import UsageError
+
+    for what, tokens, need in (("training", train_tokens, seq_len + 1), ("validation", val_tokens, seq_len)):
+        if tokens < need:
+            raise UsageError(f"{option} {seq_len} is longer than the corpus allows: its {what} text has {tokens} "
+                             f"tokens, a window needs {need}; use a smaller {option} or more text")

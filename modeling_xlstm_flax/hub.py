@@ -26,7 +26,6 @@ import argparse
 import ast
 import json
 import logging
-import os
 import re
 import shutil
 import sys
@@ -151,13 +150,22 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
     `card`: a ready `ModelCard`; otherwise one is built with `model_cards.build_model_card(model.config,
     model_name=..., repo_id=..., **card_kwargs)` (license, base_model, datasets, perplexity, eval_dataset, ...).
     Returns the folder."""
+    from .safe_output import MODEL_FILES, TOKENIZER_FILES as WRITTEN_TOKENIZER_FILES, atomic_output_dir, \
+        check_output_path
+
+    inputs = [m for m in (model, tokenizer) if isinstance(m, (str, Path))]
+    folder = check_output_path(save_directory, inputs, "output")  # empty / overlapping an input: refused up front
+    owned = MODEL_FILES + WRITTEN_TOKENIZER_FILES + ("README.md",) + tuple(code_files())
+    with atomic_output_dir(folder, overwrite, owned=owned, inputs=inputs, option="output",
+                           writer="the export") as tmp:  # checks the folder before the model is loaded
+        _export_into(tmp, model, tokenizer, params, model_name, repo_id, card, card_kwargs)
+    return folder
+
+
+def _export_into(tmp: Path, model, tokenizer, params, model_name, repo_id, card, card_kwargs) -> None:
+    """The export's files, written into the empty folder `tmp`."""
     from .model_card import build_model_card, check_model_card
 
-    folder = Path(save_directory).absolute()
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"{folder} exists and is not a folder")
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{folder} is not empty; pass overwrite=True (--overwrite) to replace it")
     source_dir = None
     if isinstance(model, (str, Path)):
         source_dir = str(model)
@@ -169,44 +177,25 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
     if isinstance(tokenizer, (str, Path)):
         tokenizer = _load_tokenizer(str(tokenizer))
 
-    # Written into a temporary folder beside the target and renamed at the end: an existing export is replaced
-    # only by a complete one, and a failed export leaves nothing behind.
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
-        params = model.params if params is None else params
-        model.save_pretrained(tmp, params=params)  # config.json, model.safetensors, generation_config.json
-        config_path = tmp / "config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        config["auto_map"] = dict(AUTO_MAP)
-        config["architectures"] = ["FlaxXLSTMForCausalLM"]
-        config.pop("_name_or_path", None)
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        write_code_files(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+    params = model.params if params is None else params
+    model.save_pretrained(tmp, params=params)  # config.json, model.safetensors, generation_config.json
+    config_path = tmp / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["auto_map"] = dict(AUTO_MAP)
+    config["architectures"] = ["FlaxXLSTMForCausalLM"]
+    config.pop("_name_or_path", None)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_code_files(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
 
-        name = model_name or (repo_id.split("/")[-1] if repo_id else None) or (
-            Path(source_dir).name if source_dir else "xlstm-flax")
-        if card is None:
-            card = build_model_card(model.config, model_name=name, repo_id=repo_id or name, params=params,
-                                    **card_kwargs)
-        check_model_card(card)
-        card.save(str(tmp / "README.md"))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.rename(folder, old)
-            os.rename(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    name = model_name or (repo_id.split("/")[-1] if repo_id else None) or (
+        Path(source_dir).name if source_dir else "xlstm-flax")
+    if card is None:
+        card = build_model_card(model.config, model_name=name, repo_id=repo_id or name, params=params,
+                                **card_kwargs)
+    check_model_card(card)
+    card.save(str(tmp / "README.md"))
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
@@ -321,7 +310,7 @@ def _main(argv=None) -> int:
     tokenizer = resolve_model_source(args.tokenizer, "--tokenizer", need_config=False) if args.tokenizer else None
     source: Any = model
     if args.output is not None:
-        check_output_location(args.output)
+        check_output_location(args.output, inputs=[model] + ([tokenizer] if tokenizer else []))
         folder = export_hub_folder(model, args.output, tokenizer, repo_id=args.push_to_hub,
                                    overwrite=args.overwrite, **card_kwargs)
         print(f"wrote {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir())))

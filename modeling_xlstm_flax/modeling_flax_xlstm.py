@@ -27,9 +27,8 @@ from .checkpoint_io import (
     CONVERT_BIN_HINT, WEIGHT_FILE_NAMES, CheckpointFileError, check_source, has_weights, load_params, open_checkpoint,
     param_dtype_of,
 )
-from .checkpoint_writer import (
-    params_tensors, parse_size, replace_files_atomically, weight_files, write_checkpoint,
-)
+from .checkpoint_writer import params_tensors, parse_size, write_checkpoint
+from .safe_output import MODEL_FILES, atomic_output_dir, check_output_path
 from .configuration_xlstm_flax import XLSTMFlaxConfig, from_transformers_config
 from .generation import (
     forget_compiled, generate as generate_tokens, is_traced, jitted, model_key, prepare_inputs, update_inputs,
@@ -253,6 +252,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         anything is written (or a Hub repo created) the params are checked: this model's names, shapes, float
         dtypes and finite values (`param_checks`), so a folder that would not load is never written.
         `push_to_hub=True` uploads the folder afterwards (`repo_id`, `commit_message` as in transformers)."""
+        check_output_path(save_directory, option="save_pretrained: save_directory")  # empty path refused first
         save_directory = str(save_directory)
         if os.path.isfile(save_directory):
             raise ValueError(f"save_pretrained: {save_directory} is a file, expected a folder")
@@ -266,7 +266,9 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             repo_id = self._create_repo(repo_id, token=token, **kwargs)
             files_timestamps = self._get_files_timestamps(save_directory)
         tensors = params_tensors(params)
-        with replace_files_atomically(save_directory, stale=weight_files(save_directory)) as tmp:
+        # all-or-nothing: written beside the folder, which it replaces in one rename (other files carried over)
+        with atomic_output_dir(save_directory, True, owned=MODEL_FILES, keep_others=True,
+                               option="save_pretrained: save_directory") as tmp:
             self.config.architectures = [type(self).__name__[4:]]
             self.config.save_pretrained(tmp)
             if self.can_generate() and self.generation_config is not None:

@@ -374,7 +374,13 @@ def _load_model_and_tokenizer(model, tokenizer=None, **model_kwargs):
         model = FlaxXLSTMForCausalLM.from_pretrained(name, **model_kwargs)
         tokenizer = name if tokenizer is None else tokenizer
     if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        from .safe_output import TOKENIZER_FILES
+
+        folder = str(tokenizer)
+        if os.path.isdir(folder) and not any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES):
+            raise ValueError(f"{folder}: the folder has no tokenizer files (tokenizer.json, tokenizer_config.json); "
+                             "save the model's tokenizer there, or pass tokenizer=...")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer
 
 

@@ -12,10 +12,13 @@ one device by default; `--mesh-data/--mesh-fsdp/--mesh-tensor N` for data / full
 on the first data*fsdp*tensor devices. Validation: `sharded_forward` + `causal_lm_loss` on the same mesh.
 
 Output dir: config.json + model.safetensors (`FlaxXLSTMForCausalLM.from_pretrained`), tokenizer files,
-training_log.json (history, validation perplexity, arguments), loss_curve.png, and checkpoints/step_N/{params,
-opt_state,state} by orbax-checkpoint's `CheckpointManager` (atomic: a temporary folder renamed when complete; the
-newest `--keep-checkpoints` kept). `--resume` restores the newest onto the current mesh (any mesh). The JSON state
-holds step, seed (data order and dropout rng are functions of seed and step), history and arguments.
+training_log.json (history, validation perplexity, arguments), loss_curve.png (these replace the previous ones
+together at the end: `safe_output.atomic_output_dir`), run/ (the run's arguments, config and tokenizer, written at
+its start) and checkpoints/step_N/{params,opt_state,state} by orbax-checkpoint's `CheckpointManager` (atomic: a
+temporary folder renamed when complete; the newest `--keep-checkpoints` kept). A non-empty output dir needs
+`--resume` or `--overwrite` (`training_resume`). `--resume` restores the newest readable checkpoint onto the current
+mesh (any mesh) with the run's saved options. The JSON state holds step, seed (data order and dropout rng are
+functions of seed and step), history and arguments.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import sys
 import time
 from functools import partial
@@ -36,6 +41,10 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from . import data as data_lib
 from .cli import UsageError
+from .safe_output import TOKENIZER_FILES, atomic_output_dir
+from .training_resume import (
+    FINAL_FILES, RUN_DIR, _one_line, check_output_dir, check_same_architecture, merge_resumed_args, save_run_files,
+)
 from .sharded_steps import causal_lm_loss, init_sharded_optimizer_state, sharded_forward, sharded_train_step
 from .sharding import init_sharded_params, make_mesh, shard_params
 
@@ -127,14 +136,39 @@ def save_checkpoint(manager, params, opt_state, state: dict) -> None:
         state=ocp.args.JsonSave(json.loads(json.dumps(state)))))  # a copy: written in the background
 
 
-def restore_checkpoint(manager, params, opt_state):
-    """(params, opt_state, state) of the newest checkpoint, placed with the shardings of the given live trees."""
+def restore_checkpoint(manager, params, opt_state, step=None):
+    """(params, opt_state, state) of checkpoint `step` (default: the newest), placed with the shardings of the given
+    live trees."""
     ocp = import_orbax()
     like = partial(jax.tree_util.tree_map, lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding))
-    got = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+    got = manager.restore(manager.latest_step() if step is None else step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(like(params)), opt_state=ocp.args.StandardRestore(like(opt_state)),
         state=ocp.args.JsonRestore()))
     return got.params, got.opt_state, got.state
+
+
+def restore_newest_readable(directory: Path, params, opt_state):
+    """(params, opt_state, state) of the newest checkpoint under `directory` that restores; a truncated or corrupt
+    newer one is reported, moved to ../corrupt_checkpoints/ (so the run can write that step again) and the one
+    before it is used. `UsageError` when none restores."""
+    errors, result = [], None
+    with checkpoint_manager(directory) as manager:
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                result = restore_checkpoint(manager, params, opt_state, step)
+                break
+            except Exception as exc:  # orbax/tensorstore raise many kinds for a damaged checkpoint
+                errors.append((step, _one_line(exc)))
+                print(f"warning: checkpoint {directory}/step_{step} cannot be read ({_one_line(exc)}); trying the "
+                      "previous one", file=sys.stderr)
+    if result is None:
+        listed = "; ".join(f"step_{s}: {e}" for s, e in errors) or "none found"
+        raise UsageError(f"--resume: no readable checkpoint in {directory} ({listed})")
+    aside = directory.parent / "corrupt_checkpoints"
+    for step, _ in errors:
+        aside.mkdir(exist_ok=True)
+        os.rename(directory / f"step_{step}", aside / f"step_{step}-{int(time.time())}")
+    return result
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -148,14 +182,23 @@ def build_model_and_tokenizer(args, train_texts):
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
     tokenizer = None
     tokenizer_source = args.tokenizer or args.model
-    if args.resume and (Path(args.output_dir) / "tokenizer.json").is_file():
-        tokenizer_source = args.output_dir  # the tokenizer this run started with
+    run_tokenizer = Path(args.output_dir) / RUN_DIR / "tokenizer"
+    if args.resume and run_tokenizer.is_dir():
+        tokenizer_source = str(run_tokenizer)  # the tokenizer this run started with
+    elif args.resume and (Path(args.output_dir) / "tokenizer.json").is_file():
+        tokenizer_source = args.output_dir  # (runs written before run/ existed)
     if tokenizer_source:
+        local = Path(tokenizer_source)
+        if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+            option = "--tokenizer" if args.tokenizer else "--model"
+            raise UsageError(f"{option} {tokenizer_source}: the folder has no tokenizer files (tokenizer.json, "
+                             "tokenizer_config.json)" + ("; give the model's tokenizer with --tokenizer DIR_OR_ID"
+                                                         if option == "--model" else ""))
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-        except (OSError, ValueError) as exc:
-            if args.tokenizer:
-                raise UsageError(f"cannot load tokenizer {args.tokenizer}: {exc}") from exc
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            option = "--tokenizer" if args.tokenizer else "--model"
+            raise UsageError(f"{option} {tokenizer_source}: cannot load its tokenizer ({_one_line(exc)})") from None
     if tokenizer is None:
         tokenizer = data_lib.train_bpe_tokenizer(train_texts, args.tokenizer_vocab_size)
     if tokenizer.eos_token_id is None:
@@ -246,11 +289,18 @@ def train(args) -> dict:
     train_docs, val_docs = data_lib.split_documents(documents, args.val_fraction)
     model, params, tokenizer = build_model_and_tokenizer(args, train_docs["text"])
     config = model.config
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(out)
+    if args.resume:
+        check_same_architecture(out, config)
     # windows of seq_len tokens; validation windows overlap by one token, so every token but the first is a target
     train_stream = data_lib.token_stream(train_docs, tokenizer)
-    val_windows = data_lib.eval_windows(data_lib.token_stream(val_docs, tokenizer), args.seq_len - 1)
+    val_stream = data_lib.token_stream(val_docs, tokenizer)
+    data_lib.check_window_length(args.seq_len, len(train_stream), len(val_stream), "--seq-len")
+    val_windows = data_lib.eval_windows(val_stream, args.seq_len - 1)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.resume:  # a new run (--overwrite: the previous run's checkpoints go; its model stays until the end)
+        for name in ("checkpoints", "corrupt_checkpoints"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        save_run_files(out, args, config, tokenizer)
 
     mesh = make_mesh(args.mesh_data, args.mesh_fsdp, args.mesh_tensor)
     if mesh.size < jax.device_count():
@@ -264,11 +314,12 @@ def train(args) -> dict:
     opt_state = init_sharded_optimizer_state(optimizer, params, config, mesh)
     forward = sharded_forward(model, mesh)
     state = {"step": 0, "seed": args.seed, "history": [], "args": vars(args)}
+    if args.resume:
+        params, opt_state, state = restore_newest_readable(out / "checkpoints", params, opt_state)
+        state["args"] = vars(args)
+        print(f"resumed from {out / 'checkpoints'} at step {state['step']}", file=sys.stderr)
     manager = checkpoint_manager(out / "checkpoints", args.keep_checkpoints, create=True)
     try:
-        if args.resume:
-            params, opt_state, state = restore_checkpoint(manager, params, opt_state)
-            print(f"resumed from {manager.directory} at step {state['step']}", file=sys.stderr)
         params, opt_state, state, elapsed = _train_loop(args, model, mesh, optimizer, schedule, forward, params,
                                                         opt_state, state, train_stream, val_windows, manager)
         last = state["history"][-1] if state["history"] else {}
@@ -281,8 +332,6 @@ def train(args) -> dict:
             save_checkpoint(manager, params, opt_state, state)
     finally:
         manager.close()  # waits for the checkpoint being written
-    model.save_pretrained(out, params=params)
-    tokenizer.save_pretrained(out)
     summary = {
         "val_perplexity": val_ppl,
         "val_tokens": int(val_windows.shape[0] * (args.seq_len - 1)),
@@ -294,8 +343,12 @@ def train(args) -> dict:
         "args": vars(args),
         "history": state["history"],
     }
-    (out / "training_log.json").write_text(json.dumps(summary, indent=1))
-    save_loss_curve(state["history"], out / "loss_curve.png")
+    # the model, tokenizer, log and curve replace the previous ones together (checkpoints/ and run/ carried over)
+    with atomic_output_dir(out, True, owned=FINAL_FILES, keep_others=True, option="--output-dir") as tmp:
+        model.save_pretrained(tmp, params=params)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training_log.json").write_text(json.dumps(summary, indent=1))
+        save_loss_curve(state["history"], tmp / "loss_curve.png")
     print(f"validation perplexity {val_ppl:.3f} after {state['step']} steps; saved to {out}", file=sys.stderr)
     return summary
 
@@ -329,7 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=200, help="validation every N steps (0: only at the end)")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--log-every", type=int, default=10, help="record the train loss every N steps")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output-dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in output-dir from its newest readable checkpoint, with its saved options "
+                        "(give only what changes: --steps, --stop-at-step, --save-every, ...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run or model in a non-empty output-dir (its checkpoints go when the new "
+                        "run starts, its model when the new one is complete); other files there are refused")
     p.add_argument("--stop-at-step", type=int, default=None,
                    help="end this run (with a checkpoint) at this step; the schedule still spans --steps, so a "
                         "later --resume continues the same run")
@@ -395,6 +453,32 @@ def check_args(args) -> None:
                                  "afresh")
 
 
+def explicit_options(argv) -> set:
+    """The destinations of the options given on the command line (not defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def check_config_file(path) -> None:
+    """--config: an existing JSON file that makes an XLSTMFlaxConfig, else a `UsageError` naming the problem."""
+    from .configuration_xlstm_flax import XLSTMFlaxConfig
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--config {path}: " + ("is a folder; give a config.json file" if file.is_dir() else
+                                                 "no such file"))
+    try:
+        json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"--config {path}: not valid JSON ({_one_line(exc)})") from None
+    try:
+        XLSTMFlaxConfig.from_json_file(str(file))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"--config {path}: not a usable XLSTMFlaxConfig ({_one_line(exc)})") from None
+
+
 def main(argv=None) -> int:
     """The command: bad input is one line on stderr and exit status 1, before any data is read."""
     from .cli import run_command
@@ -406,14 +490,21 @@ def _main(argv=None) -> int:
     from .cli import check_output_location, resolve_model_source
 
     args = build_parser().parse_args(argv)
+    check_output_location(args.output_dir, "--output-dir")  # an empty path first: it would mean this folder
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --output-dir and --overwrite replaces it: give one of them")
+    if args.resume and (Path(args.output_dir) / "checkpoints").is_dir():
+        merge_resumed_args(args, explicit_options(argv), Path(args.output_dir))
     check_args(args)
     if args.model:
         args.model = resolve_model_source(args.model)
     if args.tokenizer:
         args.tokenizer = resolve_model_source(args.tokenizer, "--tokenizer", need_config=False)
-    if args.config and not Path(args.config).is_file():
-        raise FileNotFoundError(f"--config {args.config}: no such file")
-    check_output_location(args.output_dir, "--output-dir")
+    if args.config:
+        check_config_file(args.config)
+    inputs = [args.model, args.tokenizer, args.config] + list(args.text_file or [])
+    check_output_location(args.output_dir, "--output-dir", inputs=inputs)
+    check_output_dir(args)
     import datasets
 
     datasets.disable_progress_bars()  # "Generating train split" bars; the training bar is the one that matters

@@ -1,0 +1,117 @@
+"""The training command's output folder and `--resume` (`modeling_xlstm_flax.training`).
+
+The folder holds the final model (config.json, weights, tokenizer, training_log.json, loss_curve.png: replaced
+together at the end, `safe_output.atomic_output_dir`), `checkpoints/step_N` (orbax) and `run/` (the run's
+arguments, model config and tokenizer, written when it starts). A non-empty folder needs `--resume` or
+`--overwrite`; `--resume` takes the run's saved arguments for every option not given, refuses a changed training
+option, and compares the model the command builds with the run's, naming the first differing config field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from .cli import UsageError
+from .safe_output import MODEL_FILES, TOKENIZER_FILES, atomic_output_dir, matches_any
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+RUN_DIR = "run"  # the run's arguments (args.json), model config (config.json) and tokenizer, written at its start
+FINAL_FILES = MODEL_FILES + TOKENIZER_FILES + ("training_log.json", "loss_curve.png")
+OUTPUT_FILES = FINAL_FILES + ("checkpoints", "corrupt_checkpoints", RUN_DIR)
+# options a --resume may change (how this part of the run is carried out); all others come from the run
+RESUME_MAY_CHANGE = {"output_dir", "resume", "overwrite", "stop_at_step", "no_progress", "eval_every", "save_every",
+                     "log_every", "keep_checkpoints", "mesh_data", "mesh_fsdp", "mesh_tensor", "steps"}
+# options that shape the model: given with --resume, the model they build is compared with the run's, field by field
+RESUME_MODEL_OPTIONS = {"model", "preset", "config", "set", "tokenizer", "bf16"}
+
+
+def save_run_files(out: Path, args, config, tokenizer) -> None:
+    """out/run/: args.json, config.json, tokenizer files: what --resume reads (written all at once)."""
+    with atomic_output_dir(out / RUN_DIR, True, option="--output-dir") as tmp:
+        (tmp / "args.json").write_text(json.dumps(vars(args), indent=1, sort_keys=True))
+        (tmp / "config.json").write_text(config.to_json_string())
+        tokenizer.save_pretrained(tmp / "tokenizer")
+
+
+def check_output_dir(args) -> None:
+    """A non-empty --output-dir needs --resume (continue the run there) or --overwrite (replace a previous run or
+    model: only what this command writes, anything else is refused by name)."""
+    out = Path(args.output_dir)
+    entries = sorted(os.listdir(out)) if out.is_dir() else []
+    if not entries or args.resume:
+        return
+    shown = ", ".join(n + ("/" if (out / n).is_dir() else "") for n in entries[:4]) + (", ..." if len(entries) > 4
+                                                                                       else "")
+    if not args.overwrite:
+        what = ("a previous training run" if {"checkpoints", "training_log.json", RUN_DIR} & set(entries) else
+                "a model" if "config.json" in entries else "files")
+        raise UsageError(f"--output-dir {out}: is not empty (holds {what}: {shown}); pass --resume to continue the "
+                         "run there, --overwrite to replace it, or choose an empty folder")
+    foreign = [n for n in entries if not matches_any(n, OUTPUT_FILES)]
+    if foreign:
+        raise UsageError(f"--output-dir {out}: holds files xlstm-flax-train does not write ({', '.join(foreign[:5])})"
+                         "; --overwrite replaces only its own files: choose another folder or move those away")
+
+
+def saved_run_args(out: Path) -> tuple[dict, Path]:
+    """The arguments of the run in `out` (run/args.json; for older runs the newest checkpoint's state)."""
+    path = out / RUN_DIR / "args.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text()), path
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--resume: {path} cannot be read ({_one_line(exc)})") from None
+    from .training import checkpoint_manager, import_orbax
+
+    ocp = import_orbax()
+    with checkpoint_manager(out / "checkpoints") as manager:
+        step = manager.latest_step()
+        try:
+            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.JsonRestore())).state
+        except Exception:  # older runs: without their arguments, the command line's are used as given
+            return {}, path
+    return dict(state.get("args") or {}), manager.directory / f"step_{step}"
+
+
+def merge_resumed_args(args, explicit: set, out: Path) -> None:
+    """--resume: every option not given takes the run's value; one given with another value than the run's is
+    refused unless it is in RESUME_MAY_CHANGE (or shapes the model: then `check_same_architecture` decides)."""
+    saved, where = saved_run_args(out)
+    for key, value in saved.items():
+        if not hasattr(args, key) or key in ("output_dir", "resume", "overwrite"):
+            continue
+        if key not in explicit:
+            setattr(args, key, value)
+        elif getattr(args, key) != value and key not in RESUME_MAY_CHANGE | RESUME_MODEL_OPTIONS:
+            option = "--" + key.replace("_", "-")
+            raise UsageError(f"--resume: {option} {getattr(args, key)} differs from the run's {value} (saved in "
+                             f"{where}); a resumed run keeps its training options: drop {option}, or start a new run "
+                             "in another folder")
+        elif key == "steps" and getattr(args, key) != value:
+            print(f"note: --steps {args.steps} instead of the run's {value}: the learning-rate schedule now spans "
+                  f"{args.steps} steps", file=sys.stderr)
+
+
+def check_same_architecture(out: Path, config) -> None:
+    """--resume: the model this command builds has the run's config (run/config.json), else a one-line error naming
+    the first differing field."""
+    path = out / RUN_DIR / "config.json"
+    if not path.is_file():
+        return  # older runs: the restore checks the shapes
+    saved = json.loads(path.read_text())
+    now = json.loads(config.to_json_string())
+    ignore = {"_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype"}
+    fields = [k for k in sorted(set(saved) | set(now)) if k not in ignore and saved.get(k) != now.get(k)]
+    if fields:
+        more = f" (and {', '.join(fields[1:4])}{', ...' if len(fields) > 4 else ''})" if len(fields) > 1 else ""
+        raise UsageError(f"--resume: the run's model has {fields[0]}={saved.get(fields[0])!r}, this command builds "
+                         f"{fields[0]}={now.get(fields[0])!r}{more}; a resumed run keeps its architecture: drop the "
+                         "options that change it (--set, --preset, --config, --model, --tokenizer, --bf16)")
