@@ -1,6 +1,8 @@
-"""`from modeling_xlstm_flax import FlaxAutoModelForCausalLM, FlaxAutoModel` under both transformers majors: our
-config folders and transformers' `xLSTMConfig` (PyTorch layout) folders resolve to our classes, the xlstm folder's
-config loads without transformers' model-type mismatch warning, another model_type is refused by name."""
+"""The first-hour entry points under both transformers majors: `from modeling_xlstm_flax import
+FlaxAutoModelForCausalLM, FlaxAutoModel` resolves our config folders and transformers' `xLSTMConfig` (PyTorch layout)
+folders to our classes (the xlstm folder's config without transformers' model-type warning; another model_type
+refused by name); transformers' stock `pipeline("text-generation", ...)` builds ours without torch, and only for our
+models."""
 
 import json
 import logging
@@ -68,3 +70,57 @@ def test_other_model_type_refused_by_name(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="llama"):
         FlaxAutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+_STOCK_PIPELINE_SCRIPT = """
+import json, sys
+from modeling_xlstm_flax import FlaxAutoModelForCausalLM
+from modeling_xlstm_flax.generate import bundled_model_path
+from modeling_xlstm_flax.pipeline import FlaxTextGenerationPipeline
+from transformers import AutoTokenizer, pipeline
+from transformers.utils import is_torch_available
+assert not is_torch_available()
+path = bundled_model_path()
+model = FlaxAutoModelForCausalLM.from_pretrained(path)
+extra = json.loads(sys.argv[1])
+pipe = pipeline("text-generation", model=model, tokenizer=AutoTokenizer.from_pretrained(path), **extra)
+assert type(pipe) is FlaxTextGenerationPipeline, type(pipe)
+out = pipe("The with statement", max_new_tokens=6, do_sample=False, return_tensors=True)
+print(json.dumps(out[0]["generated_token_ids"]))
+"""
+
+
+def test_stock_pipeline_without_torch():
+    """transformers' `pipeline("text-generation", model=<our model>, tokenizer=tok)` in a process without torch
+    (USE_TORCH=0 where torch is installed): under 5.x exactly as written (it raised NameError: torch), under 4.x
+    with `framework="flax"` (4.x infers the framework with torch). Greedy tokens equal `model.generate`'s."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    extra = {"framework": "flax"} if IS_V4 else {}
+    env = {**os.environ, "USE_TORCH": "0", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _STOCK_PIPELINE_SCRIPT, json.dumps(extra)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tokens = json.loads(proc.stdout.strip().splitlines()[-1])
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_path())
+    ids = np.array([tokenizer("The with statement")["input_ids"]], dtype="i4")
+    model = FlaxXLSTMForCausalLM.from_pretrained(bundled_model_path())
+    expected = np.asarray(model.generate(ids, max_new_tokens=6, do_sample=False).sequences)[0].tolist()
+    assert tokens == expected
+
+
+@pytest.mark.skipif(not IS_V4, reason="transformers 5 has no Flax models other than ours")
+def test_stock_task_keeps_transformers_pipeline_for_other_models():
+    """Importing the package changes the stock "text-generation" task for our models only: another Flax model
+    gets transformers' own TextGenerationPipeline (it got ours before)."""
+    from transformers import AutoTokenizer, FlaxGPT2LMHeadModel, GPT2Config, pipeline
+    from transformers.pipelines.text_generation import TextGenerationPipeline
+
+    other = FlaxGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=800))
+    pipe = pipeline("text-generation", model=other, tokenizer=AutoTokenizer.from_pretrained(bundled_model_path()),
+                    framework="flax")
+    assert type(pipe) is TextGenerationPipeline
