@@ -1,12 +1,11 @@
 """xlstm-flax: the xLSTM language model of xlstm-jax in Flax, with transformers' Flax model API.
 
 `from modeling_xlstm_flax import FlaxAutoModelForCausalLM` loads a saved model under transformers 4.x and 5.x
-(`auto`). The names below are imported on first use (so `xlstm-flax --help` starts without jax or transformers);
-the first one used also registers the config with `AutoConfig` (model_type `xlstm_flax`) and, under transformers
-4.x, the models with transformers' `FlaxAutoModel` / `FlaxAutoModelForCausalLM`, for both our config and
-transformers' PyTorch `xLSTMConfig` (model_type `xlstm`), so a `NX-AI/xLSTM-7b`-layout directory loads too.
-`register_auto_classes()` does the registration alone; importing the package after transformers registers at once
-(`import transformers; import modeling_xlstm_flax` then `transformers.FlaxAutoModelForCausalLM` works under 4.x).
+(`auto`). Importing the package registers the config with `AutoConfig` (model_type `xlstm_flax`) and, under
+transformers 4.x, the models with transformers' `FlaxAutoModel` / `FlaxAutoModelForCausalLM`, for both our config
+and transformers' PyTorch `xLSTMConfig` (model_type `xlstm`), so a `NX-AI/xLSTM-7b`-layout directory loads too.
+Only the `xlstm-flax` command itself (`cli`) skips that at import, so that its `--help` starts without jax or
+transformers: there the names below are imported, and the classes registered, on first use.
 """
 
 import importlib
@@ -55,5 +54,13 @@ def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-if "transformers" in sys.modules:  # a transformers user pays the imports anyway: register now
-    importlib.import_module(".auto", __name__)
+def _started_as_the_command() -> bool:
+    """Whether this process is the `xlstm-flax` console script or `python -m modeling_xlstm_flax.cli`."""
+    if sys.argv and sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] in ("xlstm-flax", "xlstm-flax.exe"):
+        return True
+    argv = list(getattr(sys, "orig_argv", ()))
+    return any(a == "-m" and b == f"{__name__}.cli" for a, b in zip(argv, argv[1:]))
+
+
+if not _started_as_the_command():
+    importlib.import_module(".auto", __name__)  # registers the auto classes (idempotent)

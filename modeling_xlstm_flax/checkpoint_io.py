@@ -304,7 +304,7 @@ def open_flax_dir(directory, num_blocks: int) -> Source:
         ckpt = SafetensorsCheckpoint(directory)
         if ckpt.metadata.get("format") == "pt":
             raise CheckpointFileError(f"{directory}: the safetensors metadata says format 'pt' (transformers' "
-                                      "PyTorch layout); open it with open_pytorch_dir / xlstm-flax-from-pytorch")
+                                      "PyTorch layout); open it with open_pytorch_dir / xlstm-flax convert from-pytorch")
         names = {key: key.replace(".", "/") for key in ckpt.stored()}
     elif (directory / FLAX_WEIGHTS_NAME).is_file() or (directory / FLAX_WEIGHTS_INDEX_NAME).is_file():
         ckpt = MsgpackCheckpoint(directory)

@@ -645,5 +645,7 @@ def load_preset(name: str, **overrides) -> XLSTMFlaxConfig:
     return XLSTMFlaxConfig(**{**fields, **overrides})
 
 
-# `AutoConfig` knows model_type "xlstm_flax" wherever this module is imported (the models: `registration`).
-AutoConfig.register(XLSTMFlaxConfig.model_type, XLSTMFlaxConfig, exist_ok=True)
+# `AutoConfig` knows model_type "xlstm_flax" wherever the package's config module is imported (the models:
+# `registration`); not from a Hub folder's copy of this file (its auto_map names it), which must not replace ours.
+if __package__ == "modeling_xlstm_flax":
+    AutoConfig.register(XLSTMFlaxConfig.model_type, XLSTMFlaxConfig, exist_ok=True)

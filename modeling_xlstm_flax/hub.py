@@ -17,7 +17,7 @@ found by following the imports) and rewrites their package-relative imports (`fr
 XLSTMFlaxConfig`, `from . import mlstm_kernels`) to those flat modules. The package sources are never modified.
 
 `push_to_hub(model_or_folder, repo_id)` exports (for a model) and uploads with `HfApi.create_repo` and
-`HfApi.upload_folder`. Command line: `xlstm-flax-export-hub --model DIR --output DIR [--push-to-hub REPO_ID]`.
+`HfApi.upload_folder`. Command line: `xlstm-flax export-hub --model DIR --output DIR [--push-to-hub REPO_ID]`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
+
+from .cli import TOKENIZER_FILES
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules the auto classes point at; every module they import from the package is found from there.
@@ -209,10 +211,6 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
     return folder
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
-                   "spiece.model", "merges.txt")
-
-
 def _load_tokenizer(source: str):
     """`AutoTokenizer.from_pretrained(source)`, with a clear error when `source` holds no usable tokenizer."""
     from transformers import AutoTokenizer
@@ -273,7 +271,7 @@ def _is_export(folder: Path) -> bool:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xlstm-flax-export-hub", description=__doc__,
+    parser = argparse.ArgumentParser(prog="xlstm-flax export-hub", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="model directory (or Hub id) loadable by FlaxAutoModelForCausalLM, or an exported folder "
@@ -303,7 +301,7 @@ def main(argv=None) -> int:
     """The command: bad input (a missing model folder, an unwritable output) is one line on stderr, exit 1."""
     from .cli import run_command
 
-    return run_command("xlstm-flax-export-hub", _main, argv)
+    return run_command("xlstm-flax export-hub", _main, argv)
 
 
 def _main(argv=None) -> int:

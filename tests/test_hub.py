@@ -323,7 +323,7 @@ def test_export_command(models, tokenizer, tmp_path, fake_hub, capsys):
     assert fake_hub.uploads[0]["folder_path"] == str(out) and fake_hub.repos[0]["repo_id"] == "someone/cli"
     assert "uploaded to someone/cli" in capsys.readouterr().out
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts.get("xlstm-flax-export-hub") == "modeling_xlstm_flax.hub:main"
+    assert scripts.get("xlstm-flax") == "modeling_xlstm_flax.cli:main"
 
 
 # ---------------------------------------------------------------------------------------------- bad input (issue 13)
@@ -345,7 +345,7 @@ def test_export_command_tokenizer_sources_and_safe_overwrite(models, tokenizer, 
     capsys.readouterr()
     assert main(["--model", str(source), "--output", str(out), "--tokenizer", str(source), "--overwrite"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"xlstm-flax-export-hub: error: tokenizer {source}: the folder has no tokenizer files " \
+    assert err == f"xlstm-flax export-hub: error: tokenizer {source}: the folder has no tokenizer files " \
                   "(tokenizer.json, tokenizer_config.json)"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out", "tok"]  # no partial folders left
