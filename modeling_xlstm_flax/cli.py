@@ -202,9 +202,8 @@ def _chooser(prog: str, choices: dict, description: str, top: bool) -> argparse.
                                      epilog=f"commands:\n{listing}\n\n`{prog} COMMAND --help` shows a command's "
                                      "options.", formatter_class=argparse.RawDescriptionHelpFormatter)
     if top:
-        from . import __version__
-
-        parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+        version = sys.modules[__package__].__version__  # the package, imported before this module
+        parser.add_argument("--version", action="version", version=f"{PROG} {version}")
         parser.add_argument("--debug", action="store_true",
                             help="show the full traceback of an error instead of one line")
     parser.add_argument("command", metavar="COMMAND", choices=list(choices), help=argparse.SUPPRESS)

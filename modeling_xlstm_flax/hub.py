@@ -153,7 +153,7 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
     `card`: a ready `ModelCard`; otherwise one is built with `model_cards.build_model_card(model.config,
     model_name=..., repo_id=..., **card_kwargs)` (license, base_model, datasets, perplexity, eval_dataset, ...).
     Returns the folder."""
-    from .model_card import build_model_card, check_model_card
+    from .model_card import build_model_card, card_facts_from_folder, check_model_card
 
     folder = Path(save_directory).absolute()
     if folder.exists() and not folder.is_dir():
@@ -191,11 +191,18 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
-        name = model_name or (repo_id.split("/")[-1] if repo_id else None) or (
-            Path(source_dir).name if source_dir else "xlstm-flax")
+        # what the source folder says about itself (its card's model name, training_log.json's perplexity and run)
+        facts = card_facts_from_folder(source_dir) if source_dir else {}
+        name = model_name or (repo_id.split("/")[-1] if repo_id else None) or facts.get("model_name") or (
+            "xlstm-flax")
+        facts.pop("model_name", None)
+        if "perplexity" in card_kwargs:  # the caller's evaluation replaces the log's
+            for key in ("perplexity", "eval_dataset", "eval_dataset_name", "eval_split"):
+                facts.pop(key, None)
         if card is None:
+            where = {} if repo_id else {"model_ref": '"' + str(folder) + '"'}  # not on the Hub: the folder
             card = build_model_card(model.config, model_name=name, repo_id=repo_id or name, params=params,
-                                    **card_kwargs)
+                                    **{**facts, **where, **card_kwargs})
         check_model_card(card)
         card.save(str(tmp / "README.md"))
         if folder.exists():
