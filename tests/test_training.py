@@ -211,5 +211,5 @@ def test_without_orbax_the_error_says_what_to_install(tmp_path, capsys, monkeypa
     monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)  # import fails as if it were not installed
     assert main(["--output-dir", str(tmp_path / "out"), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "pip install orbax-checkpoint" in err and "xlstm-flax[train]" in err
+    assert "pip install orbax-checkpoint" in err and "pip install '.[train]'" in err
     assert not (tmp_path / "out").exists()
