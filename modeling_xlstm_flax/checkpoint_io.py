@@ -26,9 +26,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable, Iterable, Optional
 
-import ml_dtypes
 import numpy as np
 
 from . import param_table
@@ -39,13 +39,43 @@ FLAX_WEIGHTS_NAME = "flax_model.msgpack"
 FLAX_WEIGHTS_INDEX_NAME = "flax_model.msgpack.index.json"
 WEIGHT_FILE_NAMES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, FLAX_WEIGHTS_NAME, FLAX_WEIGHTS_INDEX_NAME)
 
-SAFETENSORS_DTYPES = {
+class LazyTable(Mapping):
+    """A read-only dict built by `build()` on first use: the dtype tables need `ml_dtypes` (bfloat16), whose import
+    takes seconds on some installs, and `xlstm-flax convert ... --help` imports this module without reading any
+    tensor."""
+
+    def __init__(self, build: Callable[[], dict]):
+        self._build, self._table = build, None
+
+    def _get(self) -> dict:
+        if self._table is None:
+            self._table = self._build()
+        return self._table
+
+    def __getitem__(self, key):
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def bfloat16() -> np.dtype:
+    """numpy's bfloat16 dtype (`ml_dtypes`, imported here on first use)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+SAFETENSORS_DTYPES = LazyTable(lambda: {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "BF16": bfloat16(), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
     "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U64": np.dtype(np.uint64), "U32": np.dtype(np.uint32),
     "U16": np.dtype(np.uint16), "U8": np.dtype(np.uint8), "BOOL": np.dtype(bool),
-}
-_DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+})
+_DTYPE_CODES = LazyTable(lambda: {v: k for k, v in SAFETENSORS_DTYPES.items()})
 _LIST_LIMIT = 50
 
 
@@ -56,7 +86,7 @@ class CheckpointFileError(ValueError):
 
 def is_float_dtype(dtype) -> bool:
     dtype = np.dtype(dtype)
-    return np.issubdtype(dtype, np.floating) or dtype == np.dtype(ml_dtypes.bfloat16)  # bf16 is no np.floating
+    return np.issubdtype(dtype, np.floating) or dtype == bfloat16()  # bf16 is no np.floating
 
 
 # ---------------------------------------------------------------------------------------------- stored files

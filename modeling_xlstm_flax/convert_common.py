@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import ml_dtypes
 import numpy as np
 
 from . import checkpoint_io, param_table
@@ -40,7 +39,7 @@ from .checkpoint_io import (  # noqa: F401  (re-exported for the commands)
 from .checkpoint_writer import OutTensor, atomic_output_dir, parse_size, write_checkpoint  # noqa: F401
 from .cli import TOKENIZER_FILES, add_set_option, run_command
 
-DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+DTYPES = checkpoint_io.LazyTable(lambda: {"float32": np.dtype(np.float32), "bfloat16": checkpoint_io.bfloat16()})
 EXIT_BAD_INPUT = 1
 EXIT_VERIFY_FAILED = 3
 _LIST_LIMIT = 50

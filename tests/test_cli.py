@@ -1,4 +1,4 @@
-"""The one console command `xlstm-flax`: its help starts without jax or transformers (the cause of a slow --help),
+"""The one console command `xlstm-flax`: its help starts without jax, transformers or ml_dtypes (each costs seconds),
 --version, usage errors exit 2 and name the command, failures exit 1 in one line `xlstm-flax <sub>: error: ...`,
 one `--set` option, one TOKENIZER_FILES list, the console script entry point."""
 
@@ -31,7 +31,7 @@ def test_help_imports_neither_jax_nor_transformers(args):
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("usage: xlstm-flax")
-    heavy = {"jax", "transformers", "flax", "optax", "torch", "datasets"} & imported
+    heavy = {"jax", "transformers", "flax", "optax", "torch", "datasets", "ml_dtypes"} & imported
     assert not heavy, f"{' '.join(args)} imported {sorted(heavy)} ({seconds:.2f} s)"
 
 
