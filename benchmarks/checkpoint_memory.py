@@ -8,7 +8,7 @@ NX-AI/xLSTM-7b's shapes (preset `xlstm-7b`: 6.87B params, float32, 6 safetensors
 this package's own writer, then runs each measurement in its own child process:
 
 * `load`: the one-line load, `FlaxAutoModelForCausalLM.from_pretrained(dir, param_dtype=jnp.bfloat16)`;
-* `convert`: `xlstm-flax-from-pytorch dir out --dtype bfloat16` (streaming conversion to the Flax layout);
+* `convert`: `xlstm-flax convert from-pytorch dir out --dtype bfloat16` (streaming conversion to the Flax layout);
 * `sharded`: `sharding.from_pretrained_sharded(dir, mesh, param_dtype=jnp.bfloat16)` on the one CPU device;
 * `forward`: the loaded bfloat16 model's forward on 1 x 16 tokens (compute bfloat16), CPU.
 

@@ -8,9 +8,9 @@ Generates (in a child process) a random xLSTM (`mlstm_v1`, PyTorch-expressible: 
 `conversion.upstream_params.flax_to_upstream`, `metadata/metadata` with the upstream config), then runs each
 converter in its own child process and reads that child's peak RSS (`os.wait4`, ru_maxrss):
 
-1. orbax -> HF Flax (`xlstm-flax-from-orbax`, one model.safetensors);
+1. orbax -> HF Flax (`xlstm-flax convert from-orbax`, one model.safetensors);
 2. Flax -> PyTorch (`xlstm-flax-to-pytorch --max-shard-size 500MB`, sharded with an index);
-3. PyTorch -> Flax, scanned (`xlstm-flax-from-pytorch --override scan_blocks=true`: blocks stacked (NB, ...)).
+3. PyTorch -> Flax, scanned (`xlstm-flax convert from-pytorch --set scan_blocks=true`: blocks stacked (NB, ...)).
 
 A baseline child that only imports the converter (jax, flax, transformers, orbax) gives the fixed cost; the
 report prints peak RSS, peak RSS minus baseline, both divided by the checkpoint size, and the largest tensor.
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
             ("Flax -> PyTorch (500MB shards)", [py, "-m", mod + "flax_to_pytorch", str(work / "flax"),
                                                 str(work / "pt"), "--max-shard-size", "500MB", "-q"]),
             ("PyTorch -> Flax (scanned)", [py, "-m", mod + "pytorch_to_flax", str(work / "pt"),
-                                           str(work / "flax_scan"), "--override", "scan_blocks=true", "-q"]),
+                                           str(work / "flax_scan"), "--set", "scan_blocks=true", "-q"]),
         ]
         print(f"{'conversion':31s} {'input GB':>8s} {'output GB':>9s} {'peak RSS GB':>11s} {'RSS/input':>9s} "
               f"{'(RSS-base)/input':>16s} {'(RSS-base)/largest':>18s} {'seconds':>7s}")

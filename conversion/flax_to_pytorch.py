@@ -1,6 +1,6 @@
 """Convert a Flax model folder to transformers' PyTorch xLSTM layout (safetensors).
 
-The same command as the installed console script `xlstm-flax-to-pytorch` (`modeling_xlstm_flax.convert_flax_to_pytorch.main`); this file
+The same command as the installed console script `xlstm-flax convert to-pytorch` (`modeling_xlstm_flax.convert_flax_to_pytorch.main`); this file
 lets a clone run it without installing: `python conversion/flax_to_pytorch.py --help`.
 """
 

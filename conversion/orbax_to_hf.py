@@ -1,6 +1,6 @@
 """Convert an xlstm-jax orbax checkpoint (or its params) to a Flax safetensors model folder.
 
-The same command as the installed console script `xlstm-flax-from-orbax` (`modeling_xlstm_flax.convert_orbax_to_hf.main`); this file
+The same command as the installed console script `xlstm-flax convert from-orbax` (`modeling_xlstm_flax.convert_orbax_to_hf.main`); this file
 lets a clone run it without installing: `python conversion/orbax_to_hf.py --help`.
 """
 

@@ -1,6 +1,6 @@
 """Convert a transformers PyTorch xLSTM checkpoint (NX-AI/xLSTM-7b layout) to a Flax safetensors model folder.
 
-The same command as the installed console script `xlstm-flax-from-pytorch` (`modeling_xlstm_flax.convert_pytorch_to_flax.main`); this file
+The same command as the installed console script `xlstm-flax convert from-pytorch` (`modeling_xlstm_flax.convert_pytorch_to_flax.main`); this file
 lets a clone run it without installing: `python conversion/pytorch_to_flax.py --help`.
 """
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable, Iterable, Optional
 
-import ml_dtypes
 import numpy as np
 
 from . import param_table
@@ -41,13 +41,43 @@ FLAX_WEIGHTS_NAME = "flax_model.msgpack"
 FLAX_WEIGHTS_INDEX_NAME = "flax_model.msgpack.index.json"
 WEIGHT_FILE_NAMES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, FLAX_WEIGHTS_NAME, FLAX_WEIGHTS_INDEX_NAME)
 
-SAFETENSORS_DTYPES = {
+class LazyTable(Mapping):
+    """A read-only dict built by `build()` on first use: the dtype tables need `ml_dtypes` (bfloat16), whose import
+    takes seconds on some installs, and `xlstm-flax convert ... --help` imports this module without reading any
+    tensor."""
+
+    def __init__(self, build: Callable[[], dict]):
+        self._build, self._table = build, None
+
+    def _get(self) -> dict:
+        if self._table is None:
+            self._table = self._build()
+        return self._table
+
+    def __getitem__(self, key):
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def bfloat16() -> np.dtype:
+    """numpy's bfloat16 dtype (`ml_dtypes`, imported here on first use)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+SAFETENSORS_DTYPES = LazyTable(lambda: {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "BF16": bfloat16(), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
     "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U64": np.dtype(np.uint64), "U32": np.dtype(np.uint32),
     "U16": np.dtype(np.uint16), "U8": np.dtype(np.uint8), "BOOL": np.dtype(bool),
-}
-_DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+})
+_DTYPE_CODES = LazyTable(lambda: {v: k for k, v in SAFETENSORS_DTYPES.items()})
 _LIST_LIMIT = 50
 # What to do with PyTorch pickle weights (`pytorch_model*.bin`), which this port never unpickles.
 CONVERT_BIN_HINT = ("convert them to safetensors first: load with transformers' xLSTMForCausalLM, then "
@@ -63,16 +93,20 @@ class CheckpointFileError(ValueError):
 
 def is_float_dtype(dtype) -> bool:
     dtype = np.dtype(dtype)
-    return np.issubdtype(dtype, np.floating) or dtype == np.dtype(ml_dtypes.bfloat16)  # bf16 is no np.floating
+    return np.issubdtype(dtype, np.floating) or dtype == bfloat16()  # bf16 is no np.floating
 
 
-PARAM_DTYPES = tuple(np.dtype(d) for d in (np.float32, ml_dtypes.bfloat16, np.float16, np.float64))
+def param_dtypes() -> tuple:
+    """The dtypes params can be loaded in (built on first use: bfloat16 needs `ml_dtypes`)."""
+    return (np.dtype(np.float32), bfloat16(), np.dtype(np.float16), np.dtype(np.float64))
 
 
 def param_dtype_of(value, what: str = "param_dtype") -> np.dtype:
     """`value` (a dtype, its name or type: "bfloat16", jnp.float16, ...; None: float32) as the NumPy dtype params
     are loaded in; ValueError naming `what` for an unknown name or a dtype params cannot have (integers, bool,
     complex, 8-bit floats)."""
+    import ml_dtypes
+
     if value is None:
         return np.dtype(np.float32)
     try:
@@ -80,9 +114,9 @@ def param_dtype_of(value, what: str = "param_dtype") -> np.dtype:
                          else value)
     except (TypeError, ValueError):
         dtype = None
-    if dtype is None or dtype.name not in {d.name for d in PARAM_DTYPES}:  # (np.dtype == None is True)
+    if dtype is None or dtype.name not in {d.name for d in param_dtypes()}:  # (np.dtype == None is True)
         raise ValueError(f"{what}={value!r} is not a dtype params can have: use one of "
-                         f"{', '.join(d.name for d in PARAM_DTYPES)}")
+                         f"{', '.join(d.name for d in param_dtypes())}")
     if dtype == np.float64:
         import jax
 
@@ -94,6 +128,8 @@ def param_dtype_of(value, what: str = "param_dtype") -> np.dtype:
 def _check_cast(data: np.ndarray, cast: np.ndarray, origin: str) -> None:
     """`cast` (data in a narrower float dtype) must not gain non-finite values: a value beyond its range would
     silently become inf."""
+    import ml_dtypes
+
     if cast is data or ml_dtypes.finfo(cast.dtype).max >= ml_dtypes.finfo(data.dtype).max or not cast.size:
         return
     gained = int(np.count_nonzero(~np.isfinite(cast)) - np.count_nonzero(~np.isfinite(data)))
@@ -385,7 +421,7 @@ def open_flax_dir(directory, num_blocks: int) -> Source:
         ckpt = SafetensorsCheckpoint(directory)
         if ckpt.metadata.get("format") == "pt":
             raise CheckpointFileError(f"{directory}: the safetensors metadata says format 'pt' (transformers' "
-                                      "PyTorch layout); open it with open_pytorch_dir / xlstm-flax-from-pytorch")
+                                      "PyTorch layout); open it with open_pytorch_dir / xlstm-flax convert from-pytorch")
         names = {key: key.replace(".", "/") for key in ckpt.stored()}
     elif (directory / FLAX_WEIGHTS_NAME).is_file() or (directory / FLAX_WEIGHTS_INDEX_NAME).is_file():
         ckpt = MsgpackCheckpoint(directory)

@@ -1,8 +1,13 @@
-"""What every command-line entry point shares: one-line errors, model sources and output folders checked before any
-work, and transformers' messages that do not concern our users kept out of the output.
+"""The command line: `xlstm-flax COMMAND ...` and what every command shares (the one place for command code).
 
-* `run_command(prog, body, argv)` runs `body(argv)` and turns bad input (`UsageError`, `ValueError`, `OSError`) into
-  one line `prog: error: ...` on stderr and exit status 1 (`XLSTM_FLAX_DEBUG=1` shows the traceback instead);
+* `main(argv)`: the console command `xlstm-flax` with the subcommands `generate`, `train`, `convert {from-orbax,
+  from-pytorch, to-pytorch}` and `export-hub`, plus `--version`, `--debug`, `--help`. Each subcommand is its module's
+  `build_parser()` / `main(argv)`, imported only when it runs (so `--help` needs neither jax nor transformers);
+* `run_command(prog, body, argv, exit_codes)` runs `body(argv)`: a failure is one line `prog: error: ...` on stderr
+  and exit status 1 (or its `exit_codes` entry); usage errors exit 2 (argparse); `--debug` (or `XLSTM_FLAX_DEBUG=1`)
+  shows the traceback instead;
+* `add_set_option(parser)`: the one `--set FIELD=VALUE` option (config fields, repeatable), `TOKENIZER_FILES`: the
+  tokenizer files a model folder may hold (copied, or looked for, by every command);
 * `resolve_model_source(value, option)` checks a `--model` argument: an existing local model folder (with
   config.json) or something shaped like a Hub id; a missing path, a file, a broken link or a symlink loop is a
   `UsageError` naming the option and the value;
@@ -14,6 +19,8 @@ work, and transformers' messages that do not concern our users kept out of the o
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import logging
 import os
 import signal
@@ -23,7 +30,13 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 __all__ = ["UsageError", "run_command", "resolve_model_source", "check_output_location", "quiet_transformers",
-           "TRANSFORMERS_NOISE"]
+           "TRANSFORMERS_NOISE", "TOKENIZER_FILES", "add_set_option", "main", "PROG", "DEBUG_ENV"]
+
+PROG = "xlstm-flax"
+DEBUG_ENV = "XLSTM_FLAX_DEBUG"  # set by `xlstm-flax --debug`: tracebacks instead of one-line errors
+EXIT_FAILURE = 1  # argparse's usage errors exit 2
+
+from .safe_output import TOKENIZER_FILES  # noqa: E402  (the one list; standard library only)
 
 # Starts of transformers log messages that never concern a user of these commands.
 TRANSFORMERS_NOISE = (
@@ -39,7 +52,8 @@ _NOISY_LOGGERS = (
 
 
 class UsageError(ValueError):
-    """Bad command-line input: printed as one line, exit status 1."""
+    """Bad command-line input found after parsing (a missing model folder, an option value out of range): printed as
+    one line, exit status 1."""
 
 
 class _DropNoise(logging.Filter):
@@ -68,26 +82,51 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if len(lines) == 1 else " ".join(lines)
 
 
-def run_command(prog: str, body: Callable[[Optional[Sequence[str]]], int], argv=None) -> int:
-    """`body(argv)`'s exit status; bad input ends as one line on stderr and status 1."""
+# Failures whose message says it all (bad input, files, a stopped run): one line, no exception name.
+_EXPECTED = (UsageError, ValueError, OSError, RuntimeError)
+
+
+def debugging() -> bool:
+    """Whether tracebacks are wanted (`xlstm-flax --debug`, or XLSTM_FLAX_DEBUG=1)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def run_command(prog: str, body: Callable[[Optional[Sequence[str]]], Optional[int]], argv=None,
+                exit_codes: Optional[dict] = None) -> int:
+    """`body(argv)`'s exit status (None counts as 0). A failure ends as one line `prog: error: ...` on stderr and
+    status 1, or `exit_codes[type]` for the exception types it names (which also count as expected: no type name
+    in the message); an unexpected exception type is named in the line. Usage errors exit 2 (argparse). SIGTERM is
+    handled as Ctrl-C (exit 130, SIGTERM 143), and an interrupt Python dropped (e.g. in jax's gc callback) still
+    stops the command (`safe_output`)."""
     from .safe_output import interrupted_signal, signals_as_interrupts
 
     quiet_transformers()
-    with signals_as_interrupts():  # SIGTERM as Ctrl-C; an interrupt that Python dropped still stops any swap
+    exit_codes = exit_codes or {}
+    with signals_as_interrupts():
         try:
-            status = body(argv)
-            if interrupted_signal() is not None:  # dropped where it landed (e.g. jax's gc callback), still honoured
+            status = body(argv) or 0
+            if interrupted_signal() is not None:  # dropped where it landed, still honoured
                 raise KeyboardInterrupt
             return status
-        except (UsageError, ValueError, OSError, RuntimeError) as exc:
-            if os.environ.get("XLSTM_FLAX_DEBUG"):
-                raise
-            print(f"{prog}: error: {_first_line(exc)}", file=sys.stderr)
-            return 1
         except KeyboardInterrupt:
             signum = interrupted_signal()
             print(f"{prog}: interrupted" + (f" ({signal.Signals(signum).name})" if signum else ""), file=sys.stderr)
             return 128 + signum if signum else 130
+        except Exception as exc:
+            if debugging():
+                raise
+            known = tuple(exit_codes)
+            if isinstance(exc, _EXPECTED + known):
+                message = _first_line(exc)
+            else:
+                message = f"{type(exc).__name__}: {_first_line(exc)} (--debug shows the traceback)"
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            return next((code for kind, code in exit_codes.items() if isinstance(exc, kind)), EXIT_FAILURE)
+
+
+def add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """The `--set FIELD=VALUE` option (repeatable; `configuration_xlstm_flax.parse_field_overrides` reads it)."""
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=help)
 
 
 def _looks_like_hub_id(value: str) -> bool:
@@ -149,3 +188,64 @@ def check_output_location(path, option: str = "--output", inputs=()) -> Path:
     except OSError as exc:
         raise UsageError(f"{option} {path}: cannot write into {parent} ({exc.strerror or exc})") from None
     return target
+
+
+# ---------------------------------------------------------------------------------------------- xlstm-flax
+# subcommand -> (module, one-line summary); "convert" has its own subcommands
+COMMANDS = {
+    "generate": ("generate", "generate text with the bundled model or any saved model"),
+    "train": ("training", "train a model from scratch or fine-tune one (the 'train' extra)"),
+    "convert": (None, "convert checkpoints: from-orbax, from-pytorch, to-pytorch"),
+    "export-hub": ("hub", "write a self-contained Hugging Face Hub folder (and push it)"),
+}
+CONVERSIONS = {
+    "from-orbax": ("convert_orbax_to_hf", "an xlstm-jax orbax run -> this port's Flax model folder"),
+    "from-pytorch": ("convert_pytorch_to_flax", "transformers' PyTorch xLSTM folder -> Flax model folder"),
+    "to-pytorch": ("convert_flax_to_pytorch", "Flax model folder -> transformers' PyTorch xLSTM folder"),
+}
+
+
+def _chooser(prog: str, choices: dict, description: str, top: bool) -> argparse.ArgumentParser:
+    listing = "\n".join(f"  {name:<14}{summary}" for name, (_, summary) in choices.items())
+    parser = argparse.ArgumentParser(prog=prog, description=description, usage=f"{prog} [-h] "
+                                     + ("[--version] [--debug] " if top else "") + "COMMAND ...",
+                                     epilog=f"commands:\n{listing}\n\n`{prog} COMMAND --help` shows a command's "
+                                     "options.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    if top:
+        version = sys.modules[__package__].__version__  # the package, imported before this module
+        parser.add_argument("--version", action="version", version=f"{PROG} {version}")
+        parser.add_argument("--debug", action="store_true",
+                            help="show the full traceback of an error instead of one line")
+    parser.add_argument("command", metavar="COMMAND", choices=list(choices), help=argparse.SUPPRESS)
+    return parser
+
+
+def _split(argv: list) -> tuple[list, list]:
+    """(this level's options and the command name, the rest)."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            return argv[: i + 1], argv[i + 1:]
+    return argv, []
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`xlstm-flax [--version] [--debug] COMMAND [SUBCOMMAND] ARGS...`: exit status 0 done, 1 failure, 2 usage (3: a
+    conversion's --verify failed)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _chooser(PROG, COMMANDS, "xLSTM language models in Flax/JAX, with transformers' model API.", top=True)
+    head, rest = _split(argv)
+    args = top.parse_args(head)
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"
+    module, _ = COMMANDS[args.command]
+    if module is None:  # convert
+        prog = f"{PROG} convert"
+        sub = _chooser(prog, CONVERSIONS, "Convert checkpoints; every conversion writes into a temporary folder "
+                       "beside OUTPUT and renames it when complete.", top=False)
+        head, rest = _split(rest)
+        module, _ = CONVERSIONS[sub.parse_args(head).command]
+    return importlib.import_module(f".{module}", __package__).main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from .config_translation import (  # noqa: F401  (to_* re-exported: one import for every translation)
     round_to_multiple, to_transformers_config, to_upstream_config, transformers_config_fields, upstream_config_fields,
@@ -520,6 +520,14 @@ class XLSTMFlaxConfig(PretrainedConfig):
 
     # ------------------------------------------------------------------ loading
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As `PretrainedConfig.from_pretrained` (a folder, a config file or a Hub id; the same keyword arguments),
+        reading transformers' `xlstm` config through `from_dict`'s translation, the supported path, so without
+        transformers' "model of type xlstm to instantiate a model of type xlstm_flax" warning."""
+        config_dict, kwargs = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
+        return cls.from_dict(config_dict, **kwargs)
+
+    @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs):
         """As `PretrainedConfig.from_dict`, but strict: a transformers `xlstm` config is translated, any other
         model_type and any field this config does not know are errors (never silently ignored)."""
@@ -635,3 +643,9 @@ def load_preset(name: str, **overrides) -> XLSTMFlaxConfig:
     check_field_names(overrides, f"load_preset({name!r}) overrides")
     fields = XLSTMFlaxConfig._dict_from_json_file(str(path))
     return XLSTMFlaxConfig(**{**fields, **overrides})
+
+
+# `AutoConfig` knows model_type "xlstm_flax" wherever the package's config module is imported (the models:
+# `registration`); not from a Hub folder's copy of this file (its auto_map names it), which must not replace ours.
+if __package__ == "modeling_xlstm_flax":
+    AutoConfig.register(XLSTMFlaxConfig.model_type, XLSTMFlaxConfig, exist_ok=True)

@@ -23,11 +23,9 @@ import math
 import os
 import shutil
 import sys
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import ml_dtypes
 import numpy as np
 
 from . import checkpoint_io, param_table
@@ -39,10 +37,10 @@ from .checkpoint_io import (  # noqa: F401  (re-exported for the commands)
     is_float_dtype,
 )
 from .checkpoint_writer import OutTensor, parse_size, write_checkpoint  # noqa: F401
-from .safe_output import MODEL_FILES, atomic_output_dir, check_output_path, interrupted_signal, signals_as_interrupts
+from .cli import add_set_option, run_command
+from .safe_output import MODEL_FILES, TOKENIZER_FILES, atomic_output_dir, check_output_path
 
-DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-from .safe_output import TOKENIZER_FILES  # noqa: E402
+DTYPES = checkpoint_io.LazyTable(lambda: {"float32": np.dtype(np.float32), "bfloat16": checkpoint_io.bfloat16()})
 EXIT_BAD_INPUT = 1
 EXIT_VERIFY_FAILED = 3
 _LIST_LIMIT = 50
@@ -293,7 +291,7 @@ def parse_overrides(items: Optional[list[str]]) -> dict:
     """["field=value", ...] -> {field: value} (`configuration.parse_field_overrides`: JSON values, names checked)."""
     from .configuration_xlstm_flax import parse_field_overrides
 
-    return parse_field_overrides(items, option="--override")
+    return parse_field_overrides(items, option="--set")
 
 
 TOKENIZER_HELP = ("tokenizer to add instead of the input's tokenizer files: a folder, a single file, or a Hub id "
@@ -308,7 +306,7 @@ def verify_rounding(dtype: str) -> Optional[np.dtype]:
 def convert_kwargs(args: argparse.Namespace) -> dict:
     """The keyword arguments of every convert function, from the options `add_common_arguments` defines."""
     kwargs = dict(dtype=args.dtype, max_shard_size=args.max_shard_size, tokenizer=args.tokenizer,
-                  overrides=parse_overrides(args.override), verify=args.verify, tolerance=args.tolerance,
+                  overrides=parse_overrides(args.set), verify=args.verify, tolerance=args.tolerance,
                   verify_length=args.verify_length, seed=args.seed, overwrite=args.overwrite,
                   progress=not args.quiet)
     if hasattr(args, "flax_shard_format"):
@@ -325,9 +323,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, output_layout: str, ve
                         help="dtype of the written floating-point tensors: keep each tensor's stored dtype "
                              "(default), or cast all to float32 / bfloat16")
     parser.add_argument("--max-shard-size", metavar="SIZE", default=None,
-                        help="split the weights into shards of at most SIZE (e.g. 5GB, 500MB, or bytes; a single "
-                             "bigger tensor gets its own shard) and write an index in transformers' format "
-                             "{metadata: {total_size}, weight_map: {name: file}}. Default: one file"
+                        help="split the weights into shards of about SIZE (e.g. 5GB, 500MB, or bytes): tensors go "
+                             "into a shard while it stays within SIZE, and a tensor larger than SIZE gets a shard "
+                             "of its own (which then exceeds SIZE); an index in transformers' format "
+                             "{metadata: {total_size}, weight_map: {name: file}} is written too. Default: one file"
                              + (" (model-0000i-of-0000N.safetensors + model.safetensors.index.json, or msgpack "
                                 "shards with --flax-shard-format msgpack)" if output_layout == "flax" else
                                 " (model-0000i-of-0000N.safetensors + model.safetensors.index.json)"))
@@ -337,10 +336,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, output_layout: str, ve
                                  "shards with model.safetensors.index.json (default) or msgpack shards "
                                  "(flax_model.msgpack.index.json, what transformers' Flax save_pretrained writes); "
                                  "FlaxXLSTMForCausalLM.from_pretrained reads both")
-    parser.add_argument("--override", action="append", metavar="FIELD=VALUE",
-                        help="set a field of the XLSTMFlaxConfig (configuration.FIELD_DOCS) before converting "
-                             "(repeatable; VALUE is JSON where it parses, e.g. --override scan_blocks=true writes "
-                             "stacked blocks, --override compute_dtype=float32)")
+    add_set_option(parser, "set a field of the XLSTMFlaxConfig (configuration.FIELD_DOCS) before converting "
+                           "(repeatable; VALUE is JSON where it parses, e.g. --set scan_blocks=true writes stacked "
+                           "blocks, --set compute_dtype=float32)")
     parser.add_argument("--verify", action="store_true",
                         help="after writing, load the input and the output, run the same random token ids "
                              f"through both in float32 (input side: {verify_reference}; its weights rounded to the "
@@ -355,7 +353,6 @@ def add_common_arguments(parser: argparse.ArgumentParser, output_layout: str, ve
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUTPUT if it exists (it is replaced only after a successful conversion)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
 
 
 def _tolerance(text: str) -> float:
@@ -374,35 +371,14 @@ def _positive_int(text: str) -> int:
 
 def run_cli(convert: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
             argv: Optional[list[str]] = None) -> int:
-    """Parse `argv`, run `convert` and print "wrote <the path it returns>"; print any error as one line and return
-    the exit status (0 done, 1 bad input or any other failure, 2 usage, 3 verification failed, 130 interrupted, 143
-    SIGTERM).
-    `--debug` prints the traceback of an unexpected error too."""
-    from .cli import quiet_transformers
+    """Parse `argv`, run `convert` and print "wrote <the path it returns>", through the commands' one runner
+    (`cli.run_command`: exit status 0 done, 1 bad input or any other failure, 2 usage, 3 verification failed,
+    130 interrupted; `xlstm-flax --debug` shows tracebacks)."""
 
-    quiet_transformers()
-    args = parser.parse_args(argv)
-    with signals_as_interrupts():  # SIGTERM as Ctrl-C; an interrupt that Python dropped still stops the swap
-        return _run_converter(convert, args)
-
-
-def _run_converter(convert, args) -> int:
-    try:
+    def body(args_list):
+        args = parser.parse_args(args_list)
         print(f"wrote {convert(args)}")
-    except VerificationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_VERIFY_FAILED
-    except (ConversionError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        signum = interrupted_signal()  # SIGTERM: 143, Ctrl-C: 130
-        print("interrupted; no output was written", file=sys.stderr)
-        return 128 + signum if signum else 130
-    except Exception as e:  # anything else: one line naming it (the output is never half-written)
-        if getattr(args, "debug", False):
-            traceback.print_exc()
-        detail = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
-        print(f"error: {type(e).__name__}: {detail} (--debug shows the traceback)", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+        return 0
+
+    return run_command(parser.prog, body, argv,
+                       exit_codes={VerificationError: EXIT_VERIFY_FAILED, ConversionError: EXIT_BAD_INPUT})

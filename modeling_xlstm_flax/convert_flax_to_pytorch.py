@@ -1,4 +1,4 @@
-"""This port's Flax layout -> transformers PyTorch xLSTM directory. Console script `xlstm-flax-to-pytorch`, or
+"""This port's Flax layout -> transformers PyTorch xLSTM directory. Command `xlstm-flax convert to-pytorch`, or
 `python -m modeling_xlstm_flax.convert_flax_to_pytorch`.
 
 Input: a directory `FlaxXLSTMForCausalLM.save_pretrained` (or another converter here) wrote: `config.json`
@@ -8,7 +8,7 @@ read one block slice at a time).
 
 Output: what transformers' `xLSTMForCausalLM.from_pretrained` loads: `config.json` (`xLSTMConfig` from
 `configuration.to_transformers_config`; a config it cannot express - e.g. the `mlstm` layer type, qk-norm,
-document resets - is an error naming the field, `--override` can change such a field explicitly),
+document resets - is an error naming the field, `--set` can change such a field explicitly),
 `generation_config.json`, `model.safetensors` (metadata format "pt") or shards with
 `model.safetensors.index.json`, tokenizer files. Names and shapes: `backbone/blocks/<i>/mlstm_layer/q/kernel
 (D, Dqk)` -> `backbone.blocks.<i>.mlstm_layer.q.weight (Dqk, D)`; see `modeling_xlstm_flax.param_table`. A tied model gets no
@@ -67,7 +67,7 @@ def convert_flax_to_pytorch(input_dir, output_dir, *, dtype: str = "keep", max_s
         pt_config = to_transformers_config(config)
     except (ValueError, TypeError) as e:
         raise ConversionError(f"{Path(input_dir) / 'config.json'}: cannot be expressed as transformers' "
-                              f"xLSTMConfig: {e} (--override FIELD=VALUE changes a field explicitly, e.g. "
+                              f"xLSTMConfig: {e} (--set FIELD=VALUE changes a field explicitly, e.g. "
                               "reset_at_document_boundaries=false, which only matters with document_borders)"
                               ) from None
     if config.qk_dim % 64:
@@ -100,7 +100,7 @@ def convert_flax_to_pytorch(input_dir, output_dir, *, dtype: str = "keep", max_s
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="xlstm-flax-to-pytorch",
+        prog="xlstm-flax convert to-pytorch",
         description="Convert a directory in this port's Flax layout (config.json + model.safetensors, sharded "
                     "safetensors or flax_model.msgpack shards) into the layout transformers' PyTorch "
                     "xLSTMForCausalLM.from_pretrained loads (config.json as xLSTMConfig, model.safetensors). "

@@ -1,4 +1,4 @@
-"""xlstm-jax orbax checkpoint -> Hugging Face model directory (Flax layout). Console script `xlstm-flax-from-orbax`,
+"""xlstm-jax orbax checkpoint -> Hugging Face model directory (Flax layout). Command `xlstm-flax convert from-orbax`,
 or `python -m modeling_xlstm_flax.convert_orbax_to_hf`.
 
 Input: a `checkpoint_<step>` folder as upstream's trainer writes it (`tests/fixtures/README.md`), or a run
@@ -118,7 +118,7 @@ class OrbaxParams:
             import orbax.checkpoint as ocp
         except ImportError:
             raise ConversionError("reading orbax checkpoints needs orbax-checkpoint: pip install "
-                                  "'xlstm-flax[orbax]'") from None
+                                  "orbax-checkpoint") from None
         from flax.traverse_util import flatten_dict
 
         logging.getLogger("absl").setLevel(logging.ERROR)  # orbax warns about optional metadata files
@@ -242,7 +242,7 @@ def convert_orbax(input_path, output_dir, *, step: Optional[int] = None, dtype: 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="xlstm-flax-from-orbax",
+        prog="xlstm-flax convert from-orbax",
         description="Convert an xlstm-jax orbax checkpoint (written by upstream's trainer) into a Hugging Face model "
                     "directory in this port's Flax layout: config.json, generation_config.json, model.safetensors "
                     "(loads with FlaxAutoModelForCausalLM.from_pretrained after `import modeling_xlstm_flax`), "

@@ -1,4 +1,4 @@
-"""transformers PyTorch xLSTM directory -> this port's Flax layout. Console script `xlstm-flax-from-pytorch`, or
+"""transformers PyTorch xLSTM directory -> this port's Flax layout. Command `xlstm-flax convert from-pytorch`, or
 `python -m modeling_xlstm_flax.convert_pytorch_to_flax`.
 
 Input: what `xLSTMForCausalLM.save_pretrained` writes (the `NX-AI/xLSTM-7b` layout): `config.json` (model_type
@@ -10,7 +10,7 @@ written at once: `backbone.blocks.<i>.mlstm_layer.q.weight (Dqk, D)` -> `backbon
 
 Output: `config.json` (XLSTMFlaxConfig), `generation_config.json`, `model.safetensors` (Flax layout, metadata
 format "flax", keys `.`-joined as `FlaxPreTrainedModel.save_pretrained` writes them; stacked under
-`backbone.blocks.scanned.block.` with `--override scan_blocks=true`), the input's tokenizer files.
+`backbone.blocks.scanned.block.` with `--set scan_blocks=true`), the input's tokenizer files.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def convert_pytorch_to_flax(input_dir, output_dir, *, dtype: str = "keep", max_s
     pt_config = read_json_config(input_dir)
     if pt_config.get("model_type") != "xlstm":
         raise ConversionError(f"{Path(input_dir) / 'config.json'}: model_type {pt_config.get('model_type')!r}, "
-                              "expected transformers' 'xlstm' (for xlstm_flax directories use xlstm-flax-to-pytorch)")
+                              "expected transformers' 'xlstm' (for xlstm_flax directories use xlstm-flax convert to-pytorch)")
     try:
         config = from_transformers_config(pt_config, **(overrides or {}))
     except (ValueError, TypeError) as e:
@@ -85,7 +85,7 @@ def convert_pytorch_to_flax(input_dir, output_dir, *, dtype: str = "keep", max_s
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="xlstm-flax-from-pytorch",
+        prog="xlstm-flax convert from-pytorch",
         description="Convert a transformers PyTorch xLSTM directory (xLSTMForCausalLM.save_pretrained, the "
                     "NX-AI/xLSTM-7b layout; model.safetensors or shards with model.safetensors.index.json) into "
                     "this port's Flax layout (config.json, model.safetensors; loads with "

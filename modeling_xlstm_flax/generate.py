@@ -1,4 +1,4 @@
-"""Command line text generation: `xlstm-flax-generate --prompt "..."`.
+"""Command line text generation: `xlstm-flax generate --prompt "..."`.
 
 By default loads the bundled model (a small xLSTM trained on CPython's pydoc topics, shipped in the package) with
 `FlaxAutoModelForCausalLM.from_pretrained`; `--model` takes any other model directory or Hub id (its tokenizer is
@@ -15,9 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-
 
 def bundled_model_path() -> Path:
     """Folder of the bundled model (config, safetensors, tokenizer, card) inside the installed package."""
@@ -25,7 +22,7 @@ def bundled_model_path() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xlstm-flax-generate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="xlstm-flax generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="model directory or Hub id loadable by FlaxAutoModelForCausalLM "
@@ -49,7 +46,7 @@ def main(argv=None) -> int:
     """The command: bad input (a missing model folder, an invalid option value) is one line on stderr, exit 1."""
     from .cli import run_command
 
-    return run_command("xlstm-flax-generate", _main, argv)
+    return run_command("xlstm-flax generate", _main, argv)
 
 
 def _check_options(args) -> None:
@@ -71,9 +68,25 @@ def _check_options(args) -> None:
             raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
 
 
+def _text_and_count(tokenizer, prompt: str, sequence: list, config) -> tuple[str, int]:
+    """(the prompt and its continuation, the number of generated tokens) from the generated ids (the prompt's ids
+    first): the count is of the ids the model produced, up to and including an end-of-sequence token (what follows
+    it is padding), not of the decoded text re-tokenized (which merges and splits tokens differently)."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    new = list(sequence[len(prompt_ids):])
+    eos = config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    count = next((i + 1 for i, token in enumerate(new) if token in eos), len(new))
+    start = len(tokenizer.decode(prompt_ids, skip_special_tokens=True))
+    return prompt + tokenizer.decode(list(sequence), skip_special_tokens=True)[start:], count
+
+
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _check_options(args)
+    import jax  # here, not at the top: `xlstm-flax generate --help` needs no jax
+    import numpy as np
+
     import modeling_xlstm_flax as xf
 
     dtype = None if args.dtype is None else getattr(jax.numpy, args.dtype)
@@ -85,15 +98,14 @@ def _main(argv=None) -> int:
         source = resolve_model_source(args.model) if args.model else str(bundled_model_path())
         generator = text_generation_pipeline(source, model_kwargs={"dtype": dtype})
         call = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams,
-                    seed=args.seed, return_full_text=True, **sample)
+                    seed=args.seed, return_tensors=True, **sample)
         start = time.perf_counter()
         generator(args.prompt, **call)
         first = time.perf_counter() - start
         start = time.perf_counter()
-        text = generator(args.prompt, **call)[0]["generated_text"]
+        sequence = generator(args.prompt, **call)[0]["generated_token_ids"]  # prompt ids + new ids
         elapsed = time.perf_counter() - start
-        prompt_len = len(generator.tokenizer(args.prompt)["input_ids"])
-        new_tokens = max(1, len(generator.tokenizer(text)["input_ids"]) - prompt_len)
+        text, new_tokens = _text_and_count(generator.tokenizer, args.prompt, sequence, generator.model.config)
     else:
         config = xf.load_preset(args.preset, vocab_size=256 + 3, compute_dtype="float32")
         print(f"[random-init smoke model from preset {args.preset!r}: byte-level ids, the text is noise]",
@@ -113,7 +125,7 @@ def _main(argv=None) -> int:
         new = sequences[0, input_ids.shape[1]:]
         text = args.prompt + bytes(int(i) - 3 for i in new if int(i) >= 3).decode("utf-8", errors="replace")
         new_tokens = len(new)
-    print(text)
+    print(text, flush=True)
     print(f"[{new_tokens} new tokens: {new_tokens / elapsed:.1f} tokens/s after compilation; first call incl. "
           f"compile {first:.1f} s]", file=sys.stderr)
     return 0

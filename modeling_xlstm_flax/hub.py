@@ -17,7 +17,7 @@ found by following the imports) and rewrites their package-relative imports (`fr
 XLSTMFlaxConfig`, `from . import mlstm_kernels`) to those flat modules. The package sources are never modified.
 
 `push_to_hub(model_or_folder, repo_id)` exports (for a model) and uploads with `HfApi.create_repo` and
-`HfApi.upload_folder`. Command line: `xlstm-flax-export-hub --model DIR --output DIR [--push-to-hub REPO_ID]`.
+`HfApi.upload_folder`. Command line: `xlstm-flax export-hub --model DIR --output DIR [--push-to-hub REPO_ID]`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
+
+from .safe_output import TOKENIZER_FILES
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules the auto classes point at; every module they import from the package is found from there.
@@ -158,13 +160,13 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
     owned = MODEL_FILES + WRITTEN_TOKENIZER_FILES + ("README.md",) + tuple(code_files())
     with atomic_output_dir(folder, overwrite, owned=owned, inputs=inputs, option="output",
                            writer="the export") as tmp:  # checks the folder before the model is loaded
-        _export_into(tmp, model, tokenizer, params, model_name, repo_id, card, card_kwargs)
+        _export_into(tmp, folder, model, tokenizer, params, model_name, repo_id, card, card_kwargs)
     return folder
 
 
-def _export_into(tmp: Path, model, tokenizer, params, model_name, repo_id, card, card_kwargs) -> None:
-    """The export's files, written into the empty folder `tmp`."""
-    from .model_card import build_model_card, check_model_card
+def _export_into(tmp: Path, folder: Path, model, tokenizer, params, model_name, repo_id, card, card_kwargs) -> None:
+    """The export's files, written into the empty folder `tmp` (which becomes `folder`)."""
+    from .model_card import build_model_card, card_facts_from_folder, check_model_card
 
     source_dir = None
     if isinstance(model, (str, Path)):
@@ -189,17 +191,19 @@ def _export_into(tmp: Path, model, tokenizer, params, model_name, repo_id, card,
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
 
-    name = model_name or (repo_id.split("/")[-1] if repo_id else None) or (
-        Path(source_dir).name if source_dir else "xlstm-flax")
+    # what the source folder says about itself (its card's model name, training_log.json's perplexity and run)
+    facts = card_facts_from_folder(source_dir) if source_dir else {}
+    name = model_name or (repo_id.split("/")[-1] if repo_id else None) or facts.get("model_name") or "xlstm-flax"
+    facts.pop("model_name", None)
+    if "perplexity" in card_kwargs:  # the caller's evaluation replaces the log's
+        for key in ("perplexity", "eval_dataset", "eval_dataset_name", "eval_split"):
+            facts.pop(key, None)
     if card is None:
+        where = {} if repo_id else {"model_ref": '"' + str(folder) + '"'}  # not on the Hub: the folder
         card = build_model_card(model.config, model_name=name, repo_id=repo_id or name, params=params,
-                                **card_kwargs)
+                                **{**facts, **where, **card_kwargs})
     check_model_card(card)
     card.save(str(tmp / "README.md"))
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
-                   "spiece.model", "merges.txt")
 
 
 def _load_tokenizer(source: str):
@@ -262,7 +266,7 @@ def _is_export(folder: Path) -> bool:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xlstm-flax-export-hub", description=__doc__,
+    parser = argparse.ArgumentParser(prog="xlstm-flax export-hub", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="model directory (or Hub id) loadable by FlaxAutoModelForCausalLM, or an exported folder "
@@ -292,7 +296,7 @@ def main(argv=None) -> int:
     """The command: bad input (a missing model folder, an unwritable output) is one line on stderr, exit 1."""
     from .cli import run_command
 
-    return run_command("xlstm-flax-export-hub", _main, argv)
+    return run_command("xlstm-flax export-hub", _main, argv)
 
 
 def _main(argv=None) -> int:

@@ -34,7 +34,7 @@ DEFAULT_LIMITATIONS = (
 )
 
 __all__ = ["TEMPLATE_PATH", "model_card_data", "build_model_card", "save_model_card", "check_model_card",
-           "perplexity_eval_result"]
+           "perplexity_eval_result", "card_facts_from_folder"]
 
 
 def perplexity_eval_result(perplexity: float, dataset: str, dataset_name: Optional[str] = None,
@@ -94,15 +94,75 @@ def _format_count(n: int) -> str:
     return f"{n:,}"
 
 
+def _training_details(log: dict) -> str:
+    """A "Training" paragraph from a training_log.json written by `xlstm-flax train` (or the bundled model's)."""
+    args = log.get("args") or {}
+    parts = []
+    corpus = log.get("corpus") or args.get("corpus")
+    if corpus:
+        parts.append(f"Trained on {corpus if isinstance(corpus, str) else ', '.join(map(str, corpus))}")
+    steps = log.get("selected_step") or log.get("steps")
+    if steps:
+        parts.append(f"{steps} optimizer steps" + (" (the checkpoint with the best validation perplexity)"
+                                                   if log.get("selected_step") else ""))
+    if args:
+        parts.append(f"AdamW, lr {args.get('lr')} {args.get('schedule', '')} schedule, warmup "
+                     f"{args.get('warmup_steps')}, batch {args.get('batch_size')} x {args.get('seq_len')} tokens")
+    text = "; ".join(str(p).strip() for p in parts) + "." if parts else ""
+    command = log.get("train_command")
+    if command:
+        text += f" Command: `{command}`"
+        if log.get("selected_step") and "--stop-at-step" not in command:
+            text += f" (with `--stop-at-step {log['selected_step']}`: the shipped step)"
+        text += "."
+    return (text + " Full history: `training_log.json`.").strip()
+
+
+def card_facts_from_folder(folder: Union[str, Path]) -> dict[str, Any]:
+    """What a model folder already says about itself, as `build_model_card` arguments: `model_name` (its card's
+    model name or model-index name, else the folder's name), and from a `training_log.json` (`xlstm-flax train`
+    writes one) the validation perplexity (`perplexity`, `eval_dataset`, `eval_dataset_name`, `eval_split`) and
+    `training_details`. Missing files give fewer keys; nothing is invented."""
+    import json
+
+    folder = Path(folder)
+    facts: dict[str, Any] = {"model_name": folder.resolve().name}
+    card_path = folder / "README.md"
+    if card_path.is_file():
+        try:
+            data = ModelCard.load(card_path).data
+            facts["model_name"] = data.model_name or facts["model_name"]
+        except Exception:  # a card that does not parse: the folder's name stands
+            pass
+    log_path = folder / "training_log.json"
+    if log_path.is_file():
+        log = json.loads(log_path.read_text(encoding="utf-8"))
+        perplexity = log.get("val_perplexity")
+        if isinstance(perplexity, (int, float)) and math.isfinite(perplexity) and perplexity >= 1:
+            args = log.get("args") or {}
+            text_files = args.get("text_file")
+            where = f" of {', '.join(map(str, text_files))}" if text_files else " of CPython's pydoc_data.topics"
+            facts.update(perplexity=float(perplexity), eval_split="validation",
+                         eval_dataset="text files" if text_files else "pydoc_data.topics",
+                         eval_dataset_name=log.get("val_split")
+                         or f"held-out {args.get('val_fraction', '?')} of the documents{where}")
+        facts["training_details"] = _training_details(log)
+    return facts
+
+
 def build_model_card(config=None, *, model_name: str, repo_id: Optional[str] = None,
                      description: Optional[str] = None, training_details: Optional[str] = None,
                      limitations: Optional[str] = None, params=None, num_parameters: Optional[int] = None,
                      tokenizer_description: Optional[str] = None, example_prompt: str = "The xLSTM",
                      remote_code: bool = True, template_path: Union[str, Path, None] = None,
+                     model_ref: Optional[str] = None, model_ref_import: Optional[str] = None,
                      **data_kwargs) -> ModelCard:
     """A filled `ModelCard`. `config`: the model's `XLSTMFlaxConfig` (architecture table); `params` or
     `num_parameters`: the size; `data_kwargs`: `model_card_data` arguments (license, base_model, datasets, tags,
-    perplexity, eval_dataset, ...). `remote_code`: the repo carries the model code (the `hub` export)."""
+    perplexity, eval_dataset, ...). `remote_code`: the repo carries the model code (the `hub` export).
+    `model_ref`: the Python expression the usage snippets load from (default: the quoted `repo_id`, else the
+    quoted `model_name`), with `model_ref_import` the import line it needs, if any: a card whose folder is not on
+    the Hub must name where it is, or its snippet fails."""
     data = model_card_data(model_name=model_name, **data_kwargs)
     fields = {k: ("?" if v is None else v) for k, v in _config_fields(config).items()}
     if num_parameters is not None:
@@ -121,6 +181,8 @@ def build_model_card(config=None, *, model_name: str, repo_id: Optional[str] = N
         model_title=model_name,
         model_description=description or f"`{model_name}`: an xLSTM causal language model in Flax/JAX.",
         repo_id=repo_id or model_name,
+        model_ref=model_ref or '"' + (repo_id or model_name) + '"',
+        model_ref_import=model_ref_import,
         num_parameters=size,
         tokenizer_description=tokenizer_description,
         transformers_requirement=">=4.57",

@@ -9,9 +9,10 @@ and input shape; `pad_to_multiple_of` buckets prompt lengths), decoded and forma
 Entry points, transformers 4.x and 5.x alike:
 
 * `text_generation_pipeline(model_or_dir_or_hub_id, tokenizer=None, **call_defaults)`, with or without torch;
-* `transformers.pipeline(TASK or "text-generation", model=<Flax model>, tokenizer=...)`: importing
-  `modeling_xlstm_flax` registers `TASK` and points the stock task at a dispatcher (this class for Flax models,
-  transformers' own otherwise). Without torch, `pipeline()` needs `dtype=None` (and, under 4.x, `framework="flax"`).
+* `transformers.pipeline(TASK or "text-generation", model=<our model>, tokenizer=...)`: using `modeling_xlstm_flax`
+  registers `TASK` and points the stock task at a dispatcher (this class for this package's models only,
+  transformers' own for every other model). Under transformers 5 without torch it works as written
+  (`_let_pipeline_run_without_torch`); under 4.x without torch `pipeline()` needs `dtype=None, framework="flax"`.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class FlaxTextGenerationPipeline:
     defaults for every call):
 
     * output: `return_full_text` (default True; False: only the new text), `return_text`, `return_tensors` (True:
-      `{"generated_token_ids": [int, ...]}`, prompt included), `clean_up_tokenization_spaces` (default True),
+      `{"generated_token_ids": [int, ...]}`, prompt included), `clean_up_tokenization_spaces` (default: the tokenizer's own setting, as in transformers),
       `skip_special_tokens` (default True), `continue_final_message`;
     * input: `prefix` (text put before each prompt, cut from the output), `handle_long_generation="hole"`
       (keep only the last `model_max_length - new tokens` prompt tokens), `add_special_tokens`, `truncation`,
@@ -170,7 +171,7 @@ class FlaxTextGenerationPipeline:
                        _RETURN_NEW if full is not None and not full else _RETURN_FULL)
         decode = {"return_type": return_type,
                   "continue_final_message": args.pop("continue_final_message", None),
-                  "clean_up_tokenization_spaces": _default(args.pop("clean_up_tokenization_spaces", None), True),
+                  "clean_up_tokenization_spaces": args.pop("clean_up_tokenization_spaces", None),
                   "skip_special_tokens": _default(args.pop("skip_special_tokens", None), True)}
         stop = args.pop("stop_sequence", None)
         if stop is not None:  # as transformers: the stop sequence's token becomes the eos id
@@ -296,8 +297,9 @@ class FlaxTextGenerationPipeline:
         sequence after the decoded prompt's length (transformers 4's rule: a prefix is cut from the output)."""
         if return_type == _RETURN_TENSORS:
             return [{"generated_token_ids": sequence} for sequence in sequences.tolist()]
-        options = {"skip_special_tokens": skip_special_tokens,
-                   "clean_up_tokenization_spaces": clean_up_tokenization_spaces}
+        options = {"skip_special_tokens": skip_special_tokens}
+        if clean_up_tokenization_spaces is not None:  # None: the tokenizer's saved setting, as transformers does
+            options["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
         start = len(self.tokenizer.decode(prompt_ids, **options))
         records = []
         for sequence in sequences.tolist():
@@ -354,6 +356,30 @@ def _checked_batch_size(batch_size):
     return batch_size
 
 
+def _is_xlstm_flax_model(model) -> bool:
+    """One of this package's Flax models that can generate: the only models the stock task's dispatcher sends to
+    `FlaxTextGenerationPipeline` (every other model gets transformers' own pipeline, as without this package)."""
+    from .modeling_flax_xlstm import FlaxXLSTMPreTrainedModel
+
+    return isinstance(model, FlaxXLSTMPreTrainedModel) and model.can_generate()
+
+
+def _let_pipeline_run_without_torch() -> None:
+    """transformers 5's `pipeline()` reads its default `dtype="auto"` with `hasattr(torch, dtype)`, a `NameError`
+    when torch is not installed (its module imports torch only when available), before it looks at the task or the
+    model. Without torch, give that module a `torch` name that has no dtypes, so `pipeline()` goes on to the task's
+    class (for our models `FlaxTextGenerationPipeline`, which ignores `dtype`); with torch nothing changes."""
+    import sys
+    import types
+
+    from transformers import pipelines
+    from transformers.utils import is_torch_available
+
+    if is_torch_available() or "torch" in vars(pipelines):
+        return
+    pipelines.torch = sys.modules.get("torch") or types.ModuleType("torch", "placeholder: torch is not installed")
+
+
 def _is_flax_generator(model) -> bool:
     """A Flax model (transformers 4.x's FlaxPreTrainedModel or, with transformers 5, this port's own base) that
     can generate."""
@@ -385,13 +411,14 @@ def _load_model_and_tokenizer(model, tokenizer=None, **model_kwargs):
 
 
 class _TextGenerationDispatch(TextGenerationPipeline):
-    """What the stock "text-generation" task builds once `register_pipeline` ran: for a Flax model that can generate
-    a `FlaxTextGenerationPipeline`, for any other model transformers' `TextGenerationPipeline`, unchanged. (A
+    """What the stock "text-generation" task builds once `register_pipeline` ran: for this package's models a
+    `FlaxTextGenerationPipeline`, for any other model (other Flax models included) transformers'
+    `TextGenerationPipeline`, unchanged. (A
     subclass, so `pipeline()` reads the stock class's attributes.)"""
 
     def __new__(cls, *args, **kwargs):
         model = kwargs.get("model", args[0] if args else None)
-        if _is_flax_generator(model):
+        if _is_xlstm_flax_model(model):
             return FlaxTextGenerationPipeline(*args, **kwargs)
         pipe = TextGenerationPipeline.__new__(TextGenerationPipeline)
         pipe.__init__(*args, **kwargs)  # not an instance of cls, so Python does not call __init__ itself
@@ -410,6 +437,7 @@ def register_pipeline() -> None:
     stock = PIPELINE_REGISTRY.supported_tasks.get("text-generation")
     if stock is not None and stock.get("impl") in stock_names:
         stock["impl"] = _TextGenerationDispatch
+    _let_pipeline_run_without_torch()
 
 
 def text_generation_pipeline(model, tokenizer=None, task: str = TASK, model_kwargs: Optional[dict] = None,
@@ -419,3 +447,6 @@ def text_generation_pipeline(model, tokenizer=None, task: str = TASK, model_kwar
     `AutoTokenizer` from the same place). `kwargs` are call defaults (see the class). Works with every supported
     transformers version, without torch."""
     return FlaxTextGenerationPipeline(model, tokenizer, task=task, model_kwargs=model_kwargs, **kwargs)
+
+
+register_pipeline()  # the task exists wherever this module is imported (idempotent)

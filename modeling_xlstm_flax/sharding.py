@@ -344,14 +344,29 @@ def activation_sharding(mesh: Mesh):
     unchanged). Without it XLA's propagation is free to keep activations feature-sharded over fsdp and all-reduce
     them (measured: norms and projections then all-reduce activations); with it, FSDP gathers weights and tensor
     parallelism all-reduces once after out_proj and proj_down - the Megatron/FSDP schedule. Numerics are the same
-    either way. The sharded entry points below use it."""
+    either way. The embedding lookup runs on the table with its fsdp dim gathered (see `embed`). The sharded entry
+    points below use it."""
     from .xlstm_layers import XLSTMBlock
 
     def constrain(x):
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, residual_spec(x.shape, mesh)))
 
+    def embed(module: nn.Embed, ids):
+        # The lookup of `nn.Embed.__call__` (the table cast to the compute dtype, `jnp.take` of the rows) with the
+        # table's fsdp dim gathered first, as FSDP gathers every weight where it is used: gathering rows of a
+        # feature-sharded table gives feature-sharded activations, which XLA cannot turn into the batch-sharded
+        # residual stream without rematerialising them in full ("[SPMD] Involuntary full rematerialization").
+        table = module.embedding
+        table = jax.lax.with_sharding_constraint(
+            table, NamedSharding(mesh, fit_spec((TENSOR, None), table.shape, mesh)))
+        return constrain(jnp.take(table.astype(module.dtype or table.dtype), ids, axis=0))
+
     def interceptor(next_fun, args, kwargs, context):
-        if context.method_name != "__call__" or not isinstance(context.module, XLSTMBlock) or not args:
+        if context.method_name != "__call__" or not args:
+            return next_fun(*args, **kwargs)
+        if type(context.module) is nn.Embed and not kwargs:
+            return embed(context.module, args[0])
+        if not isinstance(context.module, XLSTMBlock):
             return next_fun(*args, **kwargs)
         x, state = next_fun(constrain(args[0]), *args[1:], **kwargs)
         return constrain(x), state

@@ -1,4 +1,4 @@
-"""Train or fine-tune an xLSTM language model: `xlstm-flax-train` / `python -m modeling_xlstm_flax.training`.
+"""Train or fine-tune an xLSTM language model: `xlstm-flax train` / `python -m modeling_xlstm_flax.training`.
 
 Starts from any checkpoint this port loads (`--model DIR`), or from scratch (`--preset NAME` / `--config FILE`,
 with `--set key=value` overrides). AdamW (optax) with global-norm gradient clipping, warmup + cosine/linear/constant
@@ -24,6 +24,7 @@ functions of seed and step), history and arguments.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -33,20 +34,17 @@ import time
 from functools import partial
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax.traverse_util import flatten_dict, unflatten_dict
 
 from . import data as data_lib
-from .cli import UsageError
+from .cli import UsageError, add_set_option
 from .safe_output import TOKENIZER_FILES, atomic_output_dir
 from .training_resume import (
     FINAL_FILES, RUN_DIR, _one_line, check_output_dir, check_same_architecture, merge_resumed_args, save_run_files,
 )
-from .sharded_steps import causal_lm_loss, init_sharded_optimizer_state, sharded_forward, sharded_train_step
-from .sharding import init_sharded_params, make_mesh, shard_params
+
+# jax, optax, flax and the sharded steps are imported inside the functions that use them, so that building the
+# parser (`xlstm-flax train --help`) imports none of them.
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,11 +54,15 @@ class NonFiniteLossError(RuntimeError):
 # ----------------------------------------------------------------------------------------------- optimizer
 def decay_mask(params, include_embedding: bool):
     """Weight decay on matrices only (kernels), and on the embedding if asked."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
     flat = flatten_dict(params)
     return unflatten_dict({k: (k[-1] == "kernel" or (include_embedding and k[-1] == "embedding")) for k in flat})
 
 
 def make_schedule(name: str, lr: float, warmup: int, steps: int, min_lr_ratio: float):
+    import optax
+
     rest = max(1, steps - warmup)
     decay = {"cosine": lambda: optax.cosine_decay_schedule(lr, rest, alpha=min_lr_ratio),
              "linear": lambda: optax.linear_schedule(lr, lr * min_lr_ratio, rest),
@@ -71,6 +73,8 @@ def make_schedule(name: str, lr: float, warmup: int, steps: int, min_lr_ratio: f
 
 
 def make_optimizer(args, params, config):
+    import optax
+
     schedule = make_schedule(args.schedule, args.lr, args.warmup_steps, args.steps, args.min_lr_ratio)
     return optax.chain(
         optax.clip_by_global_norm(args.grad_clip),
@@ -79,7 +83,14 @@ def make_optimizer(args, params, config):
     ), schedule
 
 
-_first_rows_loss = jax.jit(lambda logits, ids, n: causal_lm_loss(logits[:n], ids[:n]), static_argnums=2)
+@functools.lru_cache(maxsize=None)
+def _first_rows_loss():
+    """The compiled mean loss of the first n rows of (logits, ids) (made on first use, when jax is imported)."""
+    import jax
+
+    from .sharded_steps import causal_lm_loss
+
+    return jax.jit(lambda logits, ids, n: causal_lm_loss(logits[:n], ids[:n]), static_argnums=2)
 
 
 def evaluate(forward, params, windows: np.ndarray, batch_size: int) -> float:
@@ -90,7 +101,7 @@ def evaluate(forward, params, windows: np.ndarray, batch_size: int) -> float:
         chunk = windows[i : i + batch_size]  # the last one padded with copies: one forward program for all
         n = len(chunk)
         chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - n, axis=0)])
-        total += float(_first_rows_loss(forward(params, chunk), chunk, n)) * n
+        total += float(_first_rows_loss()(forward(params, chunk), chunk, n)) * n
     return math.exp(total / len(windows))
 
 
@@ -101,7 +112,7 @@ def import_orbax():
         import orbax.checkpoint as ocp
     except ImportError as exc:
         raise UsageError(f"the training checkpoints need orbax-checkpoint ({exc}): pip install orbax-checkpoint, "
-                         "or pip install 'xlstm-flax[train]'") from None
+                         "or, in this repository, pip install '.[train]'") from None
     return ocp
 
 
@@ -115,7 +126,13 @@ def checkpoint_manager(directory: Path, keep: int | None = None, create: bool = 
 
 
 # (not a norm: the squares of huge but finite params overflow)
-_all_finite = jax.jit(lambda tree: jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
+@functools.lru_cache(maxsize=None)
+def _all_finite():
+    """The compiled "every leaf of the tree is finite" (made on first use, when jax is imported)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(lambda tree: jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
 
 
 def _last_checkpoint(manager) -> str:
@@ -128,7 +145,7 @@ def save_checkpoint(manager, params, opt_state, state: dict) -> None:
     background after the device-to-host copy; `manager.close()` waits for it). Non-finite params (a step with finite
     loss and gradients can still overflow them) are never saved: `NonFiniteLossError` instead."""
     ocp = import_orbax()
-    if not bool(_all_finite(params)):
+    if not bool(_all_finite()(params)):
         raise NonFiniteLossError(f"step {state['step']}: the parameters are no longer finite; stopping without "
                                  f"saving{_last_checkpoint(manager)}. Try a lower --lr or --grad-clip.")
     manager.save(state["step"], force=True, args=ocp.args.Composite(
@@ -139,6 +156,8 @@ def save_checkpoint(manager, params, opt_state, state: dict) -> None:
 def restore_checkpoint(manager, params, opt_state, step=None):
     """(params, opt_state, state) of checkpoint `step` (default: the newest), placed with the shardings of the given
     live trees."""
+    import jax
+
     ocp = import_orbax()
     like = partial(jax.tree_util.tree_map, lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding))
     got = manager.restore(manager.latest_step() if step is None else step, args=ocp.args.Composite(
@@ -174,6 +193,8 @@ def restore_newest_readable(directory: Path, params, opt_state):
 # ----------------------------------------------------------------------------------------------- setup
 def build_model_and_tokenizer(args, train_texts):
     """(model without params, its loaded params or None for a new model, tokenizer), following the command line."""
+    import jax.numpy as jnp
+
     from transformers import AutoTokenizer
 
     import modeling_xlstm_flax as xf
@@ -229,7 +250,7 @@ def save_loss_curve(history: list[dict], path: Path) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed (pip install 'xlstm-flax[plot]'): no loss curve", file=sys.stderr)
+        print("matplotlib is not installed (pip install matplotlib): no loss curve", file=sys.stderr)
         return False
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     val = [(h["step"], math.log(h["val_perplexity"])) for h in history if "val_perplexity" in h]
@@ -250,7 +271,10 @@ def save_loss_curve(history: list[dict], path: Path) -> bool:
 def _train_loop(args, model, mesh, optimizer, schedule, forward, params, opt_state, state, train_stream,
                 val_windows, manager):
     """Steps state["step"] .. end: validation and checkpoints on the way; stops at a non-finite loss or gradient."""
+    import jax
     from tqdm.auto import tqdm
+
+    from .sharded_steps import sharded_train_step
 
     train_step = sharded_train_step(model, mesh, optimizer, with_grad_norm=True, skip_non_finite=True)
     start_step, seed = state["step"], state.get("seed", args.seed)
@@ -274,6 +298,8 @@ def _train_loop(args, model, mesh, optimizer, schedule, forward, params, opt_sta
             state["history"].append({"step": step + 1, "loss": loss, "grad_norm": grad_norm,
                                      "lr": float(schedule(step))})
             bar.set_postfix(loss=f"{loss:.3f}")
+            if args.no_progress:  # no bar to show the loss on: one line per --log-every steps
+                bar.write(f"step {step + 1}: loss {loss:.3f}")
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             ppl = evaluate(forward, params, val_windows, args.batch_size)
             state["history"].append({"step": step + 1, "val_perplexity": ppl})
@@ -284,6 +310,11 @@ def _train_loop(args, model, mesh, optimizer, schedule, forward, params, opt_sta
 
 
 def train(args) -> dict:
+    import jax
+
+    from .sharded_steps import init_sharded_optimizer_state, sharded_forward
+    from .sharding import init_sharded_params, make_mesh, shard_params
+
     out = Path(args.output_dir)
     documents = data_lib.load_documents(args.corpus, args.text_file)
     train_docs, val_docs = data_lib.split_documents(documents, args.val_fraction)
@@ -354,14 +385,14 @@ def train(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xlstm-flax-train", description=__doc__,
+    p = argparse.ArgumentParser(prog="xlstm-flax train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="model dir or Hub id to fine-tune (an xlstm_flax or transformers xlstm checkpoint)")
     src.add_argument("--preset", default="tiny-mlstm-v1", help="bundled config to train from scratch")
     src.add_argument("--config", help="config.json (XLSTMFlaxConfig) to train from scratch")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field for from-scratch training (JSON values), repeatable")
+    add_set_option(p, "set a config field for from-scratch training (repeatable; VALUE is JSON where it parses, "
+                      "e.g. --set embedding_dim=128)")
     p.add_argument("--tokenizer", help="tokenizer dir or Hub id (default: the model's, else train one)")
     p.add_argument("--tokenizer-vocab-size", type=int, default=4096, help="vocab size of a newly trained BPE")
     p.add_argument("--corpus", default="pydoc-topics", help="built-in corpus (pydoc-topics)")
@@ -396,13 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
     for axis, what in (("data", "data parallel (batch split)"), ("fsdp", "fully sharded data parallel (batch and "
                        "large params split)"), ("tensor", "tensor parallel (heads, feedforward, vocabulary split)")):
         p.add_argument(f"--mesh-{axis}", type=int, default=1, help=f"mesh axis {axis!r}: {what}")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar; the training loss is printed as a line every --log-every steps instead")
     return p
 
 
 def check_args(args) -> None:
     """orbax installed, every numeric option in range, the mesh fits the devices and the batch, the data and
     --resume usable: `UsageError` naming the option and value."""
+    import jax
+
     import_orbax()
     for name in ("seq_len", "batch_size", "steps", "tokenizer_vocab_size", "log_every", "keep_checkpoints",
                  "mesh_data", "mesh_fsdp", "mesh_tensor"):
@@ -483,7 +517,7 @@ def main(argv=None) -> int:
     """The command: bad input is one line on stderr and exit status 1, before any data is read."""
     from .cli import run_command
 
-    return run_command("xlstm-flax-train", _main, argv)
+    return run_command("xlstm-flax train", _main, argv)
 
 
 def _main(argv=None) -> int:

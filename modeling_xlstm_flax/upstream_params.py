@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 
 from . import param_table
 from .param_table import UPSTREAM_SCANNED_BLOCKS, strip_upstream_key, upstream_array_to_flax  # noqa: F401
@@ -40,6 +39,8 @@ def upstream_to_flax(upstream: dict[str, Any], config) -> dict:
     """Upstream params (flat `/`-joined dict or nested dict, with or without the `params/` root) -> our nested
     params for `config` (scanned layout when `config.scan_blocks`). Raises ValueError listing unexpected or missing
     keys and shape mismatches."""
+    from flax.traverse_util import flatten_dict, unflatten_dict  # here: importing this module needs no jax
+
     flat = upstream if all(isinstance(v, np.ndarray) or hasattr(v, "shape") for v in upstream.values()) else None
     if flat is None:
         flat = {"/".join(k): v for k, v in flatten_dict(upstream).items()}
@@ -67,6 +68,7 @@ def upstream_to_flax(upstream: dict[str, Any], config) -> dict:
 
 def flax_to_upstream(params: dict, config) -> dict[str, np.ndarray]:
     """Our params -> upstream flat dict (`params/...` keys, unrolled blocks; stack them for upstream scan)."""
+    from flax.traverse_util import flatten_dict
     from .xlstm_layers import unstack_block_params
 
     if config.scan_blocks:
@@ -87,6 +89,8 @@ def expected_shapes(config) -> dict[str, tuple[int, ...]]:
 
 def check_params_against_config(params_unrolled: dict, config) -> None:
     """Raise ValueError naming missing keys, unexpected keys and shape mismatches (first ten of each)."""
+    from flax.traverse_util import flatten_dict
+
     expected = expected_shapes(config)
     got = {k: tuple(np.shape(v)) for k, v in flatten_dict(params_unrolled, sep="/").items()}
     missing = sorted(set(expected) - set(got))

@@ -178,9 +178,9 @@ def _commands():
     from modeling_xlstm_flax import generate, hub, training
 
     return {
-        "xlstm-flax-generate": lambda model, out: generate.main(["--model", model]),
-        "xlstm-flax-train": lambda model, out: training.main(["--model", model, "--output-dir", out]),
-        "xlstm-flax-export-hub": lambda model, out: hub.main(["--model", model, "--output", out]),
+        "xlstm-flax generate": lambda model, out: generate.main(["--model", model]),
+        "xlstm-flax train": lambda model, out: training.main(["--model", model, "--output-dir", out]),
+        "xlstm-flax export-hub": lambda model, out: hub.main(["--model", model, "--output", out]),
     }
 
 
@@ -200,7 +200,7 @@ def _bad_model(tmp_path, kind):
     return str(a), "a broken symbolic link or a symlink loop"
 
 
-@pytest.mark.parametrize("command", ["xlstm-flax-generate", "xlstm-flax-train", "xlstm-flax-export-hub"])
+@pytest.mark.parametrize("command", ["xlstm-flax generate", "xlstm-flax train", "xlstm-flax export-hub"])
 @pytest.mark.parametrize("kind", ["missing", "file", "no-config", "symlink-loop"])
 def test_commands_name_a_bad_model_in_one_line(tmp_path, capsys, command, kind):
     model, message = _bad_model(tmp_path, kind)
@@ -210,7 +210,7 @@ def test_commands_name_a_bad_model_in_one_line(tmp_path, capsys, command, kind):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", ["xlstm-flax-train", "xlstm-flax-export-hub"])
+@pytest.mark.parametrize("command", ["xlstm-flax train", "xlstm-flax export-hub"])
 def test_commands_refuse_an_unwritable_output(tmp_path, capsys, command):
     from modeling_xlstm_flax.generate import bundled_model_path
 
@@ -251,7 +251,7 @@ def test_generate_command_options(capsys, args, message):
 
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert "xlstm-flax-generate: error: " in err and message in err
+    assert "xlstm-flax generate: error: " in err and message in err
 
 
 # ---------------------------------------------------------------------------------------------- noise

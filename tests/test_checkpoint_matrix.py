@@ -3,9 +3,9 @@ bit-identical and logits equal; the checks at load; upstream backend configs in 
 
 Ways in: random init; transformers' PyTorch safetensors single and sharded (written by transformers' own
 `xLSTMForCausalLM.save_pretrained`, loaded with `from_pt=True`); upstream params (the golden fixture mapped in
-memory); upstream's orbax run (the fixture, converted by `xlstm-flax-from-orbax`); Flax msgpack; Flax sharded
+memory); upstream's orbax run (the fixture, converted by `xlstm-flax convert from-orbax`); Flax msgpack; Flax sharded
 safetensors. Ways out: `save_pretrained` single and sharded; the Hub export; conversion to PyTorch
-(`xlstm-flax-to-pytorch`) and from there back to Flax (`xlstm-flax-from-pytorch`). Every result is loaded back
+(`xlstm-flax convert to-pytorch`) and from there back to Flax (`xlstm-flax convert from-pytorch`). Every result is loaded back
 with `FlaxXLSTMForCausalLM.from_pretrained`. The upstream fixture's config (rmsnorm multi-head norm) is not
 expressible by transformers' xLSTMConfig, so the two PyTorch ways out are skipped for the upstream ways in.
 """
@@ -342,9 +342,18 @@ def test_conversion_commands_turn_unexpected_errors_into_one_line(tmp_path, caps
     monkeypatch.setattr(pytorch_to_flax, "convert_pytorch_to_flax", boom)
     assert pytorch_to_flax.main([str(tmp_path / "a"), str(tmp_path / "b")]) == common.EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == ["error: RuntimeError: disk on fire (--debug shows the traceback)"]
-    assert pytorch_to_flax.main([str(tmp_path / "a"), str(tmp_path / "b"), "--debug"]) == common.EXIT_BAD_INPUT
-    assert "Traceback" in capsys.readouterr().err
+    assert err.strip().splitlines() == ["xlstm-flax convert from-pytorch: error: disk on fire"]
+
+    def surprise(*args, **kwargs):
+        raise KeyError("weights")
+
+    monkeypatch.setattr(pytorch_to_flax, "convert_pytorch_to_flax", surprise)
+    assert pytorch_to_flax.main([str(tmp_path / "a"), str(tmp_path / "b")]) == common.EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "xlstm-flax convert from-pytorch: error: KeyError: 'weights' (--debug shows the traceback)"]
+    monkeypatch.setenv("XLSTM_FLAX_DEBUG", "1")  # what `xlstm-flax --debug` sets: the traceback instead
+    with pytest.raises(KeyError):
+        pytorch_to_flax.main([str(tmp_path / "a"), str(tmp_path / "b")])
 
 
 def test_conversion_command_options_and_pytorch_limits(tmp_path, capsys):

@@ -164,7 +164,7 @@ def test_orbax_scanned_upstream_checkpoint(tmp_path):
     for key in reference:
         np.testing.assert_array_equal(params[key], np.asarray(reference[key]), err_msg=str(key))
 
-    assert _run("orbax_to_hf", run, tmp_path / "unrolled", "--override", "scan_blocks=false") == 0
+    assert _run("orbax_to_hf", run, tmp_path / "unrolled", "--set", "scan_blocks=false") == 0
     inputs, expected = np.load(FIXTURES / "v1_scan" / "inputs.npy"), np.load(FIXTURES / "v1_scan" / "logits.npy")
     assert max_abs_diff(_flax_logits(tmp_path / "unrolled", inputs), expected) <= TOL
 
@@ -193,7 +193,7 @@ def test_pytorch_to_flax_sharded_input_matches_transformers(tmp_path, pt_dir, id
 
 def test_pytorch_to_flax_sharded_scanned_output_loads_with_from_pretrained(tmp_path, pt_dir, ids, pt_reference):
     out = tmp_path / "flax"
-    assert _run("pytorch_to_flax", pt_dir, out, "--max-shard-size", "150KB", "--override", "scan_blocks=true",
+    assert _run("pytorch_to_flax", pt_dir, out, "--max-shard-size", "150KB", "--set", "scan_blocks=true",
                 "--flax-shard-format", "msgpack") == 0
     index = json.loads((out / "flax_model.msgpack.index.json").read_text())
     shards = sorted(p.name for p in out.glob("flax_model-*.msgpack"))
@@ -235,7 +235,7 @@ def test_flax_to_pytorch_sharded_matches_and_round_trips(tmp_path, ids, tie, sca
     assert max_abs_diff(_pt_logits(out, ids), flax_logits) <= TOL
 
     back = tmp_path / "flax_again"
-    assert _run("pytorch_to_flax", out, back, "--override", f"scan_blocks={str(scan).lower()}") == 0
+    assert _run("pytorch_to_flax", out, back, "--set", f"scan_blocks={str(scan).lower()}") == 0
     loaded = FlaxXLSTMForCausalLM.from_pretrained(back)
     a, b = flatten_dict(model.params), flatten_dict(loaded.params)
     assert set(a) == set(b)
@@ -399,7 +399,7 @@ def test_help_explains_every_option(module):
     for action in parser._actions:
         assert action.help and len(action.help) > 10, action.dest
     help_text = parser.format_help()
-    for option in ("--dtype", "--max-shard-size", "--verify", "--tolerance", "--override", "--overwrite"):
+    for option in ("--dtype", "--max-shard-size", "--verify", "--tolerance", "--set", "--overwrite"):
         assert option in help_text
 
 

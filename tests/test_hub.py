@@ -323,7 +323,7 @@ def test_export_command(models, tokenizer, tmp_path, fake_hub, capsys):
     assert fake_hub.uploads[0]["folder_path"] == str(out) and fake_hub.repos[0]["repo_id"] == "someone/cli"
     assert "uploaded to someone/cli" in capsys.readouterr().out
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts.get("xlstm-flax-export-hub") == "modeling_xlstm_flax.hub:main"
+    assert scripts.get("xlstm-flax") == "modeling_xlstm_flax.cli:main"
 
 
 # ---------------------------------------------------------------------------------------------- bad input (issue 13)
@@ -345,7 +345,23 @@ def test_export_command_tokenizer_sources_and_safe_overwrite(models, tokenizer, 
     capsys.readouterr()
     assert main(["--model", str(source), "--output", str(out), "--tokenizer", str(source), "--overwrite"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"xlstm-flax-export-hub: error: tokenizer {source}: the folder has no tokenizer files " \
+    assert err == f"xlstm-flax export-hub: error: tokenizer {source}: the folder has no tokenizer files " \
                   "(tokenizer.json, tokenizer_config.json)"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out", "tok"]  # no partial folders left
+
+
+def test_export_of_the_bundled_model_carries_what_its_folder_knows(tmp_path):
+    """The export's card takes the model name from the folder's card and the perplexity and training run from its
+    training_log.json (it said "Not evaluated", "Not documented" and `model_name: bundled_model`); its usage snippet
+    names the exported folder, not a Hub repo that does not exist."""
+    from modeling_xlstm_flax.generate import bundled_model_path
+
+    log = json.loads((bundled_model_path() / "training_log.json").read_text())
+    out = export_hub_folder(str(bundled_model_path()), tmp_path / "export")
+    card = check_model_card(out / "README.md")
+    assert card.data.model_name == "xlstm-flax-pydoc-tiny"
+    assert card.data.eval_results[0].metric_value == round(log["val_perplexity"], 4)
+    assert "Not evaluated" not in card.text and "Not documented" not in card.text
+    assert f"{log['selected_step']} optimizer steps" in card.text and "--warmup-steps 50" in card.text
+    assert f'from_pretrained("{out}", trust_remote_code=True)' in card.text

@@ -76,6 +76,9 @@ def test_loss_decreases_and_outputs_are_written(runs):
     assert len(val) == 2 and val[1] < val[0] < 300  # below uniform over the 300-token vocab
     log = json.loads((straight / "training_log.json").read_text())
     assert log["steps"] == 8 and log["val_perplexity"] == val[1]
+    # --no-progress: no bar, but the loss still shows, one line per --log-every (1) steps
+    lines = [line for line in runs["straight"]["stdout"].splitlines() if ": loss " in line]
+    assert lines == [f"step {i + 1}: loss {loss:.3f}" for i, loss in enumerate(losses)]
     for name in ("config.json", "model.safetensors", "tokenizer.json", "loss_curve.png"):
         assert (straight / name).is_file(), name
 
@@ -200,7 +203,7 @@ def test_bad_options_rejected_up_front(tmp_path, capsys, args, message):
         message = message.replace(name, value)
     assert main(["--output-dir", str(tmp_path / "out"), "--no-progress"] + args) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("xlstm-flax-train: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert err.startswith("xlstm-flax train: error: ") and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
@@ -208,5 +211,5 @@ def test_without_orbax_the_error_says_what_to_install(tmp_path, capsys, monkeypa
     monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)  # import fails as if it were not installed
     assert main(["--output-dir", str(tmp_path / "out"), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "pip install orbax-checkpoint" in err and "xlstm-flax[train]" in err
+    assert "pip install orbax-checkpoint" in err and "pip install '.[train]'" in err
     assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ Compiling dominates these runs, so each group runs in one process with a persist
 first run's programs; and XLA:CPU optimises at level 1 with LLVM's expensive passes off (about 2/3 of the default's
 compile time). Not level 0 as in tests/sharding_checks.py: at level 0 (jax 0.10.2) the compiled train step returns
 NaN gate gradients at the third step of these runs (the same gradient computed op by op is finite), and the
-non-finite stop ends them. Every run is `xlstm-flax-train`'s `main`; OUT_DIR/GROUP.json holds each run's exit
+non-finite stop ends them. Every run is `xlstm-flax train`'s `main`; OUT_DIR/GROUP.json holds each run's exit
 status, stderr tail and seconds, and for `mesh` the check of a checkpoint restored onto another mesh. The tests
 read the output folders themselves.
 """
@@ -115,11 +115,12 @@ def run() -> dict:
                 shutil.copy(file, OUT / args)
             continue
         args = [a.format(out=OUT) for a in args] + ["--output-dir", str(OUT / folder)]
-        err = io.StringIO()
+        err, out = io.StringIO(), io.StringIO()
         t0, c0 = time.perf_counter(), time.process_time()
-        with contextlib.redirect_stderr(err):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             rc = main(args)
-        results["runs"][name] = {"rc": rc, "stderr": err.getvalue()[-3000:], "seconds": time.perf_counter() - t0,
+        results["runs"][name] = {"rc": rc, "stderr": err.getvalue()[-3000:], "stdout": out.getvalue()[-3000:],
+                                 "seconds": time.perf_counter() - t0,
                                  "cpu_seconds": time.process_time() - c0}
     (OUT / f"{GROUP}.json").write_text(json.dumps(results, indent=1))  # what ran, should the check below fail
     if GROUP == "mesh":
