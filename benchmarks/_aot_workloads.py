@@ -24,7 +24,7 @@ from modeling_xlstm_flax.configuration_xlstm_flax import load_preset
 from modeling_xlstm_flax.modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
 WORKLOADS = ("prefill-2k", "prefill-16k", "prefill-128k", "decode-b1", "decode-b8", "decode-b64", "generate",
-             "train-4k")
+             "train-4k", "forward-16k")
 PRESETS = {"7B": "xlstm-7b", "160M": "xlstm-160m"}
 
 
@@ -118,6 +118,22 @@ def prefill(model, shapes, mesh, batch: int, seq: int) -> Program:
                           "reads the weights once per segment)"])
 
 
+def forward_no_cache(model, shapes, mesh, batch: int, seq: int) -> Program:
+    """model(ids) without a cache (scoring a sequence), logits of the last position only: the one-pass forward."""
+    cfg = model.config
+    params, p_sh = _param_structs(shapes, cfg, mesh, model.dtype)
+    ids, b_sh = _ids((batch, seq), mesh)
+
+    def fn(params, ids):
+        with shd.activation_sharding(mesh):
+            return model(ids, params=params, logits_to_keep=1).logits
+
+    pre = prefill(model, shapes, mesh, batch, seq)
+    return Program(fn, (params, ids), (p_sh, b_sh), tokens=batch * seq, ideal_flops=pre.ideal_flops,
+                   ideal_bytes=pre.ideal_bytes - 2 * shard_bytes(_cache_structs(model, batch, mesh)[0]),
+                   notes=["ideal: as prefill, without the cache"])
+
+
 def decode_step(model, shapes, mesh, batch: int) -> Program:
     cfg = model.config
     params, p_sh = _param_structs(shapes, cfg, mesh, model.dtype)
@@ -194,6 +210,8 @@ def workload(name: str, model, shapes, mesh) -> Program:
     """One named workload (see WORKLOADS)."""
     if name.startswith("prefill-"):
         return prefill(model, shapes, mesh, 1, int(name.split("-")[1][:-1]) * 1024)
+    if name.startswith("forward-"):
+        return forward_no_cache(model, shapes, mesh, 1, int(name.split("-")[1][:-1]) * 1024)
     if name.startswith("decode-b"):
         return decode_step(model, shapes, mesh, int(name[len("decode-b"):]))
     if name == "generate":
