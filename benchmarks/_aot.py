@@ -59,6 +59,9 @@ TARGETS = {
     "v6e-8": Target("v6e-8", "tpu", 8, 918e12, 1640e9, 32 * GIB, topology="v6e:2x4"),
     "v5p-8": Target("v5p-8", "tpu", 4, 459e12, 2765e9, 95 * GIB, topology="v5p:2x2x1"),
     "v5p-64": Target("v5p-64", "tpu", 32, 459e12, 2765e9, 95 * GIB, topology="v5p:4x4x2", hosts=8),
+    # this machine's CPU (the program XLA:CPU builds here). No published peak: the limits benchmarks/run.py
+    # measured on the project's CPU host (benchmarks/README.md: the model's GEMM 463 GFLOP/s, 78.6 GB/s read)
+    "cpu": Target("cpu", "cpu", 1, 463e9, 78.6e9, 24 * GIB),
 }
 
 
@@ -70,6 +73,10 @@ def target_devices(target: Target) -> list:
     """The compile-only devices of `target` (TPU topology or NVIDIA GPUs described by our target config)."""
     from jax.experimental import topologies
 
+    if target.platform == "cpu":
+        import jax
+
+        return jax.devices("cpu")[: target.devices]
     try:
         if target.platform == "tpu":
             topo = topologies.get_topology_desc(platform="tpu", topology_name=target.topology)
@@ -114,13 +121,9 @@ def collectives(hlo_text: str) -> dict[str, int]:
 
 
 def while_loops(hlo_text: str) -> list[Optional[int]]:
-    """Known trip counts of the `while` ops in an optimised HLO module (None where XLA does not record one)."""
-    trips = []
-    for line in hlo_text.splitlines():
-        if re.search(r"\swhile\(", line):
-            found = re.search(r'known_trip_count"?\s*[:=]\s*\{\s*"?n"?\s*[:=]\s*"?(\d+)', line)
-            trips.append(int(found.group(1)) if found else None)
-    return trips
+    """Trip counts of the `while` ops in an optimised HLO module (`_trip_count`; None where unknown)."""
+    comps, _, _ = _parse(hlo_text)
+    return [_trip_count(line, comps) for lines in comps.values() for line in lines if re.search(r"\swhile\(", line)]
 
 
 def _cost(compiled) -> tuple[Optional[dict], str]:
@@ -229,15 +232,8 @@ def _hbm_bytes_of(shape: str) -> int:
     return total
 
 
-def hbm_traffic(hlo_text: str) -> Optional[float]:
-    """Device-memory (HBM) bytes read and written by one run of an optimised HLO module, per device: the operands
-    and results of the entry computation's ops that live in device memory (memory space 0), fusions at their
-    boundaries; a `while` counts its body times its known trip count (once when XLA records none); an async
-    slice or copy into another memory space (TPU's VMEM prefetch) counts the bytes it moves, once.
-
-    Why not `cost_analysis()['bytes accessed']`: on TPU, memory-space assignment prefetches each weight into VMEM
-    as k async slices, and XLA's cost model charges every `slice-start` the whole source array (k-fold the weight)
-    plus the VMEM concat, so a decode step showed ~4x the bytes it moves. None if the text cannot be parsed."""
+def _parse(hlo_text: str):
+    """({computation: instruction lines}, {instruction: shape string}, entry computation name or None)."""
     comps: dict[str, list[str]] = {}
     shapes: dict[str, str] = {}
     entry, current = None, None
@@ -253,6 +249,54 @@ def hbm_traffic(hlo_text: str) -> Optional[float]:
         if found and current is not None:
             shapes[found.group(1)] = found.group(2)
             comps[current].append(line)
+    return comps, shapes, entry
+
+
+def _trip_count(while_line: str, comps: dict) -> Optional[int]:
+    """A `while` op's trip count: XLA's `known_trip_count` where recorded (GPU, CPU), else read from its condition
+    (TPU): `counter < N` against the one integer constant there (jax's scan / fori_loop count from 0 by 1)."""
+    known = re.search(r'known_trip_count"?\s*[:=]\s*\{\s*"?n"?\s*[:=]\s*"?(\d+)', while_line)
+    if known:
+        return int(known.group(1))
+    cond = re.search(r"condition=(%[\w.\-]+)", while_line)
+    lines = comps.get(cond.group(1), []) if cond else []
+    constants = [int(m.group(1)) for line in lines for m in [re.search(r"s32\[\]\S*\s+constant\((\d+)\)", line)] if m]
+    if len(constants) == 1 and any("direction=LT" in line for line in lines):
+        return constants[0]
+    return None
+
+
+def _fusion_reads(line: str, comps: dict, read: list) -> list:
+    """Per operand of a fusion, the bytes it reads: an operand that the fused computation only slices
+    (dynamic-slice / slice, e.g. one step's inputs inside a scan) costs the slices, not the whole array."""
+    called = re.search(r"calls=(%[\w.\-]+)", line)
+    body = comps.get(called.group(1), []) if called else []
+    params = {}
+    for instr in body:
+        found = re.match(r"^\s*(%[\w.\-]+)\s*=.*\sparameter\((\d+)\)", instr)
+        if found:
+            params[found.group(1)] = int(found.group(2))
+    out = list(read)
+    for name, index in params.items():
+        users = [instr for instr in body if re.search(re.escape(name) + r"[,)\s]", instr.split("=", 1)[1])]
+        if users and index < len(out) and all(re.search(r"\s(dynamic-slice|slice)\(", u) for u in users):
+            out[index] = sum(_hbm_bytes_of(_INSTR.match(u).group(2)) for u in users if _INSTR.match(u))
+    return out
+
+
+def hbm_traffic(hlo_text: str) -> Optional[float]:
+    """Device-memory (HBM) bytes read and written by one run of an optimised HLO module, per device: the operands
+    and results of the entry computation's ops that live in device memory (memory space 0), fusions at their
+    boundaries; a `while` counts its body times its known trip count (once when XLA records none); an async
+    slice or copy into another memory space (TPU's VMEM prefetch) counts the bytes it moves, once; a slice, or a
+    fusion operand that is only sliced inside, counts the slice. Inside loop bodies it still over-counts (a carried
+    array that an op updates in place or reads partly counts whole), so for programs with loops it is an upper
+    bound; for a decode step (no loop) it is the traffic of the compiled program.
+
+    Why not `cost_analysis()['bytes accessed']`: on TPU, memory-space assignment prefetches each weight into VMEM
+    as k async slices, and XLA's cost model charges every `slice-start` the whole source array (k-fold the weight)
+    plus the VMEM concat, so a decode step showed ~4x the bytes it moves. None if the text cannot be parsed."""
+    comps, shapes, entry = _parse(hlo_text)
     if entry is None:
         return None
     memo: dict[str, float] = {}
@@ -270,8 +314,8 @@ def hbm_traffic(hlo_text: str) -> Optional[float]:
             operands = re.findall(r"(%[\w.\-]+)", rest.split(")")[0])
             if op == "while":
                 body = re.search(r"body=(%[\w.\-]+)", line)
-                trips = re.search(r'known_trip_count"?\s*[:=]\s*\{\s*"?n"?\s*[:=]\s*"?(\d+)', line)
-                total += (int(trips.group(1)) if trips else 1) * (computation_bytes(body.group(1)) if body else 0)
+                trips = _trip_count(line, comps) or 1
+                total += trips * (computation_bytes(body.group(1)) if body else 0)
                 continue
             if op in ("call", "conditional"):
                 for callee in re.findall(r"(?:to_apply|branch_computations|true_computation|false_computation)="
@@ -292,7 +336,13 @@ def hbm_traffic(hlo_text: str) -> Optional[float]:
                 src = _hbm_bytes_of(shapes.get(operands[0], "")) if operands else 0
                 total += dst + src
                 continue
-            total += _hbm_bytes_of(shape) + sum(_hbm_bytes_of(shapes.get(o, "")) for o in operands)
+            if op == "dynamic-slice" or op == "slice":  # reads the slice only
+                total += 2 * _hbm_bytes_of(shape)
+                continue
+            read = [_hbm_bytes_of(shapes.get(o, "")) for o in operands]
+            if op == "fusion":
+                read = _fusion_reads(line, comps, read)
+            total += _hbm_bytes_of(shape) + sum(read)
         memo[name] = total
         return total
 

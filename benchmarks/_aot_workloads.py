@@ -85,6 +85,13 @@ def _cache_structs(model, batch, mesh):
     return structs(cache, c_sh), c_sh
 
 
+def _weight_bytes(params, tokens: int) -> int:
+    """Bytes of the weights one device reads per call: all its param shards except the embedding table, of which
+    only the `tokens` looked-up rows are read."""
+    emb = params["backbone"]["embeddings"]["embedding"]
+    return shard_bytes(params) - shard_bytes(emb) + tokens * emb.shape[1] * emb.dtype.itemsize
+
+
 def _ids(shape, mesh):
     sh = shd.batch_sharding(shape, mesh)
     return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh), sh
@@ -111,7 +118,7 @@ def prefill(model, shapes, mesh, batch: int, seq: int) -> Program:
     pm = matmul_params(cfg, shapes) - cfg.embedding_dim * cfg.vocab_size  # the LM head runs on one position
     flops = (2 * pm + cell_flops_per_token(cfg, cfg.chunk_size) * cfg.num_blocks) * batch * seq \
         + 2 * cfg.embedding_dim * cfg.vocab_size * batch
-    ideal_bytes = shard_bytes(params) + 2 * shard_bytes(cache) + 4 * batch * seq
+    ideal_bytes = _weight_bytes(params, batch * seq) + 2 * shard_bytes(cache) + 4 * batch * seq
     return Program(forward_with_cache(model, mesh, 1), (params, ids, cache), (p_sh, b_sh, c_sh),
                    tokens=batch * seq, ideal_flops=flops / n, ideal_bytes=ideal_bytes,
                    notes=["ideal bytes: weights once + cache in and out + ids (a lower bound: a segmented prefill "
@@ -142,11 +149,12 @@ def decode_step(model, shapes, mesh, batch: int) -> Program:
     l_sh = NamedSharding(mesh, shd.fit_spec((shd.BATCH_AXES, None, shd.TENSOR), (batch, 1, cfg.vocab_size), mesh))
     logits = jax.ShapeDtypeStruct((batch, 1, cfg.vocab_size), jnp.float32, sharding=l_sh)
     flops = (2 * matmul_params(cfg, shapes) + cell_flops_per_token(cfg, None) * cfg.num_blocks) * batch
-    ideal_bytes = shard_bytes(params) + 2 * shard_bytes(cache) + shard_bytes(logits)
+    ideal_bytes = _weight_bytes(params, batch) + 2 * shard_bytes(cache) + shard_bytes(logits)
     return Program(forward_with_cache(model, mesh, 0), (params, ids, cache), (p_sh, b_sh, c_sh),
                    out_shardings=(l_sh, c_sh), donate_argnums=(2,), tokens=batch,
                    ideal_flops=flops / mesh.size, ideal_bytes=ideal_bytes,
-                   notes=["ideal bytes: weights read once + cache read and written + logits written"])
+                   notes=["ideal bytes: weights read once (of the embedding table the looked-up rows) + cache read and "
+                          "written + logits written"])
 
 
 def generate(model, shapes, mesh, batch: int, prompt: int, new_tokens: int) -> Program:

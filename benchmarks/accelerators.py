@@ -38,8 +38,9 @@ def _pick(text: str, allowed, what: str) -> list[str]:
     return chosen
 
 
-def run_one(target_name: str, workload_name: str, preset: str) -> dict:
-    """Compile one (target, workload, preset) and return its entry (figures per device)."""
+def run_one(target_name: str, workload_name: str, preset: str, dtype: str = "bfloat16") -> dict:
+    """Compile one (target, workload, preset) with params and compute in `dtype` (a training step keeps float32
+    params) and return its entry (figures per device)."""
     import jax.numpy as jnp
 
     from _aot_workloads import PRESETS, build_model, inference_mesh, workload
@@ -49,13 +50,13 @@ def run_one(target_name: str, workload_name: str, preset: str) -> dict:
     devices = target_devices(target)
     train = workload_name.startswith("train")
     overrides = dict(scan_blocks=True, gradient_checkpointing=True) if train else {}
-    model, shapes = build_model(PRESETS[preset], dtype=jnp.bfloat16, **overrides)
+    model, shapes = build_model(PRESETS[preset], dtype=jnp.dtype(dtype), **overrides)
     mesh = shd.make_mesh(fsdp=len(devices), devices=devices) if train else inference_mesh(model.config, devices)
     prog = workload(workload_name, model, shapes, mesh)
     start = time.perf_counter()
     compiled = compile_only(prog.fn, prog.args, prog.in_shardings, prog.out_shardings, prog.donate_argnums)
     seconds = time.perf_counter() - start
-    entry = {"target": target_name, "workload": workload_name, "preset": preset,
+    entry = {"target": target_name, "workload": workload_name, "preset": preset, "dtype": dtype,
              "mesh": dict(mesh.shape), "devices": len(devices), "hosts": target.hosts,
              "compile_seconds": round(seconds, 1), "tokens": prog.tokens, **analyse(compiled)}
     entry["hbm_bytes"] = hbm_traffic(compiled.as_text())
@@ -92,12 +93,13 @@ def _fmt(x, spec=".2f", none="-"):
 
 
 def markdown(entries: list[dict]) -> str:
-    lines = ["| preset | target | workload | memory/device GiB (args + temp + out) | fits | flops/ideal | "
+    lines = ["| preset | target | workload | dtype | memory/device GiB (args + temp + out) | fits | flops/ideal | "
              "HBM bytes/ideal (cost-model bytes/ideal) | bound | roofline tokens/s (ideal) | collectives | "
-             "compile s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for e in sorted(entries, key=lambda e: (e["preset"], e["target"], e["workload"])):
+             "compile s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in sorted(entries, key=lambda e: (e["preset"], e["target"], e["workload"], e.get("dtype", ""))):
+        dtype = e.get("dtype", "bfloat16").replace("bfloat16", "bf16").replace("float32", "f32")
         if "error" in e:
-            lines.append(f"| {e['preset']} | {e['target']} | {e['workload']} | error: {e['error']} "
+            lines.append(f"| {e['preset']} | {e['target']} | {e['workload']} | {dtype} | error: {e['error']} "
                          "| | | | | | | |")
             continue
         mem = (f"{e['memory_bytes'] / GIB:.2f} ({e['argument_bytes'] / GIB:.2f} + {e['temp_bytes'] / GIB:.2f} + "
@@ -106,13 +108,15 @@ def markdown(entries: list[dict]) -> str:
         loops = e.get("while_trip_counts") or []
         flops = _fmt(e.get("flops_ratio")) + ("*" if loops else "")
         lines.append(
-            f"| {e['preset']} | {e['target']} | {e['workload']} | {mem} | {'yes' if e['fits'] else '**no**'} | "
+            f"| {e['preset']} | {e['target']} | {e['workload']} | {dtype} | {mem} | "
+            f"{'yes' if e['fits'] else '**no**'} | "
             f"{flops} | {_fmt(e.get('bytes_ratio'))} ({_fmt(e.get('cost_bytes_ratio'))}) | {e.get('bound', '-')} | "
             f"{_fmt(e.get('roofline_tokens_per_s'), ',.0f')} ({_fmt(e.get('ideal_tokens_per_s'), ',.0f')}) | "
             f"{coll} | {e['compile_seconds']} |")
     lines.append("")
     lines.append("\\* the program has `while` loops (segments, decode steps, chunks): XLA's cost model counts a loop "
-                 "body once, so counted flops are below the real ones; HBM bytes multiply bodies by their trip count.")
+                 "body once, so counted flops are below the real ones; HBM bytes multiply bodies by their trip count "
+                 "and over-count inside them (an upper bound).")
     return "\n".join(lines) + "\n"
 
 
@@ -153,6 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", default="7B/v5p-64/train-4k",
                         help="comma list of preset/target/workload to leave out (default: the 7B training step on "
                              "v5p-64, ~7 min alone on 2 cores); '' for none")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="params and compute dtype of the inference workloads (default bfloat16)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output path without suffix (.json, .md, .png)")
     args = parser.parse_args(argv)
     targets = _pick(args.targets, list(TARGETS), "target")
@@ -175,16 +181,17 @@ def main(argv=None) -> int:
                     continue
                 print(f"{preset} {target} {name} ...", file=sys.stderr, flush=True)
                 try:
-                    entries.append(run_one(target, name, preset))
+                    entries.append(run_one(target, name, preset, args.dtype))
                 except AotUnavailable as err:
                     raise SystemExit(f"accelerators.py: {err}")
                 except Exception as err:  # noqa: BLE001  (a compile that fails, e.g. out of memory, is a result)
-                    entries.append({"target": target, "workload": name, "preset": preset,
+                    entries.append({"target": target, "workload": name, "preset": preset, "dtype": args.dtype,
                                     "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
                 print(json.dumps({k: v for k, v in entries[-1].items() if k != "notes"}, default=str),
                       file=sys.stderr, flush=True)
-    done = {(e["preset"], e["target"], e["workload"]) for e in entries}
-    entries += [e for e in kept if (e["preset"], e["target"], e["workload"]) not in done]
+    key = lambda e: (e["preset"], e["target"], e["workload"], e.get("dtype", "bfloat16"))  # noqa: E731
+    done = {key(e) for e in entries}
+    entries += [e for e in kept if key(e) not in done]
     report = {"what": "compile-only figures per device (XLA's accounting of the compiled program, not measured)",
               "targets": {name: vars(t) for name, t in TARGETS.items()}, "entries": entries}
     for path, text in ((json_path, json.dumps(report, indent=1, default=str)),

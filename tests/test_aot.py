@@ -40,8 +40,8 @@ def _has_cuda_plugin():
 
 
 _MISSING = _aot_extra_missing()
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"the `aot` extra is not installed (no {', '.join(_MISSING)} "
-                                f"matching this jax): pip install -e .[aot]")
+needs_aot = pytest.mark.skipif(bool(_MISSING), reason=f"the `aot` extra is not installed (no {', '.join(_MISSING)} "
+                               f"matching this jax): pip install -e .[aot]")
 
 # One block of the 7B's shape (D=4096, 8 heads, bf16) with a small vocabulary: compiles in seconds, and its matrices
 # are the 7B's (a much smaller D measures per-op overheads, TPU tile padding and XLA:GPU's matrix-vector
@@ -61,7 +61,8 @@ SCRIPT = textwrap.dedent("""
     out = {{}}
     for target in ("v5e-8", "h200"):
         mesh = inference_mesh(model.config, target_devices(TARGETS[target]))
-        progs = {{"prefill-1x": prefill(model, shapes, mesh, 1, 1024), "prefill-4x": prefill(model, shapes, mesh, 1, 4096),
+        progs = {{"prefill-1x": prefill(model, shapes, mesh, 1, 1024),
+                  "prefill-4x": prefill(model, shapes, mesh, 1, 4096),
                   "decode-b1": decode_step(model, shapes, mesh, 1), "decode-b8": decode_step(model, shapes, mesh, 8),
                   "generate": generate(model, shapes, mesh, 1, 300, 4)}}
         for name, p in progs.items():
@@ -74,6 +75,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+# the module fixture compiles 10 programs (~55 s of one idle core): the tests that read it are marked slow
 @pytest.fixture(scope="module")
 def figures():
     code = SCRIPT.format(bench=str(REPO / "benchmarks"), repo=str(REPO), small=SMALL)
@@ -84,6 +86,8 @@ def figures():
     return json.loads(lines[-1][len("RESULT "):])
 
 
+@needs_aot
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["v5e-8", "h200"])
 def test_compiles_for_tpu_and_gpu(figures, target):
     """prefill, decode steps and generate compile; memory and HBM traffic are reported for each."""
@@ -93,6 +97,8 @@ def test_compiles_for_tpu_and_gpu(figures, target):
         assert a["hbm_bytes"] and a["hbm_bytes"] > 0, (target, name, a)
 
 
+@needs_aot
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["v5e-8", "h200"])
 @pytest.mark.parametrize("batch", [1, 8])
 def test_decode_step_bytes_near_ideal(figures, target, batch):
@@ -102,6 +108,8 @@ def test_decode_step_bytes_near_ideal(figures, target, batch):
     assert ratio <= 1.3, f"{target} decode b{batch}: {ratio:.2f}x the ideal bytes ({a})"
 
 
+@needs_aot
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["v5e-8", "h200"])
 def test_prefill_temp_does_not_grow_with_prompt(figures, target):
     """A prefill runs the prompt segment by segment: 4x the tokens keeps temp memory within 1.5x."""
@@ -114,17 +122,19 @@ def test_hbm_traffic_counts_a_sliced_prefetch_once():
     sys.path.insert(0, str(REPO / "benchmarks"))
     from _aot import hbm_traffic
 
-    hlo = textwrap.dedent("""
-        HloModule m
-        ENTRY %main (p: bf16[1024,256]) -> bf16[1024,256] {
-          %p = bf16[1024,256]{1,0:T(8,128)(2,1)} parameter(0)
-          %s0 = ((bf16[1024,256]{1,0:T(8,128)(2,1)}), bf16[512,256]{1,0:T(8,128)(2,1)S(1)}, s32[]{:S(2)}) slice-start(%p), slice={[0:512], [0:256]}
-          %s1 = ((bf16[1024,256]{1,0:T(8,128)(2,1)}), bf16[512,256]{1,0:T(8,128)(2,1)S(1)}, s32[]{:S(2)}) slice-start(%p), slice={[512:1024], [0:256]}
-          %d0 = bf16[512,256]{1,0:T(8,128)(2,1)S(1)} slice-done(%s0)
-          %d1 = bf16[512,256]{1,0:T(8,128)(2,1)S(1)} slice-done(%s1)
-          %c = bf16[1024,256]{1,0:T(8,128)(2,1)S(1)} custom-call(%d0, %d1), custom_call_target="ConcatBitcast"
-          ROOT %f = bf16[1024,256]{1,0:T(8,128)(2,1)} fusion(%c), kind=kLoop, calls=%fused
-        }
-    """)
+    whole, half = "bf16[1024,256]{1,0:T(8,128)(2,1)}", "bf16[512,256]{1,0:T(8,128)(2,1)S(1)}"
+    vmem = "bf16[1024,256]{1,0:T(8,128)(2,1)S(1)}"
+    hlo = "\n".join([
+        "HloModule m",
+        "ENTRY %main (p: bf16[1024,256]) -> bf16[1024,256] {",
+        f"  %p = {whole} parameter(0)",
+        f"  %s0 = (({whole}), {half}, s32[]{{:S(2)}}) slice-start(%p), slice={{[0:512], [0:256]}}",
+        f"  %s1 = (({whole}), {half}, s32[]{{:S(2)}}) slice-start(%p), slice={{[512:1024], [0:256]}}",
+        f"  %d0 = {half} slice-done(%s0)",
+        f"  %d1 = {half} slice-done(%s1)",
+        f'  %c = {vmem} custom-call(%d0, %d1), custom_call_target="ConcatBitcast"',
+        f"  ROOT %f = {whole} fusion(%c), kind=kLoop, calls=%fused",
+        "}",
+    ])
     weight = 1024 * 256 * 2
     assert hbm_traffic(hlo) == weight + weight  # read once by the two slices, the result written once
