@@ -522,14 +522,6 @@ class FlaxXLSTMModule(nn.Module):
         return self.embeddings.embedding
 
 
-def head_operands(x: jax.Array, weight: jax.Array, head_dtype) -> tuple[jax.Array, jax.Array]:
-    """LM head operands. A float32 head keeps bfloat16 x bfloat16 as is (exact float32 products, float32 sums)
-    instead of a float32 copy of the (D, V) weight per call (a decode step's largest extra memory traffic)."""
-    if jnp.dtype(head_dtype) == jnp.float32 and x.dtype == weight.dtype == jnp.bfloat16:
-        return x, weight
-    return x.astype(head_dtype), weight.astype(head_dtype)
-
-
 class FlaxXLSTMForCausalLMModule(nn.Module):
     """Backbone plus LM head (dense or tied), optional logit soft cap; logits float32 (B, S, V)."""
 
@@ -541,11 +533,8 @@ class FlaxXLSTMForCausalLMModule(nn.Module):
         cfg = self.config
         self.backbone = FlaxXLSTMModule(cfg, dtype=self.dtype, gradient_checkpointing=self.gradient_checkpointing)
         if not cfg.tie_word_embeddings:
-            float32_head = jnp.dtype(cfg.lm_head_dtype) == jnp.float32  # see `head_operands`
             self.lm_head = nn.Dense(
-                cfg.vocab_size, use_bias=False, dtype=None if float32_head else jnp.dtype(cfg.lm_head_dtype),
-                dot_general=partial(jax.lax.dot_general, preferred_element_type=jnp.float32) if float32_head
-                else jax.lax.dot_general, param_dtype=jnp.float32,
+                cfg.vocab_size, use_bias=False, dtype=jnp.dtype(cfg.lm_head_dtype), param_dtype=jnp.float32,
                 kernel_init=small_init(cfg.embedding_dim, cfg.init_distribution_out),
             )
 
@@ -572,9 +561,8 @@ class FlaxXLSTMForCausalLMModule(nn.Module):
             x = x[:, -logits_to_keep:]
         head_dtype = jnp.dtype(cfg.lm_head_dtype)
         if cfg.tie_word_embeddings:
-            x, emb = head_operands(x, self.backbone.embedding_matrix(), head_dtype)
-            logits = jnp.einsum("bsd,vd->bsv", x, emb,
-                                preferred_element_type=jnp.float32 if head_dtype == jnp.float32 else None)
+            emb = self.backbone.embedding_matrix().astype(head_dtype)
+            logits = jnp.einsum("bsd,vd->bsv", x.astype(head_dtype), emb)
         else:
             logits = self.lm_head(x)
         return soft_cap(logits.astype(jnp.float32), cfg.logits_soft_cap)
