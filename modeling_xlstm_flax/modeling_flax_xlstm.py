@@ -451,7 +451,8 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
     def _segmented_prefill(self, variables, input_ids, attention_mask, document_borders, cache, logits_to_keep):
         """Run S tokens through the state in segments of L = `prefill_segment_size`: first the S mod L leading
         tokens, then `lax.scan` over the (S div L) full segments, so the compiled program holds the model twice at
-        most whatever S is. Returns (logits (B, S or logits_to_keep, V), new cache); same numbers as one pass."""
+        most whatever S is; with 0 < logits_to_keep <= L only the last positions' hidden states are kept, so memory
+        does not grow with S. Returns (logits (B, S or logits_to_keep, V), new cache); same numbers as one pass."""
         B, S = input_ids.shape
         L = self.config.prefill_segment_size
         n, r = divmod(S, L)
@@ -467,14 +468,21 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         if r:
             x0, cache = run(ids0, mask0, borders0, cache)
             hidden.append(x0)
+        if 0 < logits_to_keep <= L:  # only the last positions are read: carry them instead of every segment's (B, S, D)
+            def last_step(carry, segment):
+                x, state = run(*segment, carry[0])
+                return (state, x[:, -logits_to_keep:]), None
 
-        def segment_step(state, segment):
-            x, state = run(*segment, state)
-            return state, x
+            last = jnp.zeros((B, logits_to_keep, self.config.embedding_dim), self.dtype)
+            (cache, x), _ = jax.lax.scan(last_step, (cache, last), (ids, mask, borders))
+        else:
+            def segment_step(state, segment):
+                x, state = run(*segment, state)
+                return state, x
 
-        cache, xs = jax.lax.scan(segment_step, cache, (ids, mask, borders))
-        hidden.append(jnp.moveaxis(xs, 0, 1).reshape(B, n * L, xs.shape[-1]))
-        x = jnp.concatenate(hidden, axis=1) if len(hidden) > 1 else hidden[0]
+            cache, xs = jax.lax.scan(segment_step, cache, (ids, mask, borders))
+            hidden.append(jnp.moveaxis(xs, 0, 1).reshape(B, n * L, xs.shape[-1]))
+            x = jnp.concatenate(hidden, axis=1) if len(hidden) > 1 else hidden[0]
         logits = self.module.apply(variables, x, logits_to_keep, method=FlaxXLSTMForCausalLMModule.logits)
         return logits, cache
 
