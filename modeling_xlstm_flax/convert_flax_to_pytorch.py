@@ -85,7 +85,7 @@ def convert_flax_to_pytorch(input_dir, output_dir, *, dtype: str = "keep", max_s
     if len(float_dtypes) == 1:  # what PyTorch's save_pretrained records: the dtype of the stored weights
         pt_config.dtype = {np.dtype(np.float32): "float32", DTYPES["bfloat16"]: "bfloat16",
                            np.dtype(np.float16): "float16"}[float_dtypes.pop()]
-    with converter_output_dir(output_dir, overwrite, (input_dir, tokenizer), "xlstm-flax-to-pytorch") as tmp:
+    with converter_output_dir(output_dir, overwrite, (input_dir, tokenizer), "xlstm-flax convert to-pytorch") as tmp:
         copy_tokenizer(tokenizer, tmp, source_dir=input_dir)
         pt_config.save_pretrained(tmp)
         if not (tmp / "generation_config.json").is_file():

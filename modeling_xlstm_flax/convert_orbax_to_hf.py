@@ -226,7 +226,7 @@ def convert_orbax(input_path, output_dir, *, step: Optional[int] = None, dtype: 
     params = OrbaxParams(checkpoint / "params")
     source = open_orbax_params(params, config)
     tensors = output_tensors(source, config, "flax", dtype)
-    with converter_output_dir(output_dir, overwrite, (input_path, tokenizer), "xlstm-flax-from-orbax") as tmp:
+    with converter_output_dir(output_dir, overwrite, (input_path, tokenizer), "xlstm-flax convert from-orbax") as tmp:
         save_flax_config(config, tmp)
         copy_tokenizer(tokenizer, tmp)
         write_weights(tmp, tensors, layout="flax", max_shard_size=max_shard_size,

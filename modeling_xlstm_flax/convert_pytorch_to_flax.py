@@ -71,7 +71,7 @@ def convert_pytorch_to_flax(input_dir, output_dir, *, dtype: str = "keep", max_s
         raise ConversionError(f"{Path(input_dir) / 'config.json'}: cannot be translated: {e}") from None
     source = open_pytorch_dir(input_dir, config)
     tensors = output_tensors(source, config, "flax", dtype)
-    with converter_output_dir(output_dir, overwrite, (input_dir, tokenizer), "xlstm-flax-from-pytorch") as tmp:
+    with converter_output_dir(output_dir, overwrite, (input_dir, tokenizer), "xlstm-flax convert from-pytorch") as tmp:
         copy_tokenizer(tokenizer, tmp, source_dir=input_dir)
         save_flax_config(config, tmp)
         write_weights(tmp, tensors, layout="flax", max_shard_size=max_shard_size,

@@ -57,7 +57,7 @@ def check_output_dir(args) -> None:
                          "run there, --overwrite to replace it, or choose an empty folder")
     foreign = [n for n in entries if not matches_any(n, OUTPUT_FILES)]
     if foreign:
-        raise UsageError(f"--output-dir {out}: holds files xlstm-flax-train does not write ({', '.join(foreign[:5])})"
+        raise UsageError(f"--output-dir {out}: holds files xlstm-flax train does not write ({', '.join(foreign[:5])})"
                          "; --overwrite replaces only its own files: choose another folder or move those away")
 
 

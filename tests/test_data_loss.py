@@ -429,7 +429,7 @@ def test_training_output_and_input_refusals(tmp_path, capsys, case):
     elif case == "overwrite_foreign":
         (out / "notes.txt").write_text("mine")
         (out / "README.md").unlink()
-        argv, message = argv + ["--overwrite"], "holds files xlstm-flax-train does not write (notes.txt)"
+        argv, message = argv + ["--overwrite"], "holds files xlstm-flax train does not write (notes.txt)"
     elif case == "resume_and_overwrite":
         argv, message = argv + ["--resume", "--overwrite"], "give one of them"
     elif case == "inside_model":
@@ -442,7 +442,7 @@ def test_training_output_and_input_refusals(tmp_path, capsys, case):
     before = _tree_digest(tmp_path)
     assert _train(argv) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("xlstm-flax-train: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert err.startswith("xlstm-flax train: error: ") and message in err and len(err.splitlines()) == 1, err
     assert _tree_digest(tmp_path) == before and not (tmp_path / "new").exists()
 
 
@@ -511,8 +511,8 @@ def test_training_rerun_resume_and_overwrite(tmp_path, capsys, corpus):
 
 
 def test_model_folder_without_tokenizer_is_one_line(tmp_path, capsys, two_models):
-    """xlstm-flax-generate and text_generation_pipeline on a model folder without tokenizer files: one line
-    naming the folder and what is missing (xlstm-flax-train: test_training_data_and_tokenizer_problems_are_one_line)."""
+    """xlstm-flax generate and text_generation_pipeline on a model folder without tokenizer files: one line
+    naming the folder and what is missing (xlstm-flax train: test_training_data_and_tokenizer_problems_are_one_line)."""
     from modeling_xlstm_flax import generate
     from modeling_xlstm_flax.pipeline import text_generation_pipeline
 
