@@ -105,6 +105,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         module = self.module_class(config=config, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
                                    **kwargs)
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
+        config.mark_built(type(self).__name__)  # its shape-defining fields are fixed from now on
 
     def enable_gradient_checkpointing(self):
         """Rematerialise each block in the backward pass (`nn.remat` over the blocks, inside `nn.scan` with

@@ -93,7 +93,7 @@ def run_case(name, layer_type, scan, plan, results, num_heads=8, fsdp_min=0):
     points are compared with them."""
     # prefill_segment_size 4: the 6-token prompts and cached prefills run the segmented (lax.scan) prefill
     config = tiny_config(layer_type, num_heads=num_heads, scan_blocks=scan, chunk_size=4, prefill_segment_size=4)
-    config.eos_token_id = config.vocab_size  # never emitted: generation runs to max_new_tokens
+    config.eos_token_id = None  # no eos: generation runs to max_new_tokens
     model, params = tiny_model(config, 0)
     rs = np.random.RandomState(0)
     ids = rs.randint(3, config.vocab_size, (B, S)).astype(np.int32)

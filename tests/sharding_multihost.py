@@ -40,7 +40,7 @@ def worker(out_dir: str, port: int, process_id: int, num_processes: int, full: b
     from modeling_xlstm_flax import sharded_steps as steps, sharding as sh
 
     config = tiny_config("mlstm_v1", num_heads=8)
-    config.eos_token_id = config.vocab_size
+    config.eos_token_id = None  # no eos: generation runs to max_new_tokens
     model_dir = os.path.join(out_dir, "model")
     if process_id == 0:  # one writer; the others wait at the barrier
         model = FlaxXLSTMForCausalLM(config, _do_init=False)

@@ -9,10 +9,10 @@ from modeling_xlstm_flax import FlaxXLSTMForCausalLM
 
 
 def no_eos_config(layer_type="mlstm_v1", **overrides):
-    """Tiny config whose end-of-sequence id is one the model cannot emit (transformers' Flax loops require an
-    eos id), so generation always runs to max_new_tokens."""
+    """Tiny config without an end-of-sequence id (an id outside the vocabulary is refused by the config), so
+    generation always runs to max_new_tokens."""
     config = tiny_config(layer_type, **overrides)
-    config.eos_token_id = config.vocab_size
+    config.eos_token_id = None  # no eos: generation runs to max_new_tokens
     return config
 
 
@@ -141,7 +141,8 @@ def test_generate_is_compiled_once_and_equals_transformers_loop():
                    {"max_new_tokens": 6, "num_beams": 3, "attention_mask": mask}):
         ours = model.generate(prompt, pad_token_id=1, **kwargs)
         if FlaxGenerationMixin is not None:
-            theirs = FlaxGenerationMixin.generate(model, prompt, pad_token_id=1, **kwargs)
+            # their loop needs an eos id: one the model cannot emit (ours runs without one)
+            theirs = FlaxGenerationMixin.generate(model, prompt, pad_token_id=1, eos_token_id=97, **kwargs)
             np.testing.assert_array_equal(np.asarray(ours.sequences), np.asarray(theirs.sequences),
                                           err_msg=str(kwargs))
     assert len(_COMPILED_GENERATE[model]["generate"]) == 4
