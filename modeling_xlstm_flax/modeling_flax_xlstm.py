@@ -31,7 +31,7 @@ from .generation import (
     forget_compiled, generate as generate_tokens, is_traced, jitted, model_key, prepare_inputs, update_inputs,
 )
 from .hf_compat import FlaxCausalLMOutput, FlaxPreTrainedModel
-from .input_checks import check_batch_size, check_cache, check_inputs
+from .input_checks import check_batch_size, check_cache, check_dropout_rng, check_inputs, check_not_donated
 from .param_table import (
     LM_HEAD, is_scanned, unrolled_names, unrolled_plan, with_backbone_prefix,
 )
@@ -99,6 +99,8 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
                  gradient_checkpointing: Optional[bool] = None, **kwargs):
         """gradient_checkpointing: None takes the config's `gradient_checkpointing` field."""
         config = _as_flax_config(config)
+        if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+            raise ValueError(f"seed={seed!r} is invalid: must be an int (the random init's seed)")
         dtype = jnp.dtype(config.compute_dtype) if dtype is None else jnp.dtype(dtype)
         if gradient_checkpointing is None:
             gradient_checkpointing = getattr(config, "gradient_checkpointing", False)
@@ -346,6 +348,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         """
         check_inputs(input_ids, attention_mask, document_borders, self.config.vocab_size)
         check_cache(past_key_values, self.init_cache, input_ids)
+        check_dropout_rng(train, self.config.dropout, dropout_rng)
         if output_attentions:
             raise ValueError("output_attentions=True is not supported: xLSTM is a recurrent model and has no "
                              "attention weights to return")
@@ -368,6 +371,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = self.init_cache(input_ids.shape[0])
         args = (params or self.params, input_ids, attention_mask, document_borders, past_key_values, dropout_rng)
+        check_not_donated(args[0], "params")
         static = dict(train=bool(train), output_hidden_states=bool(output_hidden_states),
                       logits_to_keep=logits_to_keep)
         if (self.jit_forward if jit is None else jit) and not is_traced(*args):
