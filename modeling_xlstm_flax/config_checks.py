@@ -186,8 +186,20 @@ REQUIRED_FIELDS = ("vocab_size", "embedding_dim", "num_blocks", "slstm_at", "bos
                    "pad_token_id")
 
 
+TORCH_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def check_torch_dtype(value: Any) -> None:
+    """transformers' `dtype` / `torch_dtype`: None, a float dtype name or a torch float dtype."""
+    if value is not None and str(value).removeprefix("torch.") not in TORCH_DTYPES:
+        _fail("dtype", value, f"transformers' dtype (torch_dtype) must be None or one of {list(TORCH_DTYPES)} (the "
+              "PyTorch weights' dtype; this model computes in compute_dtype)")
+
+
 def _check_transformers_fields(config) -> None:
-    """transformers' own attributes the config holds: token ids inside the vocabulary, booleans that are bools."""
+    """transformers' own attributes the config holds: token ids inside the vocabulary, booleans that are bools,
+    a float `dtype`."""
+    check_torch_dtype(getattr(config, "dtype", None))
     vocab = config.vocab_size
     for name in TOKEN_ID_FIELDS:
         value = getattr(config, name, None)

@@ -26,8 +26,8 @@ from .config_translation import (  # noqa: F401  (to_* re-exported: one import f
 )
 from .config_checks import (  # noqa: F401  (the field choices, re-exported)
     ACT_FNS, ALIASES, DTYPES, FF_TYPES, GATE_INPUTS, INIT_DISTRIBUTIONS, LAYER_TYPES, NORM_TYPES, OUTPUT_INIT_FNS,
-    SEQUENCE_KERNELS, STEP_KERNELS, TOKEN_ID_FIELDS, TRANSFORMERS_BOOL_FIELDS, canonical_fields, read_config_json,
-    validate_config,
+    SEQUENCE_KERNELS, STEP_KERNELS, TOKEN_ID_FIELDS, TRANSFORMERS_BOOL_FIELDS, canonical_fields, check_torch_dtype,
+    read_config_json, validate_config,
 )
 
 FIELD_DOCS = {
@@ -195,9 +195,9 @@ class XLSTMFlaxConfig(PretrainedConfig):
         **kwargs,
     ):
         check_field_names(kwargs, "XLSTMFlaxConfig()")
-        # transformers' `dtype`/`torch_dtype` names a torch dtype; ours is `compute_dtype` (see the README)
-        kwargs.pop("dtype", None)
-        kwargs.pop("torch_dtype", None)
+        # transformers' `dtype` (alias `torch_dtype`) records the PyTorch weights' dtype and is kept and saved as
+        # transformers does; this model computes in `compute_dtype` (see the README)
+        check_torch_dtype(kwargs.get("dtype"))
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.num_blocks = num_blocks
@@ -410,9 +410,10 @@ class XLSTMFlaxConfig(PretrainedConfig):
         validate_config(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """As `PretrainedConfig.to_dict`, without transformers' torch `dtype` (ours is `compute_dtype`)."""
+        """As `PretrainedConfig.to_dict`; transformers' `dtype` only when set (ours is `compute_dtype`)."""
         output = super().to_dict()
-        output.pop("dtype", None)
+        if output.get("dtype") is None:
+            output.pop("dtype", None)
         output.pop(_CHECK_ASSIGNMENTS, None)
         return output
 

@@ -207,3 +207,28 @@ def test_copy_of_a_built_models_config_can_change():
     other.vocab_size = 50
     assert other.vocab_size == 50 and model.config.vocab_size == 97
     assert other.to_dict() == XLSTMFlaxConfig.from_dict({**model.config.to_dict(), "vocab_size": 50}).to_dict()
+
+
+@pytest.mark.parametrize("keyword", ["torch_dtype", "dtype"])
+@pytest.mark.parametrize("value", ["bfloat16", "float16", "float32"])
+def test_transformers_dtype_keyword_round_trips_as_in_transformers(tmp_path, keyword, value):
+    """transformers' common `dtype` / `torch_dtype` keyword is kept and saved exactly as transformers' own configs
+    keep it (`PretrainedConfig` is the reference); it records the PyTorch weights' dtype, ours is compute_dtype."""
+    from transformers import PretrainedConfig
+
+    config = load_preset(TINY, **{keyword: value})
+    assert config.to_dict()["dtype"] == PretrainedConfig(**{keyword: value}).to_dict()["dtype"] == value
+    assert config.compute_dtype == "float32"  # unchanged: a different setting
+    config.save_pretrained(tmp_path)
+    again = XLSTMFlaxConfig.from_pretrained(tmp_path)
+    assert again.to_dict() == config.to_dict()
+    assert str(again.torch_dtype).removeprefix("torch.") == value
+
+
+def test_dtype_keyword_and_zero_sizes_refused_by_name():
+    with pytest.raises(ValueError, match=r"XLSTMFlaxConfig\.dtype='bogus' is invalid"):
+        load_preset(TINY, torch_dtype="bogus")
+    assert "dtype" not in load_preset(TINY).to_dict()  # unset: not written
+    for field in ("hidden_size", "embedding_dim", "num_hidden_layers", "vocab_size"):
+        with pytest.raises(ValueError, match=r"XLSTMFlaxConfig\.\w+=0 is invalid: must be a positive integer"):
+            load_preset(TINY, **{field: 0})
