@@ -34,6 +34,12 @@ def _is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def _unreadable(*xs: Any) -> bool:
+    """Whether any of `xs` cannot be read on this host: traced, or a global array with shards on other processes
+    (its checks run where the data is made)."""
+    return any(_is_traced(x) or (isinstance(x, jax.Array) and not x.is_fully_addressable) for x in xs)
+
+
 def _first_bad(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
@@ -42,7 +48,7 @@ def check_input_ids(input_ids: Any, vocab_size: int, name: str = "input_ids") ->
     """(batch, sequence) integer ids in [0, vocab_size); raises ValueError naming the first offending entry."""
     if input_ids is None:
         raise ValueError(f"{name} is required: an integer array of shape (batch, sequence)")
-    if _is_traced(input_ids):
+    if _unreadable(input_ids):
         return
     ids = np.asarray(_as_array(input_ids, name))
     if ids.dtype.kind not in "iu":
@@ -62,7 +68,7 @@ def check_input_ids(input_ids: Any, vocab_size: int, name: str = "input_ids") ->
 
 def check_mask(mask: Any, input_ids: Any, name: str, binary_ints: bool = True) -> None:
     """A (batch, sequence) mask matching input_ids, with values 0/1 (or booleans)."""
-    if mask is None or _is_traced(mask) or _is_traced(input_ids):
+    if mask is None or _unreadable(mask, input_ids):
         return
     values = np.asarray(_as_array(mask, name))
     shape = np.shape(_as_array(input_ids, "input_ids"))
@@ -128,7 +134,7 @@ def _check_int(name: str, value: Any, low: int, high: Optional[int] = None, hint
 def check_left_padding(attention_mask: Any) -> None:
     """`generate` continues after the last position of every row: a row that ends in padding (right padding) or has
     no token at all is refused. Padding inside or before a prompt is fine (it never touches the state)."""
-    if attention_mask is None or _is_traced(attention_mask):
+    if attention_mask is None or _unreadable(attention_mask):
         return
     mask = np.asarray(attention_mask).astype(bool)
     empty = ~mask.any(axis=1)
