@@ -451,6 +451,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
             raise ValueError(f"config model_type {model_type!r} cannot be loaded as {cls.__name__}; expected "
                              f"{cls.model_type!r} (or transformers' 'xlstm')")
         check_field_names(config_dict, "config")
+        canonical_fields(kwargs, "config keyword arguments")  # hidden_size=32, embedding_dim=64: refused
         return super().from_dict(config_dict, **kwargs)
 
 

@@ -84,7 +84,7 @@ def test_alias_table_is_complete():
 
 
 @pytest.mark.parametrize("alias,field,a,b", ALIAS_CASES)
-def test_alias_conflicts_in_one_call_refused(alias, field, a, b):
+def test_alias_conflicts_in_one_call_refused(tmp_path, alias, field, a, b):
     message = rf"{alias}={a!r} and {field}={b!r} name the same field"
     fields = {k: v for k, v in load_preset(TINY).to_dict().items() if k != "dtype"}
     with pytest.raises(ValueError, match=message):
@@ -94,6 +94,9 @@ def test_alias_conflicts_in_one_call_refused(alias, field, a, b):
     config = load_preset(TINY)
     with pytest.raises(ValueError, match=message):
         config.update({alias: a, field: b})
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):  # keyword arguments of from_pretrained / from_dict
+        XLSTMFlaxConfig.from_pretrained(tmp_path, **{alias: a, field: b})
     if field != "dtype":
         same = load_preset(TINY, **{alias: a, field: a})  # one value under two names: fine
         alone = load_preset(TINY, **{alias: a})  # the alias alone sets the field (also over the preset's value)
