@@ -240,7 +240,7 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b or (_is_number(a) and _is_number(b) and a == b)
 
 
-def _refuse_duplicate_keys(pairs: list) -> dict:
+def refuse_duplicate_keys(pairs: list) -> dict:
     seen: dict = {}
     for key, value in pairs:
         if key in seen:
@@ -255,6 +255,6 @@ def read_config_json(path) -> Any:
     (`json.load` would keep the last silently)."""
     with open(path, encoding="utf-8") as handle:
         try:
-            return json.load(handle, object_pairs_hook=_refuse_duplicate_keys)
+            return json.load(handle, object_pairs_hook=refuse_duplicate_keys)
         except ValueError as exc:
             raise ValueError(f"config file {path}: {exc}") from None

@@ -235,3 +235,11 @@ def test_dtype_keyword_and_zero_sizes_refused_by_name():
     for field in ("hidden_size", "embedding_dim", "num_hidden_layers", "vocab_size"):
         with pytest.raises(ValueError, match=r"XLSTMFlaxConfig\.\w+=0 is invalid: must be a positive integer"):
             load_preset(TINY, **{field: 0})
+
+
+def test_duplicate_keys_refused_in_a_pytorch_config_to_convert(tmp_path):
+    from modeling_xlstm_flax.convert_pytorch_to_flax import read_json_config
+
+    (tmp_path / "config.json").write_text('{"model_type": "xlstm", "vocab_size": 97, "vocab_size": 50}')
+    with pytest.raises(ValueError, match=r"duplicate key 'vocab_size' in the JSON \(values 97 and 50\)"):
+        read_json_config(tmp_path)
