@@ -352,6 +352,10 @@ def transformers_config_fields(pt_config, **overrides) -> dict[str, Any]:
             raise ValueError(f"expected transformers' xLSTMConfig or its dict, got {type(pt_config).__name__}")
         pt_config = pt_config.to_dict()
     _check_transformers_keys(pt_config)
+    from transformers import xLSTMConfig
+
+    # a dict is read as transformers reads it: fields it leaves out take xLSTMConfig's defaults
+    pt_config = {**xLSTMConfig().to_dict(), **pt_config}
     runtime = {k: pt_config[k] for k, default in _PT_RUNTIME.items() if k in pt_config and pt_config[k] != default}
     if runtime:
         logger.info("transformers xLSTMConfig fields %s choose PyTorch kernels or inference behaviour; this port "

@@ -15,7 +15,7 @@ import difflib
 import functools
 import inspect
 import json
-import math
+import weakref
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -24,17 +24,11 @@ from transformers import AutoConfig, PretrainedConfig
 from .config_translation import (  # noqa: F401  (to_* re-exported: one import for every translation)
     round_to_multiple, to_transformers_config, to_upstream_config, transformers_config_fields, upstream_config_fields,
 )
-
-NORM_TYPES = ("layernorm", "rmsnorm")
-LAYER_TYPES = ("mlstm", "mlstm_v1")
-GATE_INPUTS = ("qkv", "x_mlstm", "x_mlstm_conv", "x_mlstm_conv_act")
-FF_TYPES = ("ffn_gated", "ffn")
-ACT_FNS = ("gelu", "relu", "relu^2", "sigmoid", "swish", "selu")
-INIT_DISTRIBUTIONS = ("normal", "truncated_normal", "uniform")
-OUTPUT_INIT_FNS = ("wang", "small")
-DTYPES = ("float32", "bfloat16", "float16")
-SEQUENCE_KERNELS = ("parallel_stabilized", "chunkwise", "recurrent")
-STEP_KERNELS = ("recurrent",)
+from .config_checks import (  # noqa: F401  (the field choices, re-exported)
+    ACT_FNS, ALIASES, DTYPES, FF_TYPES, GATE_INPUTS, INIT_DISTRIBUTIONS, LAYER_TYPES, NORM_TYPES, OUTPUT_INIT_FNS,
+    SEQUENCE_KERNELS, STEP_KERNELS, TOKEN_ID_FIELDS, TRANSFORMERS_BOOL_FIELDS, canonical_fields, check_torch_dtype,
+    read_config_json, validate_config,
+)
 
 FIELD_DOCS = {
     # language model (xLSTMLMModelConfig)
@@ -111,42 +105,19 @@ FIELD_DOCS = {
 }
 
 
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"XLSTMFlaxConfig.{field}={value!r} is invalid: {allowed}")
+def _resolve_aliases(init):
+    """Wraps `XLSTMFlaxConfig.__init__`: alias names given (`hidden_size`, `tie_weights`, ...) become their fields,
+    and an alias given beside its field with another value is a ValueError naming both (`config_checks`)."""
+    signature = inspect.signature(init)
 
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        given = signature.bind_partial(self, *args, **kwargs).arguments
+        given.pop("self")
+        given.update(given.pop("kwargs", {}))
+        return init(self, **canonical_fields(given, "XLSTMFlaxConfig()"))
 
-def _check_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
-    if value not in choices:
-        _fail(field, value, f"allowed values are {list(choices)}")
-
-
-def _check_positive_int(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        _fail(field, value, "must be a positive integer")
-
-
-def _check_positive_float(field: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        _fail(field, value, "must be a positive finite number" + (" or None" if allow_none else ""))
-
-
-def _check_bool(field: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        _fail(field, value, "must be true or false")
-
-
-def _check_bias_init(field: str, value: Any) -> None:
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
-        return
-    if (
-        isinstance(value, (list, tuple))
-        and len(value) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    ):
-        return
-    _fail(field, value, "must be a number, a [low, high] pair or None")
+    return wrapper
 
 
 class XLSTMFlaxConfig(PretrainedConfig):
@@ -155,6 +126,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
     model_type = "xlstm_flax"
     attribute_map = {"hidden_size": "embedding_dim", "num_hidden_layers": "num_blocks"}
 
+    @_resolve_aliases
     def __init__(
         self,
         vocab_size: int = 50304,
@@ -222,12 +194,10 @@ class XLSTMFlaxConfig(PretrainedConfig):
         pad_token_id: Optional[int] = None,
         **kwargs,
     ):
-        if "tie_weights" in kwargs:  # upstream spelling
-            tie_word_embeddings = kwargs.pop("tie_weights")
         check_field_names(kwargs, "XLSTMFlaxConfig()")
-        # transformers' `dtype`/`torch_dtype` names a torch dtype; ours is `compute_dtype` (see the README)
-        kwargs.pop("dtype", None)
-        kwargs.pop("torch_dtype", None)
+        # transformers' `dtype` (alias `torch_dtype`) records the PyTorch weights' dtype and is kept and saved as
+        # transformers does; this model computes in `compute_dtype` (see the README)
+        check_torch_dtype(kwargs.get("dtype"))
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.num_blocks = num_blocks
@@ -245,7 +215,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
         self.compute_dtype = compute_dtype
         self.init_distribution_embed = init_distribution_embed
         self.init_distribution_out = init_distribution_out
-        self.slstm_at = list(slstm_at)
+        self.slstm_at = list(slstm_at) if isinstance(slstm_at, tuple) else slstm_at
         self.block_norm_type = block_norm_type
         self.block_norm_eps = block_norm_eps
         self.add_post_norm = add_post_norm
@@ -310,22 +280,24 @@ class XLSTMFlaxConfig(PretrainedConfig):
         cross-field sizes); an invalid value is refused and the old one kept. `update()` sets several at once."""
         if not self.__dict__.get(_CHECK_ASSIGNMENTS):
             return super().__setattr__(key, value)
-        key = type(self).attribute_map.get(key, key)
+        key = ALIASES.get(key, key)
         if not key.startswith("_"):
             check_field_names([key], f"setting XLSTMFlaxConfig.{key}")
-        if key not in _own_fields():
+        self._check_not_built({key: value})
+        if key not in _own_fields() and key not in TOKEN_ID_FIELDS + TRANSFORMERS_BOOL_FIELDS:
             return super().__setattr__(key, value)
         try:
             self.update({key: value})
         except ValueError as exc:
             raise ValueError(f"cannot set XLSTMFlaxConfig.{key}={value!r} (the config keeps {key}="
-                             f"{getattr(self, key)!r}): {exc}") from None
+                             f"{getattr(self, key, None)!r}): {exc}") from None
 
     def update(self, config_dict: dict[str, Any]) -> None:
         """Set several fields at once (names checked first), then validate the result; on error the config is left
         as it was."""
-        config_dict = {type(self).attribute_map.get(k, k): v for k, v in dict(config_dict).items()}
+        config_dict = canonical_fields(dict(config_dict), "XLSTMFlaxConfig.update()")
         check_field_names([k for k in config_dict if not k.startswith("_")], "XLSTMFlaxConfig.update()")
+        self._check_not_built(config_dict)
         missing = object()
         old = {k: self.__dict__.get(k, missing) for k in config_dict}
         for key, value in config_dict.items():
@@ -344,6 +316,30 @@ class XLSTMFlaxConfig(PretrainedConfig):
                 else:
                     self.__dict__[key] = value
             raise
+
+    def __delattr__(self, key: str) -> None:
+        """A field cannot be deleted (the config would be unusable); other attributes can."""
+        if self.__dict__.get(_CHECK_ASSIGNMENTS) and key in _own_fields() | _TOKEN_FIELDS:
+            raise AttributeError(f"cannot delete XLSTMFlaxConfig.{key}: every field needs a value; set it instead "
+                                 f"(config.{key} = ...)")
+        super().__delattr__(key)
+
+    def mark_built(self, model_name: str) -> None:
+        """Called by a model built on this config: from then on its model-defining fields (everything but
+        `RUNTIME_FIELDS`) cannot change, since the model's params and checks follow them."""
+        if id(self) not in _BUILT:
+            weakref.finalize(self, _BUILT.pop, id(self), None)
+        _BUILT[id(self)] = model_name
+
+    def _check_not_built(self, changes: dict) -> None:
+        model = _BUILT.get(id(self))
+        for key, value in changes.items() if model else ():
+            if key in _own_fields() and key not in RUNTIME_FIELDS and getattr(self, key, None) != value:
+                raise ValueError(
+                    f"cannot set XLSTMFlaxConfig.{key}={value!r}: this config belongs to a built {model}, whose "
+                    f"params and input checks follow {key}={getattr(self, key)!r}; build a new config and model "
+                    f"(XLSTMFlaxConfig.from_dict({{**config.to_dict(), {key!r}: ...}})). Fields that may change "
+                    f"on a built model: {sorted(RUNTIME_FIELDS)}")
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -410,97 +406,21 @@ class XLSTMFlaxConfig(PretrainedConfig):
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise `ValueError` naming the first invalid field, its value and what is allowed."""
-        for field in ("vocab_size", "embedding_dim", "num_blocks", "num_heads", "conv1d_kernel_size",
-                      "qkv_proj_blocksize", "round_proj_up_to_multiple_of", "ff_round_proj_up_to_multiple_of",
-                      "chunk_size"):
-            _check_positive_int(field, getattr(self, field))
-        if isinstance(self.context_length, bool) or not isinstance(self.context_length, int) or (
-            self.context_length <= 0 and self.context_length != -1
-        ):
-            _fail("context_length", self.context_length, "must be a positive integer or -1 (unknown)")
-        for field in ("norm_eps", "block_norm_eps", "cell_norm_eps", "cell_eps", "proj_factor", "qk_dim_factor",
-                      "v_dim_factor", "ff_proj_factor"):
-            _check_positive_float(field, getattr(self, field))
-        for field in ("logits_soft_cap", "gate_soft_cap"):
-            _check_positive_float(field, getattr(self, field), allow_none=True)
-        for field in ("tie_word_embeddings", "weight_decay_on_embedding", "add_embedding_dropout",
-                      "add_post_blocks_norm", "bias", "scan_blocks", "add_post_norm", "ff_round_proj_up_dim_up",
-                      "vmap_qk", "round_proj_up_dim_up", "debug_cell", "add_qk_norm", "gate_linear_headwise",
-                      "reset_at_document_boundaries", "gradient_checkpointing"):
-            _check_bool(field, getattr(self, field))
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            _fail("dropout", self.dropout, "must be a number in [0, 1)")
-        if isinstance(self.reset_fgate_value, bool) or not isinstance(self.reset_fgate_value, (int, float)):
-            _fail("reset_fgate_value", self.reset_fgate_value, "must be a number")
-        for field in ("norm_type", "block_norm_type", "mlstm_norm_type", "cell_norm_type_v1"):
-            _check_choice(field, getattr(self, field), NORM_TYPES)
-        for field in ("compute_dtype", "lm_head_dtype", "gate_dtype"):
-            _check_choice(field, getattr(self, field), DTYPES)
-        for field in ("init_distribution_embed", "init_distribution_out", "init_distribution", "ff_init_distribution"):
-            _check_choice(field, getattr(self, field), INIT_DISTRIBUTIONS)
-        for field in ("output_init_fn", "ff_output_init_fn"):
-            _check_choice(field, getattr(self, field), OUTPUT_INIT_FNS)
-        _check_choice("layer_type", self.layer_type, LAYER_TYPES)
-        _check_choice("gate_input", self.gate_input, GATE_INPUTS)
-        _check_choice("ff_type", self.ff_type, FF_TYPES + (None,))
-        _check_choice("ff_act_fn", self.ff_act_fn, ACT_FNS)
-        _check_choice("sequence_kernel", self.sequence_kernel, SEQUENCE_KERNELS)
-        _check_choice("step_kernel", self.step_kernel, STEP_KERNELS)
-        if self.prefill_segment_size is not None:
-            _check_positive_int("prefill_segment_size", self.prefill_segment_size)
-        _check_bias_init("igate_bias_init_range", self.igate_bias_init_range)
-        _check_bias_init("fgate_bias_init_range", self.fgate_bias_init_range)
-        if self.slstm_at:
-            _fail("slstm_at", self.slstm_at,
-                  "sLSTM blocks are not implemented (upstream xlstm-jax has none in JAX either); use slstm_at=[]")
-        self._validate_dims()
-
-    def _validate_dims(self) -> None:
-        nh = self.num_heads
-        if self.layer_type == "mlstm" and self.inner_dim <= 0:
-            _fail("proj_factor", self.proj_factor, f"gives an inner width of {self.inner_dim}; must be > 0")
-        for name in ("qk_dim", "v_dim"):
-            dim = getattr(self, name)
-            if dim <= 0 or dim % nh:
-                factor = "qk_dim_factor" if name == "qk_dim" else "v_dim_factor"
-                _fail(factor, getattr(self, factor),
-                      f"gives {name}={dim}, which must be a positive multiple of num_heads={nh}")
-        if self.ff_type is not None and self.ff_dim <= 0:
-            _fail("ff_proj_factor", self.ff_proj_factor, f"gives a feedforward width of {self.ff_dim}; must be > 0")
-        if self.layer_type == "mlstm_v1":
-            for field, default in (("gate_linear_headwise", False), ("debug_cell", False)):
-                if getattr(self, field) != default:
-                    _fail(field, getattr(self, field), f"only layer_type='mlstm' supports it; use {default}")
-            return
-        inner = self.inner_dim
-        if inner % nh:
-            _fail("num_heads", nh, f"must divide the mlstm inner width {inner}")
-        if inner % self.qkv_proj_blocksize:
-            _fail("qkv_proj_blocksize", self.qkv_proj_blocksize, f"must divide the mlstm inner width {inner}")
-        nph = self.num_proj_heads
-        for name in ("qk_dim", "v_dim"):
-            if getattr(self, name) % nph:
-                factor = "qk_dim_factor" if name == "qk_dim" else "v_dim_factor"
-                _fail(factor, getattr(self, factor),
-                      f"gives {name}={getattr(self, name)}, not a multiple of the {nph} headwise projection blocks")
-        if self.gate_linear_headwise and self.gate_input_dim % nh:
-            _fail("gate_linear_headwise", True, f"gate input width {self.gate_input_dim} is not divisible by num_heads")
-        if self.v_dim != inner and self.v_dim % nph:
-            _fail("v_dim_factor", self.v_dim_factor, "the skip projection needs v_dim divisible by the projection blocks")
+        """Raise `ValueError` naming the first invalid field, its value and what is allowed (`config_checks`)."""
+        validate_config(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """As `PretrainedConfig.to_dict`, without transformers' torch `dtype` (ours is `compute_dtype`)."""
+        """As `PretrainedConfig.to_dict`; transformers' `dtype` only when set (ours is `compute_dtype`)."""
         output = super().to_dict()
-        output.pop("dtype", None)
+        if output.get("dtype") is None:
+            output.pop("dtype", None)
         output.pop(_CHECK_ASSIGNMENTS, None)
         return output
 
     @classmethod
     def _dict_from_json_file(cls, json_file):
         """The JSON object of `json_file`; anything else (a list, a number) is an error naming the file."""
-        with open(json_file, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = read_config_json(json_file)
         if not isinstance(data, dict):
             raise ValueError(f"config file {json_file} holds a JSON {type(data).__name__}, not an object of config "
                              "fields ({\"vocab_size\": ..., ...})")
@@ -539,12 +459,24 @@ class XLSTMFlaxConfig(PretrainedConfig):
             raise ValueError(f"config model_type {model_type!r} cannot be loaded as {cls.__name__}; expected "
                              f"{cls.model_type!r} (or transformers' 'xlstm')")
         check_field_names(config_dict, "config")
+        canonical_fields(kwargs, "config keyword arguments")  # hidden_size=32, embedding_dim=64: refused
         return super().from_dict(config_dict, **kwargs)
 
 
 # Set in an instance's __dict__ once construction has finished: from then on assignments are validated.
 _CHECK_ASSIGNMENTS = "_xlstm_flax_check_assignments"
 _LIST_FIELDS = ("slstm_at", "igate_bias_init_range", "fgate_bias_init_range")
+_TOKEN_FIELDS = frozenset({"bos_token_id", "eos_token_id", "pad_token_id"})
+# id(config) -> name of the model class built on it (see `XLSTMFlaxConfig.mark_built`)
+_BUILT: dict = {}
+# Fields a built model reads at call time without changing its params: they may change after the model is built
+RUNTIME_FIELDS = frozenset({
+    "sequence_kernel", "step_kernel", "chunk_size", "prefill_segment_size", "gradient_checkpointing", "dropout",
+    "context_length", "weight_decay_on_embedding", "init_distribution_embed", "init_distribution_out",
+    "init_distribution", "ff_init_distribution", "output_init_fn", "ff_output_init_fn", "reset_at_document_boundaries",
+    "reset_fgate_value", "igate_bias_init_range", "fgate_bias_init_range", "bos_token_id", "eos_token_id",
+    "pad_token_id",
+})
 
 # Attributes transformers itself defines, sets or reads on model configs beyond what `PretrainedConfig()` holds:
 # accepted in the constructor and by assignment, and written and read back by save_pretrained / from_pretrained.
@@ -637,11 +569,11 @@ def preset_names() -> list[str]:
 def load_preset(name: str, **overrides) -> XLSTMFlaxConfig:
     """An `XLSTMFlaxConfig` from a bundled preset, e.g. `load_preset("xlstm-7b")`; `overrides` replace preset fields
     (unknown names are an error naming the closest field) and the result is validated once."""
-    path = PRESETS_DIR / f"{name}.json" if isinstance(name, str) else None
-    if path is None or not path.is_file():
-        raise ValueError(f"unknown preset {name!r}; available: {preset_names()}")
+    if not isinstance(name, str) or name not in preset_names():  # a bare name: no path leaves the presets folder
+        raise ValueError(f"unknown preset {name!r}; available: {preset_names()} (a name, not a path)")
+    overrides = canonical_fields(overrides, f"load_preset({name!r}) overrides")
     check_field_names(overrides, f"load_preset({name!r}) overrides")
-    fields = XLSTMFlaxConfig._dict_from_json_file(str(path))
+    fields = XLSTMFlaxConfig._dict_from_json_file(str(PRESETS_DIR / f"{name}.json"))
     return XLSTMFlaxConfig(**{**fields, **overrides})
 
 

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from .config_checks import refuse_duplicate_keys
 from .convert_common import (
     ConversionError,
     add_common_arguments,
@@ -45,7 +46,7 @@ def read_json_config(directory) -> dict:
     if not Path(directory).is_dir():
         raise ConversionError(f"{directory}: no such directory")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(), object_pairs_hook=refuse_duplicate_keys)
     except FileNotFoundError:
         raise ConversionError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -34,6 +34,12 @@ def _is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def _unreadable(*xs: Any) -> bool:
+    """Whether any of `xs` cannot be read on this host: traced, or a global array with shards on other processes
+    (its checks run where the data is made)."""
+    return any(_is_traced(x) or (isinstance(x, jax.Array) and not x.is_fully_addressable) for x in xs)
+
+
 def _first_bad(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
@@ -42,9 +48,9 @@ def check_input_ids(input_ids: Any, vocab_size: int, name: str = "input_ids") ->
     """(batch, sequence) integer ids in [0, vocab_size); raises ValueError naming the first offending entry."""
     if input_ids is None:
         raise ValueError(f"{name} is required: an integer array of shape (batch, sequence)")
-    if _is_traced(input_ids):
+    if _unreadable(input_ids):
         return
-    ids = np.asarray(input_ids)
+    ids = np.asarray(_as_array(input_ids, name))
     if ids.dtype.kind not in "iu":
         raise ValueError(f"{name} must be integer token ids, got dtype {ids.dtype}")
     if ids.ndim != 2:
@@ -62,10 +68,10 @@ def check_input_ids(input_ids: Any, vocab_size: int, name: str = "input_ids") ->
 
 def check_mask(mask: Any, input_ids: Any, name: str, binary_ints: bool = True) -> None:
     """A (batch, sequence) mask matching input_ids, with values 0/1 (or booleans)."""
-    if mask is None or _is_traced(mask) or _is_traced(input_ids):
+    if mask is None or _unreadable(mask, input_ids):
         return
-    values = np.asarray(mask)
-    shape = np.shape(input_ids)
+    values = np.asarray(_as_array(mask, name))
+    shape = np.shape(_as_array(input_ids, "input_ids"))
     if values.shape != tuple(shape):
         raise ValueError(f"{name} has shape {values.shape}, but input_ids has shape {tuple(shape)}; they must match")
     if values.dtype.kind == "b":
@@ -82,6 +88,23 @@ def check_inputs(input_ids, attention_mask: Optional[Any], document_borders: Opt
     check_input_ids(input_ids, vocab_size)
     check_mask(attention_mask, input_ids, "attention_mask")
     check_mask(document_borders, input_ids, "document_borders")
+
+
+def check_not_donated(tree: Any, name: str) -> None:
+    """No array of `tree` (params, optimizer state) may be a deleted buffer: donating a tree to a jitted step
+    (`sharded_train_step(donate=True)`) frees it, and any later use fails deep inside XLA."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if isinstance(leaf, jax.Array) and not _is_traced(leaf) and leaf.is_deleted():
+            raise ValueError(f"{name} holds deleted arrays: they were donated to an earlier call (sharded_train_step "
+                             f"donates params and opt_state unless donate=False) and freed; pass the {name} that "
+                             "call returned")
+
+
+def check_dropout_rng(train: Any, dropout: float, dropout_rng: Any) -> None:
+    """train=True with dropout > 0 needs a dropout key."""
+    if train and dropout > 0 and dropout_rng is None:
+        raise ValueError(f"train=True with dropout={dropout} needs dropout_rng (e.g. jax.random.PRNGKey(0)); or "
+                         "pass train=False")
 # ---------------------------------------------------------------------------------------------- generate
 # Longest sequence `generate` accepts (prompt + new tokens): its output buffer is allocated up front.
 MAX_GENERATION_LENGTH = 1 << 24
@@ -112,7 +135,7 @@ def _check_int(name: str, value: Any, low: int, high: Optional[int] = None, hint
 def check_left_padding(attention_mask: Any) -> None:
     """`generate` continues after the last position of every row: a row that ends in padding (right padding) or has
     no token at all is refused. Padding inside or before a prompt is fine (it never touches the state)."""
-    if attention_mask is None or _is_traced(attention_mask):
+    if attention_mask is None or _unreadable(attention_mask):
         return
     mask = np.asarray(attention_mask).astype(bool)
     empty = ~mask.any(axis=1)

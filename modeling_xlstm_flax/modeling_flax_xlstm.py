@@ -34,7 +34,7 @@ from .generation import (
     forget_compiled, generate as generate_tokens, is_traced, jitted, model_key, prepare_inputs, update_inputs,
 )
 from .hf_compat import FlaxCausalLMOutput, FlaxPreTrainedModel
-from .input_checks import check_batch_size, check_cache, check_inputs
+from .input_checks import check_batch_size, check_cache, check_dropout_rng, check_inputs, check_not_donated
 from .param_table import (
     LM_HEAD, is_scanned, unrolled_names, unrolled_plan, with_backbone_prefix,
 )
@@ -123,12 +123,15 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
                  gradient_checkpointing: Optional[bool] = None, **kwargs):
         """gradient_checkpointing: None takes the config's `gradient_checkpointing` field."""
         config = _as_flax_config(config)
+        if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+            raise ValueError(f"seed={seed!r} is invalid: must be an int (the random init's seed)")
         dtype = jnp.dtype(config.compute_dtype) if dtype is None else param_dtype_of(dtype, "dtype")
         if gradient_checkpointing is None:
             gradient_checkpointing = getattr(config, "gradient_checkpointing", False)
         module = self.module_class(config=config, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
                                    **kwargs)
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
+        config.mark_built(type(self).__name__)  # its shape-defining fields are fixed from now on
 
     def enable_gradient_checkpointing(self):
         """Rematerialise each block in the backward pass (`nn.remat` over the blocks, inside `nn.scan` with
@@ -391,6 +394,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         """
         check_inputs(input_ids, attention_mask, document_borders, self.config.vocab_size)
         check_cache(past_key_values, self.init_cache, input_ids)
+        check_dropout_rng(train, self.config.dropout, dropout_rng)
         if output_attentions:
             raise ValueError("output_attentions=True is not supported: xLSTM is a recurrent model and has no "
                              "attention weights to return")
@@ -414,6 +418,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             past_key_values = self.init_cache(input_ids.shape[0])
         what = f"params passed to {type(self).__name__}" if params is not None else f"{type(self).__name__}.params"
         params = self.params if params is None else params
+        check_not_donated(params, "params")
         check_model_params(self, params, what)  # another model's tree, {}, integers: named, never run
         args = (params, input_ids, attention_mask, document_borders, past_key_values, dropout_rng)
         static = dict(train=bool(train), output_hidden_states=bool(output_hidden_states),

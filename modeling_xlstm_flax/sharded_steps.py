@@ -19,10 +19,20 @@ from flax.core.frozen_dict import unfreeze
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .generation import cache_constraint, jitted, model_key
+from .input_checks import check_input_ids, check_inputs, check_left_padding, check_not_donated
 from .sharding import (
     BATCH_AXES, DEFAULT_FSDP_MIN_WEIGHT_SIZE, TENSOR, activation_sharding, batch_sharding, cache_shardings,
     constrain_cache, fit_spec, param_shardings,
 )
+
+def _check_call(model, params, input_ids, attention_mask=None, document_borders=None, opt_state=None):
+    """The model's host-side checks, before anything is placed or compiled (inside the jitted step the inputs are
+    traced and the model's own checks cannot run): ids inside the vocabulary and integer, masks 0/1 of the ids'
+    shape, params and optimizer state not donated to an earlier step."""
+    check_inputs(input_ids, attention_mask, document_borders, model.config.vocab_size)
+    check_not_donated(params, "params")
+    check_not_donated(opt_state, "opt_state")
+
 
 def _batch_arg(x):
     """ids / masks / document borders as int32: jax arrays keep their placement, host data stays on the host
@@ -73,6 +83,7 @@ def sharded_forward(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT_FSDP_
         return jax.jit(forward, in_shardings=in_sh, out_shardings=out_sh), in_sh
 
     def call(params, input_ids, attention_mask=None, document_borders=None, past_key_values=None):
+        _check_call(model, params, input_ids, attention_mask, document_borders)
         params = unfreeze(params)
         shape = tuple(np.shape(input_ids))
         flags = (attention_mask is not None, document_borders is not None)
@@ -87,11 +98,16 @@ def sharded_forward(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT_FSDP_
 
 
 def causal_lm_loss(logits: jax.Array, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None) -> jax.Array:
-    """Mean next-token cross entropy (position t predicts token t+1), over positions whose target is unmasked."""
+    """Mean next-token cross entropy (position t predicts token t+1), over positions whose target is unmasked.
+
+    logits (B, S, V), input_ids (B, S) int, attention_mask (B, S) 0/1. Concrete ids outside [0, V) are a
+    ValueError; traced ones (inside your own jit) make the loss NaN (never a wrong finite number)."""
     import optax
 
+    check_input_ids(input_ids, logits.shape[-1])
     targets = input_ids[:, 1:]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32), targets)
+    ce = jnp.where((targets >= 0) & (targets < logits.shape[-1]), ce, jnp.nan)  # negative ids would wrap around
     mask = jnp.ones_like(ce) if attention_mask is None else attention_mask[:, 1:].astype(jnp.float32)
     return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
@@ -124,6 +140,7 @@ def sharded_loss_and_grad(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT
         return jax.jit(fn, in_shardings=in_sh, out_shardings=(NamedSharding(mesh, P()), p_sh)), in_sh
 
     def call(params, input_ids, attention_mask=None, document_borders=None, dropout_rng=None):
+        _check_call(model, params, input_ids, attention_mask, document_borders)
         params = unfreeze(params)
         shape = tuple(np.shape(input_ids))
         flags = (attention_mask is not None, document_borders is not None, dropout_rng is not None)
@@ -193,6 +210,7 @@ def sharded_train_step(model, mesh: Mesh, optimizer, fsdp_min_weight_size: int =
     variant = (mesh, fsdp_min_weight_size, id(optimizer), donate, with_grad_norm, skip_non_finite)
 
     def call(params, opt_state, input_ids, attention_mask=None, document_borders=None, dropout_rng=None):
+        _check_call(model, params, input_ids, attention_mask, document_borders, opt_state)
         params = unfreeze(params)
         shape = tuple(np.shape(input_ids))
         flags = (attention_mask is not None, document_borders is not None, dropout_rng is not None)
@@ -229,6 +247,8 @@ def sharded_generate(model, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT_FSDP
     signature = (mesh, fsdp_min_weight_size, repr(sorted(generate_kwargs.items())))
 
     def call(params, input_ids, attention_mask=None, prng_key=None):
+        _check_call(model, params, input_ids, attention_mask)
+        check_left_padding(attention_mask)  # as model.generate: generation continues after the last position
         params = unfreeze(params)
         shape = tuple(np.shape(input_ids))
         fn, in_sh = _compiled(model, "sharded_generate", signature + (shape,), lambda: build(params, shape))

@@ -95,8 +95,12 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Optional[S
     """A `Mesh` with axes ("data", "fsdp", "tensor") of the given sizes; one size may be -1 (the rest of the
     devices). `devices`: default all global devices (every host's after `jax.distributed.initialize()`), laid
     out so that `tensor`, then `fsdp`, vary fastest (they stay within a host / fast interconnect)."""
+    for axis, size in zip(AXES, (data, fsdp, tensor)):
+        if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
+            raise ValueError(f"make_mesh({axis}={size!r}): mesh axis sizes must be ints >= 1 (or one -1 for the "
+                             "remaining devices)")
     devices = list(jax.devices() if devices is None else devices)
-    sizes = [data, fsdp, tensor]
+    sizes = [int(data), int(fsdp), int(tensor)]
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis size may be -1, got data={data}, fsdp={fsdp}, tensor={tensor}")
     if -1 in sizes:

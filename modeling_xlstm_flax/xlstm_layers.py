@@ -591,6 +591,9 @@ def stack_block_params(params: dict, num_blocks: int) -> dict:
     """Unrolled block params (`backbone/blocks/<i>/...`) -> scanned layout (`backbone/blocks/scanned/block/...`)."""
     params = unfreeze(params)
     blocks = params["backbone"]["blocks"]
+    if sorted(blocks) != sorted(map(str, range(num_blocks))):
+        raise ValueError(f"stack_block_params: the params hold blocks {sorted(blocks, key=str)}, not num_blocks="
+                         f"{num_blocks} unrolled blocks 0..{num_blocks - 1}")
     per_block = [blocks[str(i)] for i in range(num_blocks)]
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *per_block)
     params["backbone"]["blocks"] = {"scanned": {"block": stacked}}
@@ -601,6 +604,8 @@ def unstack_block_params(params: dict, num_blocks: int) -> dict:
     """Scanned block params -> unrolled layout."""
     params = unfreeze(params)
     stacked = params["backbone"]["blocks"]["scanned"]["block"]
+    if {np.shape(x)[0] for x in jax.tree_util.tree_leaves(stacked)} != {num_blocks}:
+        raise ValueError(f"unstack_block_params: the stacked params do not hold num_blocks={num_blocks} blocks")
     params["backbone"]["blocks"] = {
         str(i): jax.tree_util.tree_map(lambda x: np.asarray(x)[i], stacked) for i in range(num_blocks)
     }
