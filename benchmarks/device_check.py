@@ -1064,8 +1064,7 @@ def setup_jax(args) -> None:
     if args.dry_run:
         os.environ["JAX_PLATFORMS"] = "cpu"
         # compiling dominates a dry run: LLVM's expensive passes off (as tests/sharding_checks.py)
-        os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
-                                           "--xla_llvm_disable_expensive_passes=true")
+        os.environ.setdefault("XLA_FLAGS", "--xla_llvm_disable_expensive_passes=true")
         os.environ.setdefault("USE_TORCH", "0")  # transformers need not import torch (seconds of CPU)
     import jax
 

@@ -86,8 +86,10 @@ FIELD_DOCS = {
     "fgate_bias_init_range": "Forget gate bias init: a value, [low, high] linspace over heads, or None.",
     "add_qk_norm": "Normalise q and k per head before the cell.",
     "gate_linear_headwise": "Gates see only their head's features (headwise projection, mlstm).",
-    "reset_at_document_boundaries": "Reset the memory where `document_borders` is True.",
-    "reset_fgate_value": "Forget gate pre-activation used at document borders.",
+    "reset_at_document_boundaries": "Reset the memory and the conv window exactly where `document_borders` is True "
+                                    "(borders given to a model without it are an error).",
+    "reset_fgate_value": "Upstream's approximate reset (forget gate pre-activation at borders); kept for config "
+                         "translation, only its default -25 is accepted (the reset here is exact).",
     "cell_norm_type_v1": "Norm type of the multi-head out-norm of mlstm_v1 (upstream `norm_type_v1`).",
     "cell_norm_eps": "Epsilon of the multi-head out-norm and of the qk-norm.",
     # backend (mLSTMBackendNameAndKwargs)

@@ -30,13 +30,10 @@ from flax.traverse_util import flatten_dict
 
 from .configuration_xlstm_flax import XLSTMFlaxConfig
 from . import mlstm_kernels
+from .masking import check_borders_allowed, conv_taps, mask_gate_preacts
 from .hf_compat import FlaxBaseModelOutput, FlaxCausalLMOutput
 
-# A finite "minus infinity" for gate pre-activations of masked (padding) tokens: exp() of it is 0, and rows made
-# only of masked tokens stay finite in every kernel form.
-MASKED_IGATE = -1e30
-# Forget gate pre-activation of masked tokens: log_sigmoid(1e4) == 0 in float32, i.e. f = 1, the state is kept.
-MASKED_FGATE = 1e4
+# Masks and document borders follow one rule for every layer and form: see `masking`.
 
 
 # ---------------------------------------------------------------------------------------------- initialisers
@@ -146,14 +143,17 @@ class HeadwiseLinear(nn.Module):
 class CausalConv1d(nn.Module):
     """Depthwise causal conv: kernel (K, F), bias (F,). Carries the last K-1 inputs as state for decoding.
 
-    x: (B, S, F), window: (B, K-1, F) or None (zeros) -> y (B, S, F), new window (B, K-1, F).
+    x: (B, S, F), window: (B, K-1, F) or None (zeros), attention_mask / document_borders (B, S) or None
+    -> y (B, S, F), new window (B, K-1, F). Masked tokens never enter the window; taps before a border read zeros
+    (`masking.conv_taps`).
     """
 
     kernel_size: int
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, window: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, window: Optional[jax.Array] = None, attention_mask: Optional[jax.Array] = None,
+                 document_borders: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
         B, S, F = x.shape
         K = self.kernel_size
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (K, F), jnp.float32).astype(self.dtype)
@@ -161,9 +161,9 @@ class CausalConv1d(nn.Module):
         x = x.astype(self.dtype)
         if window is None:
             window = jnp.zeros((B, K - 1, F), self.dtype)
-        padded = jnp.concatenate([window.astype(self.dtype), x], axis=1)  # (B, K-1+S, F)
-        y = bias + sum(padded[:, j : j + S] * kernel[j] for j in range(K))
-        return y, padded[:, S:]
+        taps, new_window = conv_taps(x, window, attention_mask, document_borders)
+        y = bias + sum(taps[j] * kernel[j] for j in range(K))
+        return y, new_window
 
 
 def mask_gates(
@@ -173,19 +173,12 @@ def mask_gates(
     attention_mask: Optional[jax.Array],
     document_borders: Optional[jax.Array],
 ) -> tuple[jax.Array, jax.Array]:
-    """Gate pre-activations (B, S, NH) in float32 after soft cap, document resets and padding masks.
-
-    Padding tokens (attention_mask == 0) get i = -inf-like and f = 1, so they never touch the state.
-    """
+    """Gate pre-activations (B, S, NH) in float32 after soft cap, padding masks and document resets
+    (`masking.mask_gate_preacts`: padding never touches the state, a border zeroes it)."""
+    check_borders_allowed(config, document_borders)
     igate = soft_cap(igate.astype(jnp.float32), config.gate_soft_cap)
     fgate = soft_cap(fgate.astype(jnp.float32), config.gate_soft_cap)
-    if document_borders is not None and config.reset_at_document_boundaries:
-        fgate = jnp.where(document_borders[..., None], jnp.float32(config.reset_fgate_value), fgate)
-    if attention_mask is not None:
-        keep = attention_mask[..., None].astype(bool)
-        igate = jnp.where(keep, igate, MASKED_IGATE)
-        fgate = jnp.where(keep, fgate, MASKED_FGATE)
-    return igate, fgate
+    return mask_gate_preacts(igate, fgate, attention_mask, document_borders)
 
 
 def run_mlstm_cell(
@@ -300,10 +293,9 @@ class XLSTMLayerConv(nn.Module):
             h = z
             new_state = state
         else:
-            if attention_mask is not None:  # padding must not leak into the conv window
-                x_mlstm = jnp.where(attention_mask[..., None].astype(bool), x_mlstm, 0)
             window = None if state is None else state["conv"]
-            x_conv, new_window = CausalConv1d(cfg.conv1d_kernel_size, dtype=self.dtype, name="conv1d")(x_mlstm, window)
+            x_conv, new_window = CausalConv1d(cfg.conv1d_kernel_size, dtype=self.dtype, name="conv1d")(
+                x_mlstm, window, attention_mask, document_borders)
             x_conv_act = nn.swish(x_conv)
 
             headwise = partial(HeadwiseLinear, NPH, use_bias=cfg.bias, kernel_init=small_init(D, cfg.init_distribution),
@@ -504,6 +496,7 @@ class FlaxXLSTMModule(nn.Module):
 
     def __call__(self, input_ids, attention_mask=None, document_borders=None, cache=None, deterministic=True,
                  output_hidden_states=False, return_dict=True):
+        check_borders_allowed(self.config, document_borders)  # also where no layer reads them (debug_cell)
         x = self.embeddings(jnp.clip(input_ids, 0, self.config.vocab_size - 1))  # traced ids: clamped, never NaN
         if self.config.add_embedding_dropout:
             x = self.dropout(x, deterministic=deterministic)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 # 8 host devices; LLVM's expensive passes off: compiling dominates these runs (cuts CPU time by ~40%); the SPMD
 # partitioning and the float32 arithmetic are the same
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                                    "--xla_llvm_disable_expensive_passes=true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's SPMD performance warnings
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 def worker(out_dir: str, port: int, process_id: int, num_processes: int, full: bool) -> None:
     inherited = [flag for flag in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in flag]
     os.environ["XLA_FLAGS"] = " ".join(["--xla_force_host_platform_device_count=4"] + (inherited or [
-        "--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]))
+        "--xla_llvm_disable_expensive_passes=true"]))  # no LLVM level 0: see tests/test_compile_flags.py
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(HERE))
     import jax

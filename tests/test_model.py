@@ -116,7 +116,7 @@ def test_mlstm_layer_options_run(overrides):
 
 def test_document_borders_reset_memory():
     """With reset_at_document_boundaries, tokens after a border do not depend on tokens before it
-    (mlstm_v1 has no conv, so the reset is exact up to the forget gate value exp(-25))."""
+    (exact for every layer type and form: tests/test_masks_borders.py)."""
     config = tiny_config(reset_at_document_boundaries=True)
     model = FlaxXLSTMForCausalLM(config, seed=0)
     rng = np.random.RandomState(4)
