@@ -56,7 +56,10 @@ FIELD_DOCS = {
     "compute_dtype": "Dtype of activations and matmuls (upstream name `dtype`); params stay float32.",
     "init_distribution_embed": "Distribution of the embedding init: normal | truncated_normal | uniform.",
     "init_distribution_out": "Distribution of the LM head init.",
-    "slstm_at": "Block indices that are sLSTM blocks; sLSTM is not implemented upstream in JAX, so must be [].",
+    "slstm_at": "Block indices that are sLSTM blocks (a list, or \"all\"); the others are mLSTM blocks.",
+    "slstm_block": "The sLSTM blocks' config as NX-AI xlstm's `sLSTMBlockConfig` dict: {\"slstm\": {num_heads, "
+                   "conv1d_kernel_size, function, group_norm_weight, ...}, \"feedforward\": {proj_factor, act_fn, bias, "
+                   "...} or null (no feedforward)}; None: the library's defaults. Read by `slstm_model_config`.",
     # block (xLSTMBlockConfig)
     "block_norm_type": "Type of the pre-norms (and post-norms) inside each block.",
     "block_norm_eps": "Epsilon of the block norms.",
@@ -175,7 +178,8 @@ class XLSTMFlaxConfig(PretrainedConfig):
         compute_dtype: str = "bfloat16",
         init_distribution_embed: str = "normal",
         init_distribution_out: str = "normal",
-        slstm_at: Sequence[int] = (),
+        slstm_at: Union[Sequence[int], str] = (),
+        slstm_block: Optional[dict] = None,
         block_norm_type: str = "rmsnorm",
         block_norm_eps: float = 1e-6,
         add_post_norm: bool = False,
@@ -245,7 +249,8 @@ class XLSTMFlaxConfig(PretrainedConfig):
         self.compute_dtype = compute_dtype
         self.init_distribution_embed = init_distribution_embed
         self.init_distribution_out = init_distribution_out
-        self.slstm_at = list(slstm_at)
+        self.slstm_at = slstm_at if isinstance(slstm_at, str) else list(slstm_at)
+        self.slstm_block = slstm_block
         self.block_norm_type = block_norm_type
         self.block_norm_eps = block_norm_eps
         self.add_post_norm = add_post_norm
@@ -354,7 +359,21 @@ class XLSTMFlaxConfig(PretrainedConfig):
     @property
     def block_map(self) -> list[int]:
         """Upstream's block map: 0 = mLSTM block, 1 = sLSTM block, one entry per block."""
-        return [1 if i in self.slstm_at else 0 for i in range(self.num_blocks)]
+        return [1 if i in self.slstm_block_indices else 0 for i in range(self.num_blocks)]
+
+    # ------------------------------------------------------------------ sLSTM blocks (see `slstm_model_config`)
+    @property
+    def slstm_block_indices(self) -> list[int]:
+        """Sorted indices of the sLSTM blocks (`slstm_at`, "all" expanded)."""
+        from .slstm_model_config import slstm_block_indices
+
+        return slstm_block_indices(self)
+
+    def slstm_block_config(self, block_idx: int):
+        """The `slstm_layers.SLSTMConfig` of sLSTM block `block_idx` (from `slstm_block`)."""
+        from .slstm_model_config import slstm_block_config
+
+        return slstm_block_config(self, block_idx)
 
     @property
     def inner_dim(self) -> int:
@@ -451,10 +470,14 @@ class XLSTMFlaxConfig(PretrainedConfig):
             _check_positive_int("prefill_segment_size", self.prefill_segment_size)
         _check_bias_init("igate_bias_init_range", self.igate_bias_init_range)
         _check_bias_init("fgate_bias_init_range", self.fgate_bias_init_range)
-        if self.slstm_at:
-            _fail("slstm_at", self.slstm_at,
-                  "sLSTM blocks are not implemented (upstream xlstm-jax has none in JAX either); use slstm_at=[]")
+        self._validate_slstm()
         self._validate_dims()
+
+    def _validate_slstm(self) -> None:
+        """sLSTM fields (`slstm_at`, `slstm_block`, scan_blocks only for a homogeneous stack): `slstm_model_config`."""
+        from .slstm_model_config import check_slstm_fields
+
+        check_slstm_fields(self, _fail)
 
     def _validate_dims(self) -> None:
         nh = self.num_heads

@@ -60,7 +60,8 @@ def slstm_config_from_library(block: Mapping, embedding_dim: Optional[int] = Non
     backend = slstm.get("backend", DEFAULT_BACKEND)
     if backend not in BACKENDS:
         raise ValueError(f"sLSTM backend {backend!r} is unknown; expected one of {BACKENDS}")
-    ffn = block.get("feedforward")
+    # a missing key is the library's default `FeedForwardConfig()` (dacite fills it in); only null means none
+    ffn = block.get("feedforward", {})
     ff: dict = {"ff_proj_factor": None}
     if ffn is not None:
         ff_type = ffn.get("ff_type", "ffn_gated")

@@ -464,14 +464,17 @@ class FlaxXLSTMBlockCollection(nn.Module):
             if new_cache is not None:
                 new_cache = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1), new_cache)
             return x, new_cache, hidden
-        block_cls = nn.remat(FlaxXLSTMBlock, static_argnums=(5,)) if self.gradient_checkpointing else FlaxXLSTMBlock
+        from .slstm_layers import SLSTMBlock  # imports this module
+
+        remat = partial(nn.remat, static_argnums=(5,)) if self.gradient_checkpointing else (lambda cls: cls)
+        slstm_at = set(cfg.slstm_block_indices)
         new_cache = [] if cache is not None else None
         hidden = ()
-        for i in range(cfg.num_blocks):
+        for i in range(cfg.num_blocks):  # block i: `SLSTMBlock` where `slstm_at` says so, else `FlaxXLSTMBlock`
             state = None if cache is None else cache[i]
-            x, new_state = block_cls(cfg, dtype=self.dtype, name=str(i))(
-                x, attention_mask, document_borders, state, deterministic
-            )
+            block = (remat(SLSTMBlock)(cfg.slstm_block_config(i), dtype=self.dtype, name=str(i)) if i in slstm_at
+                     else remat(FlaxXLSTMBlock)(cfg, dtype=self.dtype, name=str(i)))
+            x, new_state = block(x, attention_mask, document_borders, state, deterministic)
             hidden += (x,)
             if cache is not None:
                 new_cache.append(new_state)
