@@ -13,6 +13,11 @@ prefix stripped, any float dtype (read as float32). Tied embeddings (`tie_weight
 `token_embedding.weight`, `lm_head.weight` or both (then equal). Every tensor is used exactly once: missing,
 unexpected or mis-shaped tensors are refused by name. The per-block translations are `slstm_params` (the i/f name
 swap and the storage layouts live there only) and `library_mlstm_params`.
+
+Back to the library: `library_config(config, backend)` and `library_state_dict(params, config, backend)` (either
+storage layout), `save_library_folder` writes both (config.json with the config under `xlstm_cfg`, as Distil-xLSTM,
+and `model.safetensors` in float32). A config the library cannot express is refused: the written config must
+translate back to the same model config.
 """
 
 from __future__ import annotations
@@ -25,8 +30,13 @@ import numpy as np
 
 from .checkpoint_io import SafetensorsCheckpoint
 from .configuration_xlstm_flax import XLSTMFlaxConfig
-from .library_mlstm_params import mlstm_block_config_from_library, mlstm_block_params_from_library
-from .slstm_params import block_params_from_library, slstm_config_from_library, strip_compiled_prefix
+from .checkpoint_writer import replace_files_atomically
+from .library_mlstm_params import (
+    mlstm_block_config_from_library, mlstm_block_params_from_library, mlstm_block_params_to_library,
+)
+from .slstm_params import (
+    BACKENDS, block_params_from_library, block_params_to_library, slstm_config_from_library, strip_compiled_prefix,
+)
 
 LIBRARY_CONFIG_KEYS = ("xlstm_cfg", "xlstm_config")
 BLOCK_PREFIX = "xlstm_block_stack.blocks.{}."
@@ -103,7 +113,8 @@ def config_from_library(lm: Mapping, **overrides) -> tuple[XLSTMFlaxConfig, str]
             slstm_block["feedforward"] = None
     mlstm_lm = lm if lm.get("mlstm_block") else {**lm, "mlstm_block": {"mlstm": {}}, "bias": False}
     fields = dict(slstm_at=slstm_at, slstm_block=slstm_block, add_embedding_dropout=bool(lm.get(
-        "add_embedding_dropout", False)), dropout=float(lm.get("dropout", 0.0) or 0.0))
+        "add_embedding_dropout", False)), dropout=float(lm.get("dropout", 0.0) or 0.0),
+        weight_decay_on_embedding=bool(lm.get("weight_decay_on_embedding", False)))
     fields.update(overrides)
     return mlstm_block_config_from_library(mlstm_lm, **fields), backend
 
@@ -169,3 +180,81 @@ def load_library_folder(directory, lm: Optional[dict] = None, **overrides) -> tu
         raise ValueError(f"{directory} holds no xlstm library config (config.yaml, or config.json with xlstm_cfg)")
     config, backend = config_from_library(lm, **overrides)
     return config, params_from_library(read_library_state_dict(directory), config, backend)
+
+
+# ---------------------------------------------------------------------------------------------- back to the library
+_NOT_COMPARED = {"compute_dtype", "scan_blocks", "prefill_segment_size", "gradient_checkpointing", "sequence_kernel",
+                 "step_kernel", "chunk_size", "bos_token_id", "eos_token_id", "pad_token_id", "architectures",
+                 "transformers_version", "_name_or_path", "name_or_path", "use_cache"}
+
+
+def library_config(config: XLSTMFlaxConfig, backend: str = "vanilla") -> dict:
+    """Our config -> the library's `xLSTMLMModelConfig` dict (sLSTM storage `backend`). ValueError when the library
+    cannot express the config (it must translate back to the same model)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"sLSTM backend {backend!r} is unknown; expected one of {BACKENDS}")
+    slstm_at = config.slstm_block_indices
+    all_slstm = len(slstm_at) == config.num_blocks
+    lm = dict(vocab_size=config.vocab_size, embedding_dim=config.embedding_dim, num_blocks=config.num_blocks,
+              context_length=config.context_length, tie_weights=bool(config.tie_word_embeddings),
+              add_post_blocks_norm=bool(config.add_post_blocks_norm), bias=False, dropout=config.dropout,
+              add_embedding_dropout=bool(config.add_embedding_dropout), weight_decay_on_embedding=bool(
+                  config.weight_decay_on_embedding), slstm_at=slstm_at)
+    lm["mlstm_block"] = None if all_slstm else {"mlstm": dict(
+        num_heads=config.num_heads, conv1d_kernel_size=config.conv1d_kernel_size,
+        qkv_proj_blocksize=config.qkv_proj_blocksize, proj_factor=config.proj_factor,
+        round_proj_up_dim_up=config.round_proj_up_dim_up,
+        round_proj_up_to_multiple_of=config.round_proj_up_to_multiple_of)}
+    if slstm_at:
+        block = json.loads(json.dumps(config.slstm_block or {}))
+        block.setdefault("slstm", {})["backend"] = backend
+        lm["slstm_block"] = block
+    else:
+        lm["slstm_block"] = None
+    back, _ = config_from_library(lm)
+    ours, theirs = config.to_dict(), back.to_dict()
+    differ = sorted(k for k in set(ours) | set(theirs) if k not in _NOT_COMPARED and not k.startswith("_")
+                    and ours.get(k) != theirs.get(k) and not (k == "slstm_block" and not slstm_at))
+    if all_slstm:  # the mLSTM fields of an sLSTM-only model are unused
+        differ = [k for k in differ if k in ("vocab_size", "embedding_dim", "num_blocks", "context_length",
+                                             "tie_word_embeddings", "add_post_blocks_norm", "slstm_at", "slstm_block",
+                                             "dropout", "add_embedding_dropout", "norm_eps", "norm_type",
+                                             "logits_soft_cap", "lm_head_dtype", "block_norm_eps")]
+    if differ:
+        raise ValueError("the xlstm library cannot express this config: "
+                         + ", ".join(f"{k}={ours.get(k)!r} (library: {theirs.get(k)!r})" for k in differ))
+    return lm
+
+
+def library_state_dict(params: Mapping, config: XLSTMFlaxConfig, backend: str = "vanilla") -> dict[str, np.ndarray]:
+    """Our unrolled causal-LM params -> the library's `xLSTMLMModel` state dict (float32 numpy, `backend`'s sLSTM
+    storage layout). With tied embeddings only `token_embedding.weight` is written."""
+    library_config(config, backend)  # refuses what the library cannot express
+    backbone = params["backbone"]
+    sd = {EMBEDDING: np.asarray(backbone["embeddings"]["embedding"], np.float32)}
+    if not config.tie_word_embeddings:
+        sd[HEAD] = np.ascontiguousarray(np.asarray(params["lm_head"]["kernel"], np.float32).T)
+    slstm_at = set(config.slstm_block_indices)
+    for i in range(config.num_blocks):
+        block, prefix = backbone["blocks"][str(i)], BLOCK_PREFIX.format(i)
+        if i in slstm_at:
+            sd.update(block_params_to_library(block, config.slstm_block_config(i), backend, prefix))
+        else:
+            sd.update(mlstm_block_params_to_library(block, prefix))
+    if config.add_post_blocks_norm:
+        sd[POST_NORM] = np.asarray(backbone["out_norm"]["scale"], np.float32) - 1.0
+    return sd
+
+
+def save_library_folder(params: Mapping, config: XLSTMFlaxConfig, folder, backend: str = "vanilla") -> Path:
+    """Write a library checkpoint folder: config.json (`{"xlstm_cfg": library_config}`) and model.safetensors.
+    The files replace old ones only once both are complete."""
+    from safetensors.numpy import save_file
+
+    lm = library_config(config, backend)
+    sd = {k: np.ascontiguousarray(v) for k, v in library_state_dict(params, config, backend).items()}
+    folder = Path(folder)
+    with replace_files_atomically(folder) as tmp:
+        (tmp / "config.json").write_text(json.dumps({"xlstm_cfg": lm}, indent=1))
+        save_file(sd, str(tmp / "model.safetensors"))
+    return folder

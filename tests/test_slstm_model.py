@@ -268,3 +268,56 @@ def test_export_to_formats_without_slstm_is_refused(mixed):
         to_upstream_config(mixed.config)
     with pytest.raises(ValueError, match=r"slstm_at=\[1\] cannot be expressed by transformers' xLSTMConfig"):
         to_transformers_config(mixed.config)
+
+
+def test_sharding_rules_cover_slstm_params_and_cache(mixed):
+    """Every sLSTM param and cache leaf has a rule; the sLSTM heads (leading axis of the gate/recurrent kernels and
+    the bias; after the batch in the cache) go on the tensor axis."""
+    from jax.sharding import PartitionSpec as P
+
+    from modeling_xlstm_flax import sharding as sh
+
+    sizes = {"data": 1, "fsdp": 1, "tensor": 2}
+    specs = flatten_dict(sh.param_partition_specs(mixed.params, mixed.config, sizes), sep="/")
+    layer = "backbone/blocks/1/slstm_layer/"
+    for name in ("igate/kernel", "recurrent_kernel", "bias"):
+        assert specs[layer + name] == P("tensor", None, None), name
+    assert specs[layer + "conv1d/kernel"] == P(None, "tensor")
+    assert specs["backbone/blocks/1/ffn/proj_up/kernel"] == P(None, "tensor")  # the existing FFN rule
+    cache = sh.cache_partition_specs(jax.eval_shape(lambda: mixed.init_cache(2)), mixed.config, sizes)
+    assert all(cache[1][k] == P(("data", "fsdp"), "tensor", None) for k in "ycnm")
+    assert cache[0]["c"] == P(("data", "fsdp"), "tensor", None, None)
+
+
+# ---------------------------------------------------------------------------------------------- back to the library
+@pytest.mark.parametrize("name", ["lm_mixed", "lm_slstm"])
+def test_back_to_the_library_layout_in_both_backends(tmp_path, name):
+    """ours -> library state dict == the library's own file (vanilla; cuda as `to_cuda_layout`), and a library
+    folder written in either layout loads back to bit-identical params."""
+    from modeling_xlstm_flax.library_checkpoint import library_config, library_state_dict, save_library_folder
+
+    library_config_in, sd, _ = load(name)
+    model = FlaxXLSTMForCausalLM.from_pretrained(distil_folder(tmp_path, name))
+    if library_config_in["tie_weights"]:
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}  # tied: only the embedding is written
+    for backend, stored in (("vanilla", sd), ("cuda", to_cuda_layout(sd, library_config_in))):
+        back = library_state_dict(model.params, model.config, backend)
+        assert back.keys() == stored.keys()
+        for key in stored:  # norm weights pass through 1 + w and back: equal to float32 rounding
+            np.testing.assert_allclose(back[key], stored[key], rtol=0, atol=1e-7 if "norm" in key else 0,
+                                       err_msg=f"{backend} {key}")
+        assert library_config(model.config, backend)["slstm_block"]["slstm"]["backend"] == backend
+        again = FlaxXLSTMForCausalLM.from_pretrained(save_library_folder(model.params, model.config,
+                                                                         tmp_path / f"out-{backend}", backend))
+        before, after = _params(model), _params(again)
+        for key in before:
+            np.testing.assert_array_equal(after[key], before[key], err_msg=f"{backend} {key}")
+
+
+def test_config_the_library_cannot_express_is_refused():
+    from modeling_xlstm_flax.library_checkpoint import library_config
+
+    config = XLSTMFlaxConfig(vocab_size=32, embedding_dim=32, num_blocks=2, slstm_at=[1], layer_type="mlstm_v1",
+                             num_heads=4, compute_dtype="float32")
+    with pytest.raises(ValueError, match="the xlstm library cannot express this config: .*layer_type='mlstm_v1'"):
+        library_config(config)
