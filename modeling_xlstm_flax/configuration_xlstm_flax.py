@@ -24,6 +24,11 @@ from transformers import PretrainedConfig
 from .config_translation import (  # noqa: F401  (to_* re-exported: one import for every translation)
     round_to_multiple, to_transformers_config, to_upstream_config, transformers_config_fields, upstream_config_fields,
 )
+from .slstm_model_config import (  # the sLSTM fields (numpy only, no jax/flax)
+    check_slstm_fields, slstm_block_config as _slstm_block_config, slstm_block_indices as _slstm_block_indices,
+)
+from .slstm_config import SLSTMConfig  # noqa: F401  (named for the Hub export: slstm_model_config's import)
+from .slstm_params import slstm_config_from_library  # noqa: F401  (named for the Hub export, as above)
 
 NORM_TYPES = ("layernorm", "rmsnorm")
 LAYER_TYPES = ("mlstm", "mlstm_v1")
@@ -365,15 +370,11 @@ class XLSTMFlaxConfig(PretrainedConfig):
     @property
     def slstm_block_indices(self) -> list[int]:
         """Sorted indices of the sLSTM blocks (`slstm_at`, "all" expanded)."""
-        from .slstm_model_config import slstm_block_indices
-
-        return slstm_block_indices(self)
+        return _slstm_block_indices(self)
 
     def slstm_block_config(self, block_idx: int):
-        """The `slstm_layers.SLSTMConfig` of sLSTM block `block_idx` (from `slstm_block`)."""
-        from .slstm_model_config import slstm_block_config
-
-        return slstm_block_config(self, block_idx)
+        """The `slstm_config.SLSTMConfig` of sLSTM block `block_idx` (from `slstm_block`)."""
+        return _slstm_block_config(self, block_idx)
 
     @property
     def inner_dim(self) -> int:
@@ -475,8 +476,6 @@ class XLSTMFlaxConfig(PretrainedConfig):
 
     def _validate_slstm(self) -> None:
         """sLSTM fields (`slstm_at`, `slstm_block`, scan_blocks only for a homogeneous stack): `slstm_model_config`."""
-        from .slstm_model_config import check_slstm_fields
-
         check_slstm_fields(self, _fail)
 
     def _validate_dims(self) -> None:

@@ -50,6 +50,7 @@ from .config_translation import round_to_multiple  # noqa: E402,F401
 from .flax_base import FlaxPreTrainedModel as _OwnBaseModel  # noqa: E402,F401  (hf_compat's base for transformers 5)
 from .generation_loop import generate_loop  # noqa: E402,F401  (generation's loop for transformers 5)
 from .slstm_cell import slstm_sequence  # noqa: E402,F401  (slstm_layers')
+from .slstm_config import SLSTMConfig  # noqa: E402,F401  (slstm_layers' and slstm_params')
 from .slstm_model_config import slstm_block_config  # noqa: E402,F401  (the config's, imported lazily)
 from .slstm_params import slstm_config_from_library  # noqa: E402,F401  (library_checkpoint's)
 from .library_mlstm_params import mlstm_block_config_from_library  # noqa: E402,F401  (library_checkpoint's)

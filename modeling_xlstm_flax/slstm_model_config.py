@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-# `slstm_layers` / `slstm_params` import flax: imported where needed, so a config of an mLSTM-only model never does
+from .slstm_config import SLSTMConfig
+from .slstm_params import slstm_config_from_library  # numpy only: the config module imports this one
 
 
 def slstm_block_indices(config) -> list[int]:
@@ -25,10 +26,8 @@ def slstm_block_indices(config) -> list[int]:
     return sorted(config.slstm_at)
 
 
-def slstm_block_config(config, block_idx: int):
-    """The `slstm_layers.SLSTMConfig` of block `block_idx` (its depth enters the fresh forget-gate bias init only)."""
-    from .slstm_params import slstm_config_from_library
-
+def slstm_block_config(config, block_idx: int) -> SLSTMConfig:
+    """The `SLSTMConfig` of block `block_idx` (its depth enters the fresh forget-gate bias init only)."""
     sconfig, _ = slstm_config_from_library(config.slstm_block or {}, config.embedding_dim)
     return sconfig.__class__(**{**vars(sconfig), "block_idx": block_idx, "num_blocks": config.num_blocks})
 
