@@ -472,9 +472,11 @@ class FlaxXLSTMBlockCollection(nn.Module):
         hidden = ()
         for i in range(cfg.num_blocks):  # block i: `SLSTMBlock` where `slstm_at` says so, else `FlaxXLSTMBlock`
             state = None if cache is None else cache[i]
+            # borders reset the state only with `reset_at_document_boundaries`, in both kinds of block
+            borders = document_borders if cfg.reset_at_document_boundaries or i not in slstm_at else None
             block = (remat(SLSTMBlock)(cfg.slstm_block_config(i), dtype=self.dtype, name=str(i)) if i in slstm_at
                      else remat(FlaxXLSTMBlock)(cfg, dtype=self.dtype, name=str(i)))
-            x, new_state = block(x, attention_mask, document_borders, state, deterministic)
+            x, new_state = block(x, attention_mask, borders, state, deterministic)
             hidden += (x,)
             if cache is not None:
                 new_cache.append(new_state)

@@ -321,3 +321,24 @@ def test_config_the_library_cannot_express_is_refused():
                              num_heads=4, compute_dtype="float32")
     with pytest.raises(ValueError, match="the xlstm library cannot express this config: .*layer_type='mlstm_v1'"):
         library_config(config)
+
+
+def test_document_borders_reset_slstm_blocks_only_with_the_config_flag(mixed):
+    """As for mLSTM blocks: `document_borders` act only with `reset_at_document_boundaries` (a library model has it
+    off, so borders change nothing); with it on, the sLSTM carry restarts at a border (exactly, per cell:
+    test_slstm.py::test_document_border_resets_the_state; the conv window still sees the K-1 tokens before it)."""
+    idx = np.array([[3, 9, 4, 7, 5, 6, 2, 8]])
+    borders = np.zeros_like(idx, bool)
+    borders[0, 3] = True
+    plain = np.asarray(mixed(idx).logits)
+    np.testing.assert_array_equal(np.asarray(mixed(idx, document_borders=borders).logits), plain)
+    library_config, sd, _ = load("lm_slstm")
+    config, backend = config_from_library(library_config, reset_at_document_boundaries=True)
+    from modeling_xlstm_flax.library_checkpoint import params_from_library
+
+    model = FlaxXLSTMForCausalLM(config, _do_init=False)
+    params = params_from_library(sd, config, backend)
+    with_reset = np.asarray(model(idx, document_borders=borders, params=params).logits)
+    without = np.asarray(model(idx, params=params).logits)
+    assert max_diff(with_reset[:, :3], without[:, :3]) <= 1e-6  # before the border: nothing changes
+    assert max_diff(with_reset[:, 3:], without[:, 3:]) > 1e-3
