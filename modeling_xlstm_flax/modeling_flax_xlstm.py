@@ -38,7 +38,7 @@ from .param_table import (
 )
 from .library_checkpoint import load_library_folder, read_library_config
 from .mlstm_kernels import zero_state
-from .slstm_layers import zero_layer_state as zero_slstm_state
+from .slstm_layers import powerlaw_bias_init, zero_layer_state as zero_slstm_state
 from .xlstm_layers import (  # noqa: F401  (the module classes are part of this module's API, as in transformers)
     FlaxXLSTMForCausalLMModule, FlaxXLSTMModule, param_shapes, stack_block_params, unstack_block_params,
 )
@@ -202,6 +202,8 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         checked against this model's param tree (names, shapes, finite values), cast to `param_dtype`."""
         config, params = load_library_folder(directory, library_config, **overrides)
         model = cls(config, dtype=dtype, _do_init=False)
+        if config.scan_blocks:
+            params = stack_block_params(params, config.num_blocks)
         if not model.has_lm_head:  # the bare backbone
             params = params["backbone"]
         flat = flatten_dict(params, sep="/")
@@ -281,6 +283,13 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         `params`, those params completed by random values for the keys `from_pretrained` recorded as missing."""
         params_rng, dropout_rng = jax.random.split(rng)
         random_params = _compiled_init(self.module, tuple(input_shape))({"params": params_rng, "dropout": dropout_rng})
+        cfg = self.config
+        if cfg.scan_blocks and cfg.slstm_block_indices:  # nn.scan inits every block alike: the depth-dependent bias
+            random_params = unfreeze(random_params)
+            blocks = random_params["backbone"]["blocks"] if self.has_lm_head else random_params["blocks"]
+            layer = blocks["scanned"]["block"]["slstm_layer"]
+            layer["bias"] = jnp.stack([powerlaw_bias_init(cfg.slstm_block_config(i))(None, layer["bias"].shape[1:])
+                                       for i in range(cfg.num_blocks)])
         if params is None:
             return random_params
         random_params = flatten_dict(unfreeze(random_params))
@@ -304,9 +313,10 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         state = zero_state(batch_size, cfg.num_heads, cfg.qk_head_dim, cfg.v_head_dim)._asdict()
         if cfg.layer_type == "mlstm":
             state["conv"] = jnp.zeros((batch_size, cfg.conv1d_kernel_size - 1, cfg.inner_dim), jnp.float32)
-        if cfg.scan_blocks:
-            return {k: jnp.repeat(v[:, None], cfg.num_blocks, axis=1) for k, v in state.items()}
         slstm_at = set(cfg.slstm_block_indices)
+        if cfg.scan_blocks:  # a homogeneous stack (all mLSTM, or all sLSTM)
+            state = zero_slstm_state(cfg.slstm_block_config(0), batch_size) if slstm_at else state
+            return {k: jnp.repeat(v[:, None], cfg.num_blocks, axis=1) for k, v in state.items()}
         return [zero_slstm_state(cfg.slstm_block_config(i), batch_size) if i in slstm_at else dict(state)
                 for i in range(cfg.num_blocks)]
 

@@ -53,7 +53,6 @@ def check_slstm_fields(config, fail: Callable[[str, object, str], None]) -> None
         slstm_block_config(config, 0)
     except (ValueError, TypeError) as exc:
         fail("slstm_block", block, str(exc))
-    if config.scan_blocks and indices:
-        kind = "all sLSTM" if len(indices) == config.num_blocks else "a mixed mLSTM/sLSTM stack"
-        fail("scan_blocks", True, f"needs a homogeneous stack of mLSTM blocks; slstm_at={at!r} makes {kind}, "
-             "which runs unrolled: use scan_blocks=False")
+    if config.scan_blocks and indices and len(indices) != config.num_blocks:
+        fail("scan_blocks", True, f"needs a homogeneous stack (all mLSTM or all sLSTM blocks); slstm_at={at!r} "
+             "makes a mixed mLSTM/sLSTM stack, which runs unrolled: use scan_blocks=False")

@@ -416,6 +416,14 @@ class _ScannedBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, state, attention_mask, document_borders, deterministic):
+        cfg = self.config
+        if cfg.slstm_block_indices:  # an all-sLSTM stack (the config refuses a scanned mixed one)
+            from .slstm_layers import SLSTMBlock  # imports this module
+
+            borders = document_borders if cfg.reset_at_document_boundaries else None
+            x, new_state = SLSTMBlock(cfg.slstm_block_config(0), dtype=self.dtype, name="block")(
+                x, attention_mask, borders, state, deterministic)
+            return x, (new_state, x)
         x, new_state = FlaxXLSTMBlock(self.config, dtype=self.dtype, name="block")(
             x, attention_mask, document_borders, state, deterministic
         )

@@ -405,3 +405,32 @@ def test_hub_export_of_a_mixed_model_loads_without_the_package(tmp_path, mixed):
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert "MODEL transformers_modules." in proc.stdout
     assert max_diff(np.load(tmp_path / "logits.npy"), arrays["logits"]) <= TOL
+
+
+def test_scanned_slstm_only_stack_matches_library_and_unrolled(tmp_path):
+    """scan_blocks with a homogeneous sLSTM stack: library logits (sequence and cached steps), the unrolled params
+    stacked, a save -> load round trip, and a fresh init with each block's depth-dependent forget bias."""
+    from modeling_xlstm_flax.xlstm_layers import stack_block_params
+
+    library_config, _, arrays = load("lm_slstm")
+    folder = distil_folder(tmp_path, "lm_slstm")
+    unrolled = FlaxXLSTMForCausalLM.from_pretrained(folder)
+    scanned = FlaxXLSTMForCausalLM.from_pretrained(folder, scan_blocks=True)
+    stacked = {k: np.asarray(v) for k, v in flatten_dict(stack_block_params(unrolled.params, 2), sep="/").items()}
+    assert stacked.keys() == _params(scanned).keys()
+    for key, value in _params(scanned).items():
+        np.testing.assert_array_equal(value, stacked[key], err_msg=key)
+    assert max_diff(scanned(arrays["idx"]).logits, arrays["logits"]) <= TOL
+    assert max_diff(stepped_logits(scanned, arrays["idx"], 5), arrays["logits_step"]) <= TOL
+    scanned.save_pretrained(tmp_path / "scanned")
+    again = FlaxXLSTMForCausalLM.from_pretrained(tmp_path / "scanned")
+    assert again.config.scan_blocks
+    for key, value in _params(scanned).items():
+        np.testing.assert_array_equal(_params(again)[key], value, err_msg=key)
+    fresh_scanned = FlaxXLSTMForCausalLM(scanned.config)
+    fresh_unrolled = FlaxXLSTMForCausalLM(unrolled.config)
+    bias = np.asarray(fresh_scanned.params["backbone"]["blocks"]["scanned"]["block"]["slstm_layer"]["bias"])
+    for i in range(2):
+        np.testing.assert_array_equal(bias[i], np.asarray(
+            fresh_unrolled.params["backbone"]["blocks"][str(i)]["slstm_layer"]["bias"]))
+    assert not np.array_equal(bias[0], bias[1])
