@@ -434,3 +434,11 @@ def test_scanned_slstm_only_stack_matches_library_and_unrolled(tmp_path):
         np.testing.assert_array_equal(bias[i], np.asarray(
             fresh_unrolled.params["backbone"]["blocks"][str(i)]["slstm_layer"]["bias"]))
     assert not np.array_equal(bias[0], bias[1])
+
+
+def test_segmented_prefill_of_a_mixed_model_matches_library(tmp_path):
+    """A prompt longer than `prefill_segment_size` runs through the per-kind cache segment by segment."""
+    _, _, arrays = load("lm_mixed")
+    model = FlaxXLSTMForCausalLM.from_pretrained(distil_folder(tmp_path, "lm_mixed"), prefill_segment_size=5)
+    out = model(arrays["idx"], past_key_values=model.init_cache(arrays["idx"].shape[0]))
+    assert max_diff(out.logits, arrays["logits"]) <= TOL
