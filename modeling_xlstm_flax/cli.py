@@ -1,7 +1,7 @@
 """The command line: `xlstm-flax COMMAND ...` and what every command shares (the one place for command code).
 
 * `main(argv)`: the console command `xlstm-flax` with the subcommands `generate`, `train`, `convert {from-orbax,
-  from-pytorch, to-pytorch}` and `export-hub`, plus `--version`, `--debug`, `--help`. Each subcommand is its module's
+  from-pytorch, to-pytorch, from-library}` and `export-hub`, plus `--version`, `--debug`, `--help`. Each subcommand is its module's
   `build_parser()` / `main(argv)`, imported only when it runs (so `--help` needs neither jax nor transformers);
 * `run_command(prog, body, argv, exit_codes)` runs `body(argv)`: a failure is one line `prog: error: ...` on stderr
   and exit status 1 (or its `exit_codes` entry); usage errors exit 2 (argparse); `--debug` (or `XLSTM_FLAX_DEBUG=1`)
@@ -195,13 +195,14 @@ def check_output_location(path, option: str = "--output", inputs=()) -> Path:
 COMMANDS = {
     "generate": ("generate", "generate text with the bundled model or any saved model"),
     "train": ("training", "train a model from scratch or fine-tune one (the 'train' extra)"),
-    "convert": (None, "convert checkpoints: from-orbax, from-pytorch, to-pytorch"),
+    "convert": (None, "convert checkpoints: from-orbax, from-pytorch, to-pytorch, from-library"),
     "export-hub": ("hub", "write a self-contained Hugging Face Hub folder (and push it)"),
 }
 CONVERSIONS = {
     "from-orbax": ("convert_orbax_to_hf", "an xlstm-jax orbax run -> this port's Flax model folder"),
     "from-pytorch": ("convert_pytorch_to_flax", "transformers' PyTorch xLSTM folder -> Flax model folder"),
     "to-pytorch": ("convert_flax_to_pytorch", "Flax model folder -> transformers' PyTorch xLSTM folder"),
+    "from-library": ("convert_library_to_flax", "NX-AI xlstm library folder (mLSTM + sLSTM) -> Flax model folder"),
 }
 
 

@@ -11,6 +11,8 @@ import json
 import math
 from typing import Any, Sequence
 
+from .slstm_model_config import check_slstm_fields
+
 NORM_TYPES = ("layernorm", "rmsnorm")
 LAYER_TYPES = ("mlstm", "mlstm_v1")
 GATE_INPUTS = ("qkv", "x_mlstm", "x_mlstm_conv", "x_mlstm_conv_act")
@@ -107,12 +109,10 @@ def validate_config(config) -> None:
         _check_positive_int("prefill_segment_size", config.prefill_segment_size)
     _check_bias_init("igate_bias_init_range", config.igate_bias_init_range)
     _check_bias_init("fgate_bias_init_range", config.fgate_bias_init_range)
-    if not isinstance(config.slstm_at, list) or not all(_is_int(i) for i in config.slstm_at):
-        _fail("slstm_at", config.slstm_at, "must be a list of block indices ([] for mLSTM blocks only); sLSTM "
-              "blocks are not implemented, so use slstm_at=[]")
-    if config.slstm_at:
-        _fail("slstm_at", config.slstm_at,
-              "sLSTM blocks are not implemented (upstream xlstm-jax has none in JAX either); use slstm_at=[]")
+    if config.slstm_at != "all" and (not isinstance(config.slstm_at, list)
+                                     or not all(_is_int(i) for i in config.slstm_at)):
+        _fail("slstm_at", config.slstm_at, 'must be a list of block indices ([] for mLSTM blocks only) or "all"')
+    check_slstm_fields(config, _fail)  # indices in range, slstm_block, scan_blocks only for a homogeneous stack
     _check_finite(vars(config))
     _check_transformers_fields(config)
     _validate_dims(config)

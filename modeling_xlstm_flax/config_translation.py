@@ -224,6 +224,8 @@ def upstream_config_fields(upstream: dict[str, Any], **overrides) -> dict[str, A
 
 def to_upstream_config(config) -> dict[str, Any]:
     """The nested upstream dict (constructor fields of xLSTMLMModelConfig and its sub-configs) for `config`."""
+    if config.slstm_block_indices:
+        raise ValueError(f"slstm_at={config.slstm_at!r} cannot be expressed upstream (xlstm-jax has no sLSTM blocks)")
     if config.tie_word_embeddings:
         raise ValueError("tie_word_embeddings=True cannot be expressed upstream (xlstm-jax never ties the LM head)")
     if not config.add_post_blocks_norm:
@@ -412,6 +414,9 @@ def to_transformers_config(config):
     """The transformers `xLSTMConfig` for `config`; raises if transformers' xLSTM cannot express it."""
     from transformers import xLSTMConfig
 
+    if config.slstm_block_indices:
+        raise ValueError(f"slstm_at={config.slstm_at!r} cannot be expressed by transformers' xLSTMConfig (it has no "
+                         "sLSTM blocks)")
     for field, value in _PT_FIXED.items():
         if getattr(config, field) != value:
             raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed by transformers' xLSTMConfig "

@@ -29,6 +29,11 @@ from .config_checks import (  # noqa: F401  (the field choices, re-exported)
     SEQUENCE_KERNELS, STEP_KERNELS, TOKEN_ID_FIELDS, TRANSFORMERS_BOOL_FIELDS, canonical_fields, check_torch_dtype,
     read_config_json, validate_config,
 )
+from .slstm_model_config import (  # the sLSTM fields (numpy only, no jax/flax)
+    slstm_block_config as _slstm_block_config, slstm_block_indices as _slstm_block_indices,
+)
+from .slstm_config import SLSTMConfig  # noqa: F401  (named for the Hub export: slstm_model_config's import)
+from .slstm_params import slstm_config_from_library  # noqa: F401  (named for the Hub export, as above)
 
 FIELD_DOCS = {
     # language model (xLSTMLMModelConfig)
@@ -50,7 +55,10 @@ FIELD_DOCS = {
     "compute_dtype": "Dtype of activations and matmuls (upstream name `dtype`); params stay float32.",
     "init_distribution_embed": "Distribution of the embedding init: normal | truncated_normal | uniform.",
     "init_distribution_out": "Distribution of the LM head init.",
-    "slstm_at": "Block indices that are sLSTM blocks; sLSTM is not implemented upstream in JAX, so must be [].",
+    "slstm_at": "Block indices that are sLSTM blocks (a list, or \"all\"); the others are mLSTM blocks.",
+    "slstm_block": "The sLSTM blocks' config as NX-AI xlstm's `sLSTMBlockConfig` dict: {\"slstm\": {num_heads, "
+                   "conv1d_kernel_size, function, group_norm_weight, ...}, \"feedforward\": {proj_factor, act_fn, bias, "
+                   "...} or null (no feedforward)}; None: the library's defaults. Read by `slstm_model_config`.",
     # block (xLSTMBlockConfig)
     "block_norm_type": "Type of the pre-norms (and post-norms) inside each block.",
     "block_norm_eps": "Epsilon of the block norms.",
@@ -149,7 +157,8 @@ class XLSTMFlaxConfig(PretrainedConfig):
         compute_dtype: str = "bfloat16",
         init_distribution_embed: str = "normal",
         init_distribution_out: str = "normal",
-        slstm_at: Sequence[int] = (),
+        slstm_at: Union[Sequence[int], str] = (),
+        slstm_block: Optional[dict] = None,
         block_norm_type: str = "rmsnorm",
         block_norm_eps: float = 1e-6,
         add_post_norm: bool = False,
@@ -217,7 +226,8 @@ class XLSTMFlaxConfig(PretrainedConfig):
         self.compute_dtype = compute_dtype
         self.init_distribution_embed = init_distribution_embed
         self.init_distribution_out = init_distribution_out
-        self.slstm_at = list(slstm_at) if isinstance(slstm_at, tuple) else slstm_at
+        self.slstm_at = list(slstm_at) if isinstance(slstm_at, tuple) else slstm_at  # None, an int: named by validate
+        self.slstm_block = slstm_block
         self.block_norm_type = block_norm_type
         self.block_norm_eps = block_norm_eps
         self.add_post_norm = add_post_norm
@@ -352,7 +362,17 @@ class XLSTMFlaxConfig(PretrainedConfig):
     @property
     def block_map(self) -> list[int]:
         """Upstream's block map: 0 = mLSTM block, 1 = sLSTM block, one entry per block."""
-        return [1 if i in self.slstm_at else 0 for i in range(self.num_blocks)]
+        return [1 if i in self.slstm_block_indices else 0 for i in range(self.num_blocks)]
+
+    # ------------------------------------------------------------------ sLSTM blocks (see `slstm_model_config`)
+    @property
+    def slstm_block_indices(self) -> list[int]:
+        """Sorted indices of the sLSTM blocks (`slstm_at`, "all" expanded)."""
+        return _slstm_block_indices(self)
+
+    def slstm_block_config(self, block_idx: int):
+        """The `slstm_config.SLSTMConfig` of sLSTM block `block_idx` (from `slstm_block`)."""
+        return _slstm_block_config(self, block_idx)
 
     @property
     def inner_dim(self) -> int:

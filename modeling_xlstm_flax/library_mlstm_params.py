@@ -87,3 +87,25 @@ def mlstm_block_params_from_library(state_dict: Mapping[str, np.ndarray], config
     if extra:
         raise ValueError(f"mLSTM block params at {prefix!r}: unexpected {extra}")
     return params
+
+
+def mlstm_block_params_to_library(params: Mapping, prefix: str = "") -> dict:
+    """The inverse of `mlstm_block_params_from_library`: our `FlaxXLSTMBlock` params -> the library's state dict of
+    one mLSTM block (float32 numpy)."""
+    a = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    layer = params["mlstm_layer"]
+    sd = {
+        "xlstm_norm.weight": a(params["norm_mlstm"]["scale"]) - 1.0,
+        "xlstm.proj_up.weight": np.concatenate([a(layer["proj_up_mlstm"]["kernel"]).T, a(layer["proj_up_z"]["kernel"]).T]),
+        "xlstm.conv1d.conv.weight": np.ascontiguousarray(a(layer["conv1d"]["kernel"]).T[:, None, :]),
+        "xlstm.conv1d.conv.bias": a(layer["conv1d"]["bias"]),
+        "xlstm.mlstm_cell.outnorm.weight": a(layer["multihead_norm"]["scale"]) - 1.0,
+        "xlstm.learnable_skip": a(layer["learnable_skip"]),
+        "xlstm.proj_down.weight": np.ascontiguousarray(a(layer["out_proj"]["kernel"]).T),
+    }
+    for name in ("q", "k", "v"):
+        sd[f"xlstm.{name}_proj.weight"] = a(layer[f"{name}_proj"]["kernel"])
+    for gate in ("i", "f"):
+        sd[f"xlstm.mlstm_cell.{gate}gate.weight"] = np.ascontiguousarray(a(layer[f"{gate}gate_preact"]["kernel"]).T)
+        sd[f"xlstm.mlstm_cell.{gate}gate.bias"] = a(layer[f"{gate}gate_preact"]["bias"])
+    return {prefix + k: v for k, v in sd.items()}

@@ -66,7 +66,7 @@ def resolve_model_dir(name_or_path, subfolder: str = "", **hub_kwargs) -> Path:
     else:
         from huggingface_hub import snapshot_download
 
-        patterns = ["*.json", "*.safetensors", "*.msgpack", "*.txt", "*.model", "*.jinja", "*.md"]
+        patterns = ["*.json", "*.yaml", "*.safetensors", "*.msgpack", "*.txt", "*.model", "*.jinja", "*.md"]
         try:
             local = Path(snapshot_download(
                 source, allow_patterns=[f"{subfolder}/{p}" if subfolder else p for p in patterns], **hub_kwargs))

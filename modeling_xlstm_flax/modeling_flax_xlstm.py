@@ -20,6 +20,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -38,9 +39,11 @@ from .input_checks import check_batch_size, check_cache, check_dropout_rng, chec
 from .param_table import (
     LM_HEAD, is_scanned, unrolled_names, unrolled_plan, with_backbone_prefix,
 )
+from .library_checkpoint import load_library_folder, read_library_config
 from .mlstm_kernels import zero_state
 from .model_folder import resolve_model_dir
 from .param_checks import check_model_params, check_params_to_save, param_plan
+from .slstm_layers import powerlaw_bias_init, zero_layer_state as zero_slstm_state
 from .xlstm_layers import (  # noqa: F401  (the module classes are part of this module's API, as in transformers)
     FlaxXLSTMForCausalLMModule, FlaxXLSTMModule, param_shapes, stack_block_params, unstack_block_params,
 )
@@ -52,6 +55,11 @@ from .config_translation import round_to_multiple  # noqa: E402,F401
 from .flax_base import FlaxPreTrainedModel as _OwnBaseModel  # noqa: E402,F401  (hf_compat's base for transformers 5)
 from .generation_loop import generate_loop  # noqa: E402,F401  (generation's loop)
 from .logits_processors import check_generation_config  # noqa: E402,F401  (the loop's settings and processors)
+from .slstm_cell import slstm_sequence  # noqa: E402,F401  (slstm_layers')
+from .slstm_config import SLSTMConfig  # noqa: E402,F401  (slstm_layers' and slstm_params')
+from .slstm_model_config import slstm_block_config  # noqa: E402,F401  (the config's, imported lazily)
+from .slstm_params import slstm_config_from_library  # noqa: E402,F401  (library_checkpoint's)
+from .library_mlstm_params import mlstm_block_config_from_library  # noqa: E402,F401  (library_checkpoint's)
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +197,10 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only",
                                                  "force_download", "subfolder", "proxies") if k in kwargs}
         directory = resolve_model_dir(pretrained_model_name_or_path, **hub_kwargs)
+        library_config = read_library_config(directory) if config is None else None
+        if library_config is not None:  # a checkpoint of NX-AI's PyTorch `xlstm` library (`library_checkpoint`)
+            return cls._from_library_folder(directory, library_config, dtype, param_dtype, do_init, check_finite,
+                                            kwargs)
         if config is None:
             if not (directory / "config.json").is_file():
                 raise ValueError(f"{directory} has no config.json; pass config=... or use a model directory written "
@@ -216,6 +228,34 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             return model, params
         if missing:
             params = model.init_weights(jax.random.PRNGKey(0), model.input_shape, params)
+        model._is_initialized = True
+        model.params = params
+        return model
+
+    @classmethod
+    def _from_library_folder(cls, directory, library_config, dtype, param_dtype, do_init, check_finite, overrides):
+        """`from_pretrained` of a library checkpoint folder: config and params translated (`library_checkpoint`),
+        checked against this model's param tree (names, shapes, finite values), cast to `param_dtype`."""
+        config, params = load_library_folder(directory, library_config, **overrides)
+        model = cls(config, dtype=dtype, _do_init=False)
+        if config.scan_blocks:
+            params = stack_block_params(params, config.num_blocks)
+        if not model.has_lm_head:  # the bare backbone
+            params = params["backbone"]
+        flat = flatten_dict(params, sep="/")
+        want = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(unfreeze(model.params_shape_tree)).items()}
+        got = {k: tuple(v.shape) for k, v in flat.items()}
+        if got != want:
+            raise CheckpointFileError(f"{directory}: library params do not fit the model: missing "
+                                      f"{sorted(set(want) - set(got))}, unexpected {sorted(set(got) - set(want))}, "
+                                      f"shapes {[(k, got[k], want[k]) for k in got if k in want and got[k] != want[k]]}")
+        bad = [k for k, v in flat.items() if check_finite and not np.all(np.isfinite(v))]
+        if bad:
+            raise CheckpointFileError(f"{directory}: library tensors hold NaN or infinite values: {bad[:20]}")
+        param_dtype = jnp.float32 if param_dtype is None else param_dtype
+        params = freeze(unflatten_dict({k: jnp.asarray(v, param_dtype) for k, v in flat.items()}, sep="/"))
+        if not do_init:
+            return model, params
         model._is_initialized = True
         model.params = params
         return model
@@ -287,6 +327,13 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         `params`, those params completed by random values for the keys `from_pretrained` recorded as missing."""
         params_rng, dropout_rng = jax.random.split(rng)
         random_params = _compiled_init(self.module, tuple(input_shape))({"params": params_rng, "dropout": dropout_rng})
+        cfg = self.config
+        if cfg.scan_blocks and cfg.slstm_block_indices:  # nn.scan inits every block alike: the depth-dependent bias
+            random_params = unfreeze(random_params)
+            blocks = random_params["backbone"]["blocks"] if self.has_lm_head else random_params["blocks"]
+            layer = blocks["scanned"]["block"]["slstm_layer"]
+            layer["bias"] = jnp.stack([powerlaw_bias_init(cfg.slstm_block_config(i))(None, layer["bias"].shape[1:])
+                                       for i in range(cfg.num_blocks)])
         if params is None:
             return random_params
         random_params = flatten_dict(unfreeze(random_params))
@@ -302,16 +349,20 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         Its size does not depend on `max_length` (accepted for the HF generation API only). Per block a dict with
         c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH) and, for the `mlstm` layer type, the conv window
         conv (B, K-1, inner_dim); all float32. A list over blocks, or with `scan_blocks` one dict whose leaves
-        carry the block axis second: (B, NB, ...).
+        carry the block axis second: (B, NB, ...). An sLSTM block (`slstm_at`) has its own kind of state instead:
+        y, c, n, m (B, NH, DH) and, with a conv, conv (B, K-1, D) (`slstm_layers.zero_layer_state`).
         """
         check_batch_size(batch_size)
         cfg = self.config
         state = zero_state(batch_size, cfg.num_heads, cfg.qk_head_dim, cfg.v_head_dim)._asdict()
         if cfg.layer_type == "mlstm":
             state["conv"] = jnp.zeros((batch_size, cfg.conv1d_kernel_size - 1, cfg.inner_dim), jnp.float32)
-        if cfg.scan_blocks:
+        slstm_at = set(cfg.slstm_block_indices)
+        if cfg.scan_blocks:  # a homogeneous stack (all mLSTM, or all sLSTM)
+            state = zero_slstm_state(cfg.slstm_block_config(0), batch_size) if slstm_at else state
             return {k: jnp.repeat(v[:, None], cfg.num_blocks, axis=1) for k, v in state.items()}
-        return [dict(state) for _ in range(cfg.num_blocks)]
+        return [zero_slstm_state(cfg.slstm_block_config(i), batch_size) if i in slstm_at else dict(state)
+                for i in range(cfg.num_blocks)]
 
     def generate(self, input_ids, generation_config=None, prng_key=None, trace: bool = True, params=None,
                  logits_processor=None, *, attention_mask=None, pad_to_multiple_of: Optional[int] = None, **kwargs):

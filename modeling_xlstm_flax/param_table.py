@@ -71,6 +71,7 @@ class ParamRow:
 
 _INNER = "xlstm_res_block/xlstm/inner_layer/sharded"
 _V1 = "xlstm_res_block/xlstm"
+_NO_UPSTREAM = "<no upstream counterpart: sLSTM>"
 PARAM_TABLE: tuple[ParamRow, ...] = (
     # top level
     ParamRow("backbone/embeddings", "top", "token_embedding/sharded", "squeeze",
@@ -119,6 +120,15 @@ PARAM_TABLE: tuple[ParamRow, ...] = (
     ParamRow("mlstm_layer/qk_norm/k_norm", "block", f"{_INNER}/mlstm_cell/k_norm", "squeeze", NORM, "mlstm",
              verified=False),
     ParamRow("mlstm_layer/learnable_skip", "block", f"{_INNER}/learnable_skip", "squeeze", {"": [("T",)]}, "mlstm"),
+    # sLSTM blocks (`slstm_layers`; any layer type, `slstm_at`): upstream xlstm-jax has none (`_NO_UPSTREAM` never
+    # matches an upstream key, and `to_upstream_config` refuses sLSTM models); the sLSTM heads lead the gate kernels
+    # (NH, DH, DH), the recurrent kernel (NH, DH, 4DH) and the bias (NH, 4, DH): tensor-sharded where it divides NH
+    ParamRow("norm_slstm", "block", _NO_UPSTREAM, "plain", NORM),
+    ParamRow("slstm_layer/conv1d", "block", _NO_UPSTREAM, "plain", {"kernel": [(None, "M")], "bias": [("M",)]}),
+    *(ParamRow(f"slstm_layer/{g}gate", "block", _NO_UPSTREAM, "plain", {"kernel": [("M",)]}) for g in "ifzo"),
+    ParamRow("slstm_layer/recurrent_kernel", "block", _NO_UPSTREAM, "plain", {"": [("M",)]}),
+    ParamRow("slstm_layer/bias", "block", _NO_UPSTREAM, "plain", {"": [("M",)]}),
+    ParamRow("slstm_layer/group_norm", "block", _NO_UPSTREAM, "plain", {"scale": [("M",)]}),
 )
 
 

@@ -302,8 +302,9 @@ def shard_batch(x, mesh: Mesh):
 
 def _cache_leaf_spec(name: str, shape, config, mesh, scanned: bool) -> P:
     T = TENSOR if is_head_parallel(config, mesh) else None
-    rest = {"c": (T, None, None), "n": (T, None), "m": (T,), "conv": (None, T)}[name]
     lead = (BATCH_AXES, None) if scanned else (BATCH_AXES,)
+    # mLSTM c (NH, DHQK, DHV), n (NH, DHQK), m (NH); sLSTM y, c, n, m (NH, DH): heads first; conv (K-1, channels)
+    rest = (None, T) if name == "conv" else (T,) + (None,) * (len(shape) - len(lead) - 1)
     return fit_spec(lead + rest, shape, mesh)
 
 

@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-FUNCTIONS = ("slstm", "lstm")
+from .slstm_config import FUNCTIONS, check_function  # noqa: F401  (part of this module's API)
 
 
 class SLSTMState(NamedTuple):
@@ -44,11 +44,6 @@ def zero_state(batch: int, num_heads: int, head_dim: int) -> SLSTMState:
     """The fresh state: all zeros (n == 0 marks it fresh for the stabiliser)."""
     zeros = jnp.zeros((batch, num_heads, head_dim), jnp.float32)
     return SLSTMState(zeros, zeros, zeros, zeros)
-
-
-def check_function(function: str) -> None:
-    if function not in FUNCTIONS:
-        raise ValueError(f"sLSTM function {function!r} is not supported; expected one of {FUNCTIONS}")
 
 
 def _pointwise(raw: jax.Array, carry: tuple, function: str) -> tuple:

@@ -31,7 +31,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .slstm_layers import LIBRARY_ACTIVATIONS, SLSTMConfig
+from .slstm_config import ACTIVATION_NAMES, SLSTMConfig
 
 BACKENDS = ("vanilla", "cuda")
 DEFAULT_BACKEND = "cuda"  # the library's `sLSTMCellConfig.backend` default (Helibrunna configs omit the key)
@@ -60,16 +60,17 @@ def slstm_config_from_library(block: Mapping, embedding_dim: Optional[int] = Non
     backend = slstm.get("backend", DEFAULT_BACKEND)
     if backend not in BACKENDS:
         raise ValueError(f"sLSTM backend {backend!r} is unknown; expected one of {BACKENDS}")
-    ffn = block.get("feedforward")
+    # a missing key is the library's default `FeedForwardConfig()` (dacite fills it in); only null means none
+    ffn = block.get("feedforward", {})
     ff: dict = {"ff_proj_factor": None}
     if ffn is not None:
         ff_type = ffn.get("ff_type", "ffn_gated")
         if ff_type != "ffn_gated":
             raise ValueError(f"feedforward ff_type {ff_type!r} is not supported; only 'ffn_gated'")
         act = ffn.get("act_fn", "gelu")
-        if act not in LIBRARY_ACTIVATIONS:
+        if act not in ACTIVATION_NAMES:
             raise ValueError(f"feedforward act_fn {act!r} is not supported; expected one of "
-                             f"{sorted(LIBRARY_ACTIVATIONS)}")
+                             f"{sorted(ACTIVATION_NAMES)}")
         ff = {"ff_proj_factor": float(ffn.get("proj_factor", 1.3)), "ff_round_up": bool(ffn.get("round_proj_up_dim_up",
               True)), "ff_multiple_of": int(ffn.get("round_proj_up_to_multiple_of", 64)), "ff_act_fn": act,
               "ff_bias": bool(ffn.get("bias", False))}

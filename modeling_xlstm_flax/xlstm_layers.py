@@ -408,6 +408,14 @@ class _ScannedBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, state, attention_mask, document_borders, deterministic):
+        cfg = self.config
+        if cfg.slstm_block_indices:  # an all-sLSTM stack (the config refuses a scanned mixed one)
+            from .slstm_layers import SLSTMBlock  # imports this module
+
+            borders = document_borders if cfg.reset_at_document_boundaries else None
+            x, new_state = SLSTMBlock(cfg.slstm_block_config(0), dtype=self.dtype, name="block")(
+                x, attention_mask, borders, state, deterministic)
+            return x, (new_state, x)
         x, new_state = FlaxXLSTMBlock(self.config, dtype=self.dtype, name="block")(
             x, attention_mask, document_borders, state, deterministic
         )
@@ -456,14 +464,19 @@ class FlaxXLSTMBlockCollection(nn.Module):
             if new_cache is not None:
                 new_cache = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1), new_cache)
             return x, new_cache, hidden
-        block_cls = nn.remat(FlaxXLSTMBlock, static_argnums=(5,)) if self.gradient_checkpointing else FlaxXLSTMBlock
+        from .slstm_layers import SLSTMBlock  # imports this module
+
+        remat = partial(nn.remat, static_argnums=(5,)) if self.gradient_checkpointing else (lambda cls: cls)
+        slstm_at = set(cfg.slstm_block_indices)
         new_cache = [] if cache is not None else None
         hidden = ()
-        for i in range(cfg.num_blocks):
+        for i in range(cfg.num_blocks):  # block i: `SLSTMBlock` where `slstm_at` says so, else `FlaxXLSTMBlock`
             state = None if cache is None else cache[i]
-            x, new_state = block_cls(cfg, dtype=self.dtype, name=str(i))(
-                x, attention_mask, document_borders, state, deterministic
-            )
+            # borders reset the state only with `reset_at_document_boundaries`, in both kinds of block
+            borders = document_borders if cfg.reset_at_document_boundaries or i not in slstm_at else None
+            block = (remat(SLSTMBlock)(cfg.slstm_block_config(i), dtype=self.dtype, name=str(i)) if i in slstm_at
+                     else remat(FlaxXLSTMBlock)(cfg, dtype=self.dtype, name=str(i)))
+            x, new_state = block(x, attention_mask, borders, state, deterministic)
             hidden += (x,)
             if cache is not None:
                 new_cache.append(new_state)

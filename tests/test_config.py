@@ -29,7 +29,7 @@ from modeling_xlstm_flax.configuration_xlstm_flax import FIELD_DOCS, from_upstre
         ("ff_act_fn", "tanh", "ff_act_fn='tanh'"),
         ("ff_type", "moe", "ff_type='moe'"),
         ("igate_bias_init_range", [1.0], r"igate_bias_init_range=\[1.0\].*\[low, high\]"),
-        ("slstm_at", [1], r"slstm_at=\[1\] is invalid: sLSTM blocks are not implemented"),
+        ("slstm_at", [99], r"slstm_at=\[99\] is invalid: block indices must be ints in \[0, num_blocks="),
         ("context_length", 0, "context_length=0"),
         ("scan_blocks", "yes", "scan_blocks='yes' is invalid: must be true or false"),
         ("gate_linear_headwise", True, "gate_linear_headwise=True is invalid: only layer_type='mlstm' supports it"),

@@ -97,7 +97,7 @@ INVALID = {
     "compute_dtype": st.sampled_from(["float64", "int8", "fp8", ""]),
     "sequence_kernel": st.text(max_size=10).filter(lambda s: s not in ("parallel_stabilized", "chunkwise", "recurrent")),
     "igate_bias_init_range": st.one_of(st.lists(st.floats(allow_nan=False), min_size=3, max_size=4), st.text(max_size=2)),
-    "slstm_at": st.lists(st.integers(0, 5), min_size=1, max_size=3),
+    "slstm_at": st.one_of(st.lists(st.integers(2, 5), min_size=1, max_size=3), st.just([0, 0]), st.just("most")),
     "context_length": st.one_of(st.integers(max_value=-2), st.just(0)),
     "scan_blocks": st.sampled_from([0, 1, "true", None]),
 }
