@@ -30,10 +30,10 @@ import numpy as np
 
 from .checkpoint_io import SafetensorsCheckpoint
 from .configuration_xlstm_flax import XLSTMFlaxConfig
-from .checkpoint_writer import replace_files_atomically
 from .library_mlstm_params import (
     mlstm_block_config_from_library, mlstm_block_params_from_library, mlstm_block_params_to_library,
 )
+from .safe_output import atomic_output_dir
 from .slstm_params import (
     BACKENDS, block_params_from_library, block_params_to_library, slstm_config_from_library, strip_compiled_prefix,
 )
@@ -248,13 +248,15 @@ def library_state_dict(params: Mapping, config: XLSTMFlaxConfig, backend: str = 
 
 def save_library_folder(params: Mapping, config: XLSTMFlaxConfig, folder, backend: str = "vanilla") -> Path:
     """Write a library checkpoint folder: config.json (`{"xlstm_cfg": library_config}`) and model.safetensors.
-    The files replace old ones only once both are complete."""
+    All-or-nothing (`safe_output`): the folder's other files are kept, the old two replaced only once both new ones
+    are complete."""
     from safetensors.numpy import save_file
 
     lm = library_config(config, backend)
     sd = {k: np.ascontiguousarray(v) for k, v in library_state_dict(params, config, backend).items()}
     folder = Path(folder)
-    with replace_files_atomically(folder) as tmp:
+    with atomic_output_dir(folder, True, owned=("config.json", "model.safetensors"), keep_others=True,
+                           option="save_library_folder: folder") as tmp:
         (tmp / "config.json").write_text(json.dumps({"xlstm_cfg": lm}, indent=1))
         save_file(sd, str(tmp / "model.safetensors"))
     return folder

@@ -128,13 +128,14 @@ def test_load_preset_absolute_path_of_a_real_preset_refused():
         load_preset(str(PRESETS_DIR / TINY))
 
 
-@pytest.mark.parametrize("value", [None, 1, "all", "0", [0.5], [True]])
+@pytest.mark.parametrize("value", [None, 1, "0", [0.5], [True]])
 def test_slstm_at_forms_refused_by_name(value):
     with pytest.raises(ValueError, match=r"slstm_at=.* is invalid: must be a list of block indices"):
         load_preset(TINY, slstm_at=value)
-    with pytest.raises(ValueError, match=r"slstm_at=\[1\] is invalid: sLSTM blocks are not implemented"):
-        load_preset(TINY, slstm_at=[1])
+    with pytest.raises(ValueError, match=r"slstm_at=\[99\] is invalid: block indices must be ints in \[0, num_blocks"):
+        load_preset(TINY, slstm_at=[99])
     assert load_preset(TINY, slstm_at=()).slstm_at == []
+    assert load_preset(TINY, slstm_at="all").slstm_at == "all" and load_preset(TINY, slstm_at=[0]).slstm_at == [0]
 
 
 def test_deleting_a_field_refused():

@@ -324,14 +324,15 @@ def test_config_the_library_cannot_express_is_refused():
 
 
 def test_document_borders_reset_slstm_blocks_only_with_the_config_flag(mixed):
-    """As for mLSTM blocks: `document_borders` act only with `reset_at_document_boundaries` (a library model has it
-    off, so borders change nothing); with it on, the sLSTM carry restarts at a border (exactly, per cell:
-    test_slstm.py::test_document_border_resets_the_state; the conv window still sees the K-1 tokens before it)."""
+    """As for mLSTM blocks: `document_borders` need `reset_at_document_boundaries` (a library model has it off, so
+    borders given to it are refused, never ignored); with it on, the sLSTM carry restarts at a border (exactly, per
+    cell: test_slstm.py::test_document_border_resets_the_state; the conv window still sees the K-1 tokens before
+    it)."""
     idx = np.array([[3, 9, 4, 7, 5, 6, 2, 8]])
     borders = np.zeros_like(idx, bool)
     borders[0, 3] = True
-    plain = np.asarray(mixed(idx).logits)
-    np.testing.assert_array_equal(np.asarray(mixed(idx, document_borders=borders).logits), plain)
+    with pytest.raises(ValueError, match="reset_at_document_boundaries=False"):
+        mixed(idx, document_borders=borders)
     library_config, sd, _ = load("lm_slstm")
     config, backend = config_from_library(library_config, reset_at_document_boundaries=True)
     from modeling_xlstm_flax.library_checkpoint import params_from_library
@@ -430,9 +431,9 @@ def test_scanned_slstm_only_stack_matches_library_and_unrolled(tmp_path):
     fresh_scanned = FlaxXLSTMForCausalLM(scanned.config)
     fresh_unrolled = FlaxXLSTMForCausalLM(unrolled.config)
     bias = np.asarray(fresh_scanned.params["backbone"]["blocks"]["scanned"]["block"]["slstm_layer"]["bias"])
-    for i in range(2):
-        np.testing.assert_array_equal(bias[i], np.asarray(
-            fresh_unrolled.params["backbone"]["blocks"][str(i)]["slstm_layer"]["bias"]))
+    for i in range(2):  # the compiled unrolled init and the eager formula may differ in the last bit (1 ulp)
+        np.testing.assert_allclose(bias[i], np.asarray(
+            fresh_unrolled.params["backbone"]["blocks"][str(i)]["slstm_layer"]["bias"]), rtol=1e-6, atol=0)
     assert not np.array_equal(bias[0], bias[1])
 
 
