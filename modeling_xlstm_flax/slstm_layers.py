@@ -96,15 +96,12 @@ class SLSTMLayer(nn.Module):
         NH, DH, K = cfg.num_heads, cfg.head_dim, cfg.conv1d_kernel_size
         keep = None if attention_mask is None else attention_mask.astype(bool)
         new_state = {} if state is not None else None
-        if K > 0:
-            conv_in = x if keep is None else jnp.where(keep[..., None], x, 0)
+        if K > 0:  # the shared conv follows the mask/border rule (`masking`): a masked token never enters the
+            # window, a border starts an empty one (as for the mLSTM layers)
             xc, window = CausalConv1d(K, dtype=self.dtype, name="conv1d")(
-                conv_in, None if state is None else state["conv"])
+                x, None if state is None else state["conv"], attention_mask, document_borders)
             xc = nn.silu(xc)
             if state is not None:
-                if keep is not None:  # a padding-only row keeps its window
-                    any_real = jnp.any(keep, axis=1)[:, None, None]
-                    window = jnp.where(any_real, window, state["conv"])
                 new_state["conv"] = window.astype(jnp.float32)
         else:
             xc = x

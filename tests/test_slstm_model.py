@@ -326,8 +326,8 @@ def test_config_the_library_cannot_express_is_refused():
 def test_document_borders_reset_slstm_blocks_only_with_the_config_flag(mixed):
     """As for mLSTM blocks: `document_borders` need `reset_at_document_boundaries` (a library model has it off, so
     borders given to it are refused, never ignored); with it on, the sLSTM carry restarts at a border (exactly, per
-    cell: test_slstm.py::test_document_border_resets_the_state; the conv window still sees the K-1 tokens before
-    it)."""
+    cell: test_slstm.py::test_document_border_resets_the_state; the conv window too:
+    test_slstm_blocks_follow_the_mask_and_border_rule)."""
     idx = np.array([[3, 9, 4, 7, 5, 6, 2, 8]])
     borders = np.zeros_like(idx, bool)
     borders[0, 3] = True
@@ -343,6 +343,29 @@ def test_document_borders_reset_slstm_blocks_only_with_the_config_flag(mixed):
     without = np.asarray(model(idx, params=params).logits)
     assert max_diff(with_reset[:, :3], without[:, :3]) <= 1e-6  # before the border: nothing changes
     assert max_diff(with_reset[:, 3:], without[:, 3:]) > 1e-3
+
+
+def test_slstm_blocks_follow_the_mask_and_border_rule():
+    """The rule of every layer (`masking`), on a mixed mLSTM/sLSTM model with a conv in its sLSTM block: a masked
+    token changes no state (== the token removed) and a border starts a fresh document (== a fresh run), carry and
+    conv window alike (fp32; 2e-5 as tests/test_masks_borders.py, whose noise floor is ~1e-5)."""
+    library_config, sd, _ = load("lm_mixed")
+    config, backend = config_from_library(library_config, reset_at_document_boundaries=True)
+    from modeling_xlstm_flax.library_checkpoint import params_from_library
+
+    model = FlaxXLSTMForCausalLM(config, _do_init=False)
+    params = params_from_library(sd, config, backend)
+    idx = np.array([[3, 9, 4, 7, 5, 6, 2, 8]])
+    mask = np.ones_like(idx)
+    mask[0, 3] = 0
+    masked = np.asarray(model(idx, attention_mask=mask, params=params).logits)
+    removed = np.asarray(model(np.delete(idx, 3, axis=1), params=params).logits)
+    assert max_diff(np.delete(masked, 3, axis=1), removed) <= 2e-5
+    borders = np.zeros_like(idx, bool)
+    borders[0, 4] = True
+    with_border = np.asarray(model(idx, document_borders=borders, params=params).logits)
+    fresh = np.asarray(model(idx[:, 4:], params=params).logits)
+    assert max_diff(with_border[:, 4:], fresh) <= 2e-5
 
 
 def test_convert_command_writes_our_layout_with_the_tokenizer(tmp_path, capsys):
