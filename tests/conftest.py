@@ -32,6 +32,10 @@ if _jaxlib_before((0, 12)):  # an XLA:CPU option jaxlib 0.12 no longer has (an u
 for _flag in FAST_XLA_FLAGS:
     if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# A CPU suite: with the `aot` extra installed (libtpu, the CUDA plugin), a jax process that may pick any platform
+# initialises libtpu and holds its multi-process lockfile, so a second process compiling for a TPU topology
+# (tests/test_aot.py) is refused. The tests' processes, their workers and subprocesses run on CPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _SESSION_CACHE = tempfile.mkdtemp(prefix="xlstm-flax-test-jax-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE

@@ -341,14 +341,18 @@ def test_tensor_parallel_keeps_each_heads_cell_local(multi):
 
 def test_fsdp_gathers_weights_not_activations(multi):
     """On 2x2x2 the block inputs stay batch-sharded (`activation_sharding`): weights are all-gathered over fsdp,
-    the only all-reduces are tensor parallelism's, and no norm has to all-reduce feature-sharded activations."""
+    the only all-reduces are tensor parallelism's (the two row-parallel projections, and the vocabulary-parallel
+    embedding lookup: the table keeps its vocabulary split over `tensor` once its fsdp dim is gathered, so each
+    device looks up its own rows and one all-reduce sums them, instead of XLA rematerialising the lookup in full),
+    and no norm has to all-reduce feature-sharded activations."""
     found = multi["collectives"]["mlstm_v1/2x2x2"]
     for name in ("mlstm_layer/q/", "mlstm_layer/out_proj/", "ffn/proj_up/"):
         assert any(f.startswith("all-gather") and name in f for f in found), (name, found)
     assert not [f for f in found if "norm" in f], found
     assert {f for f in found if f.startswith("all-reduce")} == {
         "all-reduce backbone/blocks/0/mlstm_layer/out_proj/dot_general",
-        "all-reduce backbone/blocks/0/ffn/proj_down/dot_general"}
+        "all-reduce backbone/blocks/0/ffn/proj_down/dot_general",
+        "all-reduce backbone/embeddings/jit(_take)/gather"}
 
 
 def test_two_processes_with_jax_distributed(multi):
