@@ -170,8 +170,10 @@ def generate(model, shapes, mesh, batch: int, prompt: int, new_tokens: int) -> P
 
     def fn(params, input_ids):
         with shd.activation_sharding(mesh), cache_constraint(constrain):
+            # compile-only: the program is the same whatever eos id stops it at run time (an id outside the
+            # vocabulary, the old way to mean "never stop", is refused by generate)
             return model.generate(input_ids, params=params, max_new_tokens=new_tokens, do_sample=False,
-                                  eos_token_id=cfg.vocab_size, pad_token_id=0).sequences
+                                  pad_token_id=0).sequences
 
     pre = prefill(model, shapes, mesh, batch, prompt)
     dec = decode_step(model, shapes, mesh, batch)
