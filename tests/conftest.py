@@ -65,6 +65,30 @@ def load_fixture(name: str, **overrides):
     return config, params, np.load(folder / "inputs.npy"), np.load(folder / "logits.npy")
 
 
+SLSTM_FIXTURES = REPO / "tests" / "fixtures" / "slstm"
+
+
+def load_slstm_fixture(name: str):
+    """(library config dict, library state dict, other arrays) of a frozen `xlstm==2.0.6` fixture
+    (tests/fixtures/slstm, made by its make_fixtures.py)."""
+    meta = json.loads((SLSTM_FIXTURES / f"{name}.json").read_text())
+    with np.load(SLSTM_FIXTURES / f"{name}.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    sd = {k[3:]: v for k, v in arrays.items() if k.startswith("sd/")}
+    return meta["library_config"], sd, {k: v for k, v in arrays.items() if not k.startswith("sd/")}
+
+
+def left_padded(prompts, pad_id: int = 1):
+    """(ids, mask) (B, max length): the 1-D prompts left-padded with `pad_id`, mask 1 on the prompt tokens."""
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id)
+    mask = np.zeros((len(prompts), width), "i4")
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = p
+        mask[row, width - len(p):] = 1
+    return ids, mask
+
+
 def tiny_config(layer_type: str = "mlstm_v1", **overrides):
     """A small float32 config of either layer type."""
     from modeling_xlstm_flax import load_preset

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, load_fixture, max_abs_diff, tiny_config
+from conftest import FIXTURES, left_padded, load_fixture, max_abs_diff, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
 
 
@@ -261,12 +261,8 @@ def test_left_padded_batch_generates_like_each_prompt_alone():
         model = FlaxXLSTMForCausalLM(no_eos_config(layer_type, chunk_size=4), seed=5)
         rng = np.random.RandomState(5)
         prompts = [rng.randint(3, 97, n) for n in (3, 9, 6)]
-        width = max(len(p) for p in prompts)
-        ids = np.full((3, width), 1)
-        mask = np.zeros((3, width), "i4")
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p) :] = p
-            mask[row, width - len(p) :] = 1
+        ids, mask = left_padded(prompts)
+        width = ids.shape[1]
         batch = np.asarray(model.generate(ids, attention_mask=mask, max_new_tokens=16, pad_token_id=1).sequences)
         for row, p in enumerate(prompts):
             alone = np.asarray(model.generate(p[None], max_new_tokens=16, pad_token_id=1).sequences)

@@ -5,8 +5,6 @@ Tolerance: 1e-5 max abs on outputs of magnitude ~1-6 (measured ~1e-6). Negative 
 (i/f name swap, tanh GELU, bias storage order) moves the result far outside that tolerance.
 """
 
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +12,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 from flax.traverse_util import flatten_dict
+
+from conftest import load_slstm_fixture
 
 from modeling_xlstm_flax import mlstm_kernels, slstm_cell, slstm_layers
 from modeling_xlstm_flax.library_mlstm_params import mlstm_block_config_from_library, mlstm_block_params_from_library
@@ -23,18 +23,11 @@ from modeling_xlstm_flax.slstm_params import (
     bias_from_library, block_params_from_library, block_params_to_library, slstm_config_from_library,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slstm"
 TOL = 1e-5
 BLOCKS = ["block", "block_k0", "block_lstm"]
 
 
-def load(name: str):
-    """(library config dict, state dict, other arrays) of a fixture."""
-    meta = json.loads((FIXTURES / f"{name}.json").read_text())
-    with np.load(FIXTURES / f"{name}.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    sd = {k[3:]: v for k, v in arrays.items() if k.startswith("sd/")}
-    return meta["library_config"], sd, {k: v for k, v in arrays.items() if not k.startswith("sd/")}
+load = load_slstm_fixture  # (library config, state dict, arrays) of a frozen fixture
 
 
 def load_block(name: str):

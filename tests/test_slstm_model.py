@@ -16,23 +16,18 @@ import pytest
 from flax.traverse_util import flatten_dict
 from safetensors.numpy import save_file
 
+from conftest import left_padded, load_slstm_fixture
+
 from modeling_xlstm_flax.configuration_xlstm_flax import XLSTMFlaxConfig
 from modeling_xlstm_flax.library_checkpoint import config_from_library
 from modeling_xlstm_flax.modeling_flax_xlstm import FlaxXLSTMForCausalLM, FlaxXLSTMModel
 from modeling_xlstm_flax.slstm_params import bias_from_library, bias_to_library, recurrent_kernel_from_library, \
     recurrent_kernel_to_library
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slstm"
 TOL = 1e-5
 
 
-def load(name: str):
-    """(library config dict, library state dict, arrays) of a frozen fixture."""
-    meta = json.loads((FIXTURES / f"{name}.json").read_text())
-    with np.load(FIXTURES / f"{name}.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    sd = {k[3:]: v for k, v in arrays.items() if k.startswith("sd/")}
-    return meta["library_config"], sd, {k: v for k, v in arrays.items() if not k.startswith("sd/")}
+load = load_slstm_fixture  # (library config, state dict, arrays) of a frozen fixture
 
 
 def max_diff(a, b) -> float:
@@ -210,12 +205,8 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, mixed):
 def test_left_padded_batch_generates_like_each_prompt_alone(mixed):
     rng = np.random.RandomState(0)
     prompts = [rng.randint(2, 48, n) for n in (3, 7, 5)]
-    width = max(len(p) for p in prompts)
-    ids = np.full((3, width), 1)
-    mask = np.zeros((3, width), "i4")
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = p
-        mask[row, width - len(p):] = 1
+    ids, mask = left_padded(prompts)
+    width = ids.shape[1]
     batch = np.asarray(mixed.generate(ids, attention_mask=mask, max_new_tokens=8, pad_token_id=1).sequences)
     for row, p in enumerate(prompts):
         alone = np.asarray(mixed.generate(p[None], max_new_tokens=8, pad_token_id=1).sequences)
