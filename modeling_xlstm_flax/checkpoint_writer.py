@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .checkpoint_io import (
-    _DTYPE_CODES, FLAX_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHT_FILE_NAMES, CheckpointFileError,
+    _DTYPE_CODES, FLAX_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_INDEX_NAME,
 )
 
 
@@ -184,16 +184,6 @@ def write_checkpoint(directory, tensors: list[OutTensor], *, file_format: str = 
 
 # ---------------------------------------------------------------------------------------------- output folders
 # (the all-or-nothing output folder, shared by every writer, lives in `safe_output`)
-def weight_files(directory) -> list[str]:
-    """Names of the weight files (single, shards, indexes) in `directory`."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(n for n in os.listdir(directory)
-                  if n in WEIGHT_FILE_NAMES or (n.startswith(("model-", "flax_model-")) and
-                                                n.endswith((".safetensors", ".msgpack"))))
-
-
 def directory_size(directory) -> int:
     """Bytes of all files under `directory`."""
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(directory) for f in files)
