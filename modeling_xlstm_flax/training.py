@@ -522,9 +522,10 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     from .cli import check_output_location, resolve_model_source
+    from .safe_output import check_output_path
 
     args = build_parser().parse_args(argv)
-    check_output_location(args.output_dir, "--output-dir")  # an empty path first: it would mean this folder
+    check_output_path(args.output_dir, option="--output-dir")  # an empty path first: it would mean this folder
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --output-dir and --overwrite replaces it: give one of them")
     if args.resume and (Path(args.output_dir) / "checkpoints").is_dir():
