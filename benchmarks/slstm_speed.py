@@ -25,7 +25,8 @@ from dacite import Config, from_dict  # noqa: E402
 
 from modeling_xlstm_flax import slstm_cell  # noqa: E402
 from modeling_xlstm_flax.slstm_layers import SLSTMBlock  # noqa: E402
-from modeling_xlstm_flax.slstm_params import block_params_from_library, slstm_config_from_library  # noqa: E402
+from modeling_xlstm_flax.config_translation import slstm_config_from_library  # noqa: E402
+from modeling_xlstm_flax.library_params import block_params_from_library  # noqa: E402
 
 
 def best_time(fn, repeats: int) -> float:

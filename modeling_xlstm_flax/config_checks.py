@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from .slstm_model_config import check_slstm_fields
+from .config_translation import slstm_block_config, slstm_block_indices
 
 NORM_TYPES = ("layernorm", "rmsnorm")
 LAYER_TYPES = ("mlstm", "mlstm_v1")
@@ -258,3 +258,30 @@ def read_config_json(path) -> Any:
             return json.load(handle, object_pairs_hook=refuse_duplicate_keys)
         except ValueError as exc:
             raise ValueError(f"config file {path}: {exc}") from None
+
+
+def check_slstm_fields(config, fail: Callable[[str, object, str], None]) -> None:
+    """Validate `slstm_at` (a list of block indices or "all") / `slstm_block` (None: the library's defaults) and the
+    stack layout; `fail(field, value, allowed)` raises."""
+    at = config.slstm_at
+    if isinstance(at, str):
+        if at != "all":
+            fail("slstm_at", at, 'must be a list of block indices or "all"')
+    else:
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < config.num_blocks for i in at):
+            fail("slstm_at", at, f"block indices must be ints in [0, num_blocks={config.num_blocks})")
+        if len(set(at)) != len(at):
+            fail("slstm_at", at, "block indices must not repeat")
+    block = config.slstm_block
+    if block is not None and not isinstance(block, dict):
+        fail("slstm_block", block, 'must be None or a dict {"slstm": {...}, "feedforward": {...} | None}')
+    indices = slstm_block_indices(config)
+    if not indices and block is None:
+        return
+    try:
+        slstm_block_config(config, 0)
+    except (ValueError, TypeError) as exc:
+        fail("slstm_block", block, str(exc))
+    if config.scan_blocks and indices and len(indices) != config.num_blocks:
+        fail("scan_blocks", True, f"needs a homogeneous stack (all mLSTM or all sLSTM blocks); slstm_at={at!r} "
+             "makes a mixed mLSTM/sLSTM stack, which runs unrolled: use scan_blocks=False")

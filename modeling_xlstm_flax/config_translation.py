@@ -6,7 +6,10 @@ and `to_upstream_config` / `to_transformers_config` read any object with the con
 
 * upstream xlstm-jax: the nested `xLSTMLMModelConfig` dict its checkpoints record (`dataclasses.asdict`, see
   `tests/fixtures/xlstm_jax/*/config.json`, or `metadata["model"]["model_config"]` of an orbax run);
-* transformers' `xLSTMConfig` (model_type `xlstm`, the `NX-AI/xLSTM-7b` config.json layout).
+* transformers' `xLSTMConfig` (model_type `xlstm`, the `NX-AI/xLSTM-7b` config.json layout);
+* the sLSTM blocks (`slstm_at`, `slstm_block`: NX-AI's `xlstm` library's `sLSTMBlockConfig` as a dict): `SLSTMConfig`,
+  what one sLSTM block computes with (`slstm_cell`, `slstm_layers`), and `slstm_block_config(config, i)`. Whole
+  library LM configs: `library_params`.
 
 A setting the target side cannot express raises `ValueError` naming it; nothing is silently dropped. Fields that
 are runtime choices rather than model definition (device mesh, kernel backends, chunked inference) are mapped where
@@ -17,9 +20,10 @@ a counterpart exists and otherwise logged. A key the translation does not know a
 from __future__ import annotations
 
 import ast
+import dataclasses
 import logging
 import math
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 
 logger = logging.getLogger(__name__)
@@ -441,3 +445,123 @@ def to_transformers_config(config):
         autocast_kernel_dtype="float32" if config.compute_dtype == "float32" else config.compute_dtype,
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
     )
+
+
+# ---------------------------------------------------------------------------------------------- sLSTM blocks
+FUNCTIONS = ("slstm", "lstm")  # the library's sLSTM cell functions (`slstm_cell`)
+# the library's feedforward activations (`slstm_layers.LIBRARY_ACTIVATIONS` implements them; "gelu" is exact erf)
+ACTIVATION_NAMES = ("gelu", "relu", "relu^2", "sigmoid", "swish", "selu")
+BACKENDS = ("vanilla", "cuda")  # the library's sLSTM storage layouts (`library_params`)
+DEFAULT_BACKEND = "cuda"  # the library's `sLSTMCellConfig.backend` default (Helibrunna configs omit the key)
+
+
+def check_function(function: str) -> None:
+    if function not in FUNCTIONS:
+        raise ValueError(f"sLSTM function {function!r} is not supported; expected one of {FUNCTIONS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SLSTMConfig:
+    """Everything an sLSTM block computes with (nothing about init or training kernels).
+
+    `ff_proj_factor=None` means a block without feedforward. `ff_dim` is always recomputed from the factor and the
+    rounding (the library's stored `_proj_up_dim` may be 0). A fresh init follows the library's defaults
+    (`powerlaw_blockdependent` bias, zero recurrent kernel, small-init gates, Wang-init FFN output).
+    """
+
+    embedding_dim: int
+    num_heads: int = 4
+    conv1d_kernel_size: int = 4
+    function: str = "slstm"
+    group_norm_weight: bool = True
+    ff_proj_factor: Optional[float] = 1.3
+    ff_round_up: bool = True
+    ff_multiple_of: int = 64
+    ff_act_fn: str = "gelu"
+    ff_bias: bool = False
+    norm_eps: float = 1e-5
+    dropout: float = 0.0  # the library's layer/feedforward dropout: identity at inference, not implemented in training
+    block_idx: int = 0  # init only: the forget-gate bias of a fresh block depends on its depth
+    num_blocks: int = 1
+
+    def __post_init__(self):
+        check_function(self.function)
+        if self.embedding_dim <= 0 or self.num_heads <= 0 or self.embedding_dim % self.num_heads:
+            raise ValueError(f"sLSTM embedding_dim {self.embedding_dim} must be a positive multiple of num_heads "
+                             f"{self.num_heads}")
+        if self.conv1d_kernel_size < 0:
+            raise ValueError(f"sLSTM conv1d_kernel_size must be >= 0 (0 = no conv), got {self.conv1d_kernel_size}")
+        if self.ff_proj_factor is not None and self.ff_act_fn not in ACTIVATION_NAMES:
+            raise ValueError(f"feedforward act_fn {self.ff_act_fn!r} is not supported; expected one of "
+                             f"{sorted(ACTIVATION_NAMES)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embedding_dim // self.num_heads
+
+    @property
+    def ff_dim(self) -> int:
+        """The library's `UpProjConfigMixin` rule: proj_factor * D rounded (up or down) to a multiple."""
+        if self.ff_proj_factor is None:
+            return 0
+        return round_to_multiple(self.ff_proj_factor * self.embedding_dim, self.ff_multiple_of, self.ff_round_up)
+
+
+def slstm_config_from_library(block: Mapping, embedding_dim: Optional[int] = None) -> tuple[SLSTMConfig, str]:
+    """A library `sLSTMBlockConfig` as a dict (`{"slstm": {...}, "feedforward": {...} | None}`) -> (our config,
+    storage backend). `embedding_dim`: the LM's (a block inside `xLSTMLMModelConfig` may still carry -1). Only the
+    fields that change the forward pass are read (num_heads, conv1d_kernel_size, function, group_norm_weight,
+    dropout; feedforward proj_factor, round_proj_up_*, act_fn, bias, ff_type); the storage `backend` matters only
+    when reading a library checkpoint, never for our own params.
+
+    Refuses by name what would change the forward and is not implemented: a non-null `gradient_recurrent_clipval`
+    (the cuda kernel also clips y in the forward with it), a `function` other than slstm/lstm, a feedforward type
+    other than `ffn_gated`, an unknown activation.
+    """
+    slstm = dict(block.get("slstm") or {})
+    dim = embedding_dim if embedding_dim is not None else slstm.get("embedding_dim", -1)
+    if dim is None or dim <= 0:
+        dim = slstm.get("hidden_size", -1)
+    if dim is None or dim <= 0:
+        raise ValueError("sLSTM block config has no embedding_dim; pass the model's embedding_dim")
+    clip = slstm.get("gradient_recurrent_clipval")
+    if clip is not None:
+        raise ValueError(f"sLSTM gradient_recurrent_clipval={clip!r} is not supported (the library's cuda kernel "
+                         "also clips y to it in the forward pass); only null is accepted")
+    backend = slstm.get("backend", DEFAULT_BACKEND)
+    if backend not in BACKENDS:
+        raise ValueError(f"sLSTM backend {backend!r} is unknown; expected one of {BACKENDS}")
+    # a missing key is the library's default `FeedForwardConfig()` (dacite fills it in); only null means none
+    ffn = block.get("feedforward", {})
+    ff: dict = {"ff_proj_factor": None}
+    if ffn is not None:
+        ff_type = ffn.get("ff_type", "ffn_gated")
+        if ff_type != "ffn_gated":
+            raise ValueError(f"feedforward ff_type {ff_type!r} is not supported; only 'ffn_gated'")
+        act = ffn.get("act_fn", "gelu")
+        if act not in ACTIVATION_NAMES:
+            raise ValueError(f"feedforward act_fn {act!r} is not supported; expected one of "
+                             f"{sorted(ACTIVATION_NAMES)}")
+        ff = {"ff_proj_factor": float(ffn.get("proj_factor", 1.3)), "ff_round_up": bool(ffn.get("round_proj_up_dim_up",
+              True)), "ff_multiple_of": int(ffn.get("round_proj_up_to_multiple_of", 64)), "ff_act_fn": act,
+              "ff_bias": bool(ffn.get("bias", False))}
+    config = SLSTMConfig(
+        embedding_dim=int(dim), num_heads=int(slstm.get("num_heads", 4)),
+        conv1d_kernel_size=int(slstm.get("conv1d_kernel_size", 4)), function=slstm.get("function", "slstm"),
+        group_norm_weight=bool(slstm.get("group_norm_weight", True)),
+        dropout=float(max(slstm.get("dropout", 0.0) or 0.0, (ffn or {}).get("dropout", 0.0) or 0.0)), **ff)
+    return config, backend
+
+
+def slstm_block_indices(config) -> list[int]:
+    """Sorted sLSTM block indices of `config` ("all" -> every block). An sLSTM block has the feedforward of
+    `slstm_block` (the library's gated FFN with exact GELU by default), an mLSTM block the config's `ff_type`."""
+    if config.slstm_at == "all":
+        return list(range(config.num_blocks))
+    return sorted(config.slstm_at)
+
+
+def slstm_block_config(config, block_idx: int) -> SLSTMConfig:
+    """The `SLSTMConfig` of block `block_idx` (its depth enters the fresh forget-gate bias init only)."""
+    sconfig, _ = slstm_config_from_library(config.slstm_block or {}, config.embedding_dim)
+    return dataclasses.replace(sconfig, block_idx=block_idx, num_blocks=config.num_blocks)

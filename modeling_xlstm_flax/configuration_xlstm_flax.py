@@ -22,18 +22,14 @@ from typing import Any, Optional, Sequence, Union
 from transformers import AutoConfig, PretrainedConfig
 
 from .config_translation import (  # noqa: F401  (to_* re-exported: one import for every translation)
-    round_to_multiple, to_transformers_config, to_upstream_config, transformers_config_fields, upstream_config_fields,
+    round_to_multiple, slstm_block_config as _slstm_block_config, slstm_block_indices as _slstm_block_indices,
+    to_transformers_config, to_upstream_config, transformers_config_fields, upstream_config_fields,
 )
 from .config_checks import (  # noqa: F401  (the field choices, re-exported)
     ACT_FNS, ALIASES, DTYPES, FF_TYPES, GATE_INPUTS, INIT_DISTRIBUTIONS, LAYER_TYPES, NORM_TYPES, OUTPUT_INIT_FNS,
     SEQUENCE_KERNELS, STEP_KERNELS, TOKEN_ID_FIELDS, TRANSFORMERS_BOOL_FIELDS, canonical_fields, check_torch_dtype,
     read_config_json, validate_config,
 )
-from .slstm_model_config import (  # the sLSTM fields (numpy only, no jax/flax)
-    slstm_block_config as _slstm_block_config, slstm_block_indices as _slstm_block_indices,
-)
-from .slstm_config import SLSTMConfig  # noqa: F401  (named for the Hub export: slstm_model_config's import)
-from .slstm_params import slstm_config_from_library  # noqa: F401  (named for the Hub export, as above)
 
 FIELD_DOCS = {
     # language model (xLSTMLMModelConfig)
@@ -58,7 +54,7 @@ FIELD_DOCS = {
     "slstm_at": "Block indices that are sLSTM blocks (a list, or \"all\"); the others are mLSTM blocks.",
     "slstm_block": "The sLSTM blocks' config as NX-AI xlstm's `sLSTMBlockConfig` dict: {\"slstm\": {num_heads, "
                    "conv1d_kernel_size, function, group_norm_weight, ...}, \"feedforward\": {proj_factor, act_fn, bias, "
-                   "...} or null (no feedforward)}; None: the library's defaults. Read by `slstm_model_config`.",
+                   "...} or null (no feedforward)}; None: the library's defaults. Read by `config_translation.slstm_block_config`.",
     # block (xLSTMBlockConfig)
     "block_norm_type": "Type of the pre-norms (and post-norms) inside each block.",
     "block_norm_eps": "Epsilon of the block norms.",
@@ -364,14 +360,14 @@ class XLSTMFlaxConfig(PretrainedConfig):
         """Upstream's block map: 0 = mLSTM block, 1 = sLSTM block, one entry per block."""
         return [1 if i in self.slstm_block_indices else 0 for i in range(self.num_blocks)]
 
-    # ------------------------------------------------------------------ sLSTM blocks (see `slstm_model_config`)
+    # ------------------------------------------------------------------ sLSTM blocks (see `config_translation`)
     @property
     def slstm_block_indices(self) -> list[int]:
         """Sorted indices of the sLSTM blocks (`slstm_at`, "all" expanded)."""
         return _slstm_block_indices(self)
 
     def slstm_block_config(self, block_idx: int):
-        """The `slstm_config.SLSTMConfig` of sLSTM block `block_idx` (from `slstm_block`)."""
+        """The `config_translation.SLSTMConfig` of sLSTM block `block_idx` (from `slstm_block`)."""
         return _slstm_block_config(self, block_idx)
 
     @property

@@ -1,18 +1,12 @@
-"""Checkpoint folders of NX-AI's PyTorch `xlstm` library (`xLSTMLMModel`, mLSTM and sLSTM blocks by `slstm_at`) ->
-our config and params. `FlaxXLSTMForCausalLM.from_pretrained(folder)` comes here when the folder holds one.
-
-Config, first found wins:
-* `config.json` with the library's `xLSTMLMModelConfig` dict under `xlstm_cfg` or `xlstm_config` (Distil-xLSTM),
-  or a bare `xLSTMLMModelConfig` dict (no `model_type`, has `embedding_dim` and `mlstm_block` / `slstm_block`);
-* `config.yaml` (Helibrunna): the `model:` section, or the whole file when it is the model config. Read with PyYAML
-  (a dependency of transformers).
-The sLSTM storage layout comes from `slstm_block.slstm.backend` (absent: the library's default "cuda").
+"""Checkpoint folders of NX-AI's PyTorch `xlstm` library (`xLSTMLMModel`, mLSTM and sLSTM blocks by `slstm_at`) <->
+our config and params, whole models. `FlaxXLSTMForCausalLM.from_pretrained(folder)` (`loading`) and
+`XLSTMFlaxConfig.from_pretrained(folder)` come here when the folder holds one; the config formats and the per-block
+translations (the i/f name swap and the storage layouts live there only) are `library_params`.
 
 Weights: `model.safetensors` (single file or index + shards) with `xLSTMLMModel` state-dict keys, a `_orig_mod.`
 prefix stripped, any float dtype (read as float32). Tied embeddings (`tie_weights`): the file may hold
 `token_embedding.weight`, `lm_head.weight` or both (then equal). Every tensor is used exactly once: missing,
-unexpected or mis-shaped tensors are refused by name. The per-block translations are `slstm_params` (the i/f name
-swap and the storage layouts live there only) and `library_mlstm_params`.
+unexpected or mis-shaped tensors are refused by name.
 
 Back to the library: `library_config(config, backend)` and `library_state_dict(params, config, backend)` (either
 storage layout), `save_library_folder` writes both (config.json with the config under `xlstm_cfg`, as Distil-xLSTM,
@@ -30,93 +24,22 @@ import numpy as np
 
 from .checkpoint_io import SafetensorsCheckpoint
 from .configuration_xlstm_flax import XLSTMFlaxConfig
-from .library_mlstm_params import (
-    mlstm_block_config_from_library, mlstm_block_params_from_library, mlstm_block_params_to_library,
+from .library_params import (
+    BACKENDS, block_params_from_library, block_params_to_library, library_config_fields,
+    mlstm_block_params_from_library, mlstm_block_params_to_library, read_library_config, strip_compiled_prefix,
 )
 from .safe_output import atomic_output_dir
-from .slstm_params import (
-    BACKENDS, block_params_from_library, block_params_to_library, slstm_config_from_library, strip_compiled_prefix,
-)
 
-LIBRARY_CONFIG_KEYS = ("xlstm_cfg", "xlstm_config")
 BLOCK_PREFIX = "xlstm_block_stack.blocks.{}."
 POST_NORM = "xlstm_block_stack.post_blocks_norm.weight"
 EMBEDDING, HEAD = "token_embedding.weight", "lm_head.weight"
-# the sLSTM fields of the library config that change the forward pass (kept in our `slstm_block`)
-_SLSTM_KEYS = ("num_heads", "conv1d_kernel_size", "function", "group_norm_weight", "dropout")
-_FFN_KEYS = ("proj_factor", "round_proj_up_dim_up", "round_proj_up_to_multiple_of", "act_fn", "bias", "ff_type",
-             "dropout")
-
-
-def _is_library_dict(data) -> bool:
-    return (isinstance(data, dict) and "model_type" not in data and "embedding_dim" in data
-            and ("mlstm_block" in data or "slstm_block" in data))
-
-
-def read_library_config(directory) -> Optional[dict]:
-    """The library `xLSTMLMModelConfig` dict of a checkpoint folder, or None when the folder is not a library
-    checkpoint (our own or transformers' config.json)."""
-    directory = Path(directory)
-    json_path, yaml_path = directory / "config.json", directory / "config.yaml"
-    if json_path.is_file():
-        try:
-            data = json.loads(json_path.read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{json_path}: not a readable JSON config ({e})") from None
-        for key in LIBRARY_CONFIG_KEYS:
-            if isinstance(data, dict) and isinstance(data.get(key), dict):
-                return dict(data[key])
-        return dict(data) if _is_library_dict(data) else None
-    if yaml_path.is_file():
-        import yaml  # PyYAML: installed with transformers
-
-        try:
-            data = yaml.safe_load(yaml_path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"{yaml_path}: not a readable YAML config ({e})") from None
-        model = data.get("model") if isinstance(data, dict) and isinstance(data.get("model"), dict) else data
-        if not _is_library_dict(model):
-            raise ValueError(f"{yaml_path}: no xlstm library model config (a `model:` section with embedding_dim and "
-                             "mlstm_block / slstm_block) found")
-        return dict(model)
-    return None
-
-
-def _slstm_at(lm: Mapping) -> list[int]:
-    num_blocks = int(lm.get("num_blocks", 1))
-    at = "all" if lm.get("mlstm_block") is None else lm.get("slstm_at", [])
-    return list(range(num_blocks)) if at == "all" else sorted(int(i) for i in at)
 
 
 def config_from_library(lm: Mapping, **overrides) -> tuple[XLSTMFlaxConfig, str]:
-    """A library `xLSTMLMModelConfig` dict -> (our config, the sLSTM storage backend of its checkpoint).
-    mLSTM blocks map onto our `mlstm` layer (`library_mlstm_params`), sLSTM blocks keep the forward-relevant part
-    of `slstm_block`; unsupported settings are refused by name (`slstm_params.slstm_config_from_library`)."""
-    lm = dict(lm)
-    if not isinstance(lm.get("vocab_size"), int) or lm["vocab_size"] <= 0:
-        raise ValueError(f"library config vocab_size={lm.get('vocab_size')!r} must be a positive int (Helibrunna "
-                         "writes it into the model section)")
-    slstm_at = _slstm_at(lm)
-    backend = "cuda"
-    slstm_block = None
-    if slstm_at:
-        block = lm.get("slstm_block")
-        if not isinstance(block, dict):
-            raise ValueError(f"library config has slstm_at={lm.get('slstm_at', 'all')!r} but no slstm_block")
-        _, backend = slstm_config_from_library(block, lm["embedding_dim"])  # refuses unsupported settings
-        slstm = {k: v for k, v in (block.get("slstm") or {}).items() if k in _SLSTM_KEYS}
-        slstm["dropout"] = lm.get("dropout", 0.0) or 0.0  # the library overwrites it with the LM's dropout
-        slstm_block = {"slstm": slstm}
-        if "feedforward" not in block or block["feedforward"] is not None:  # missing key: the library's default FFN
-            slstm_block["feedforward"] = {k: v for k, v in (block.get("feedforward") or {}).items() if k in _FFN_KEYS}
-        else:
-            slstm_block["feedforward"] = None
-    mlstm_lm = lm if lm.get("mlstm_block") else {**lm, "mlstm_block": {"mlstm": {}}, "bias": False}
-    fields = dict(slstm_at=slstm_at, slstm_block=slstm_block, add_embedding_dropout=bool(lm.get(
-        "add_embedding_dropout", False)), dropout=float(lm.get("dropout", 0.0) or 0.0),
-        weight_decay_on_embedding=bool(lm.get("weight_decay_on_embedding", False)))
-    fields.update(overrides)
-    return mlstm_block_config_from_library(mlstm_lm, **fields), backend
+    """A library `xLSTMLMModelConfig` dict -> (our config, the sLSTM storage backend of its checkpoint)
+    (`library_params.library_config_fields`)."""
+    fields, backend = library_config_fields(lm, **overrides)
+    return XLSTMFlaxConfig(**fields), backend
 
 
 def params_from_library(state_dict: Mapping[str, np.ndarray], config: XLSTMFlaxConfig, backend: str) -> dict:

@@ -58,10 +58,7 @@ from .generation_loop import generate_loop  # noqa: E402,F401  (generation's loo
 from .logits_processors import check_generation_config  # noqa: E402,F401  (the loop's settings and processors)
 from .masking import conv_taps  # noqa: E402,F401  (the layers' mask/border rule)
 from .slstm_cell import slstm_sequence  # noqa: E402,F401  (slstm_layers')
-from .slstm_config import SLSTMConfig  # noqa: E402,F401  (slstm_layers' and slstm_params')
-from .slstm_model_config import slstm_block_config  # noqa: E402,F401  (the config's, imported lazily)
-from .slstm_params import slstm_config_from_library  # noqa: E402,F401  (library_checkpoint's)
-from .library_mlstm_params import mlstm_block_config_from_library  # noqa: E402,F401  (library_checkpoint's)
+from .library_params import library_config_fields  # noqa: E402,F401  (library_checkpoint's)
 
 logger = logging.getLogger(__name__)
 

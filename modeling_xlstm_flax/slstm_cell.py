@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from .slstm_config import FUNCTIONS, check_function  # noqa: F401  (part of this module's API)
+from .config_translation import FUNCTIONS, check_function  # noqa: F401  (part of this module's API)
 
 
 class SLSTMState(NamedTuple):

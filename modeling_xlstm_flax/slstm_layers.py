@@ -6,7 +6,7 @@ Shapes: B batch, S sequence, D embedding dim, NH heads, DH = D / NH, K conv kern
     layer(h)  = GroupNorm_per_head(cell(Wx)),  Wx = [igate(xc), fgate(xc), zgate(h), ogate(h)]
                 xc = SiLU(causal_conv(h)) when K > 0, else h
 
-Params (the library's names and layouts are translated once, in `slstm_params`):
+Params (the library's names and layouts are translated once, in `library_params`):
 
     norm_slstm/scale (D,)                        norm_ffn/scale (D,)
     slstm_layer/conv1d/{kernel (K, D), bias (D,)}           (only when K > 0)
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from . import slstm_cell
-from .slstm_config import ACTIVATION_NAMES, SLSTMConfig  # noqa: F401  (SLSTMConfig is part of this module's API)
+from .config_translation import ACTIVATION_NAMES, SLSTMConfig  # noqa: F401  (SLSTMConfig is part of this module's API)
 from .xlstm_layers import CausalConv1d, HeadwiseLinear, XLSTMNorm, small_init, wang_init
 
 # The library's feedforward activations by name (`xlstm.components.feedforward`); "gelu" is torch's exact erf GELU.

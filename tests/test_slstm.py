@@ -16,11 +16,13 @@ from flax.traverse_util import flatten_dict
 from conftest import load_slstm_fixture
 
 from modeling_xlstm_flax import mlstm_kernels, slstm_cell, slstm_layers
-from modeling_xlstm_flax.library_mlstm_params import mlstm_block_config_from_library, mlstm_block_params_from_library
+from modeling_xlstm_flax.configuration_xlstm_flax import XLSTMFlaxConfig
 from modeling_xlstm_flax.slstm_layers import SLSTMBlock, SLSTMConfig, SLSTMLayer, zero_layer_state
 from modeling_xlstm_flax.xlstm_layers import FlaxXLSTMBlock
-from modeling_xlstm_flax.slstm_params import (
-    bias_from_library, block_params_from_library, block_params_to_library, slstm_config_from_library,
+from modeling_xlstm_flax.config_translation import slstm_config_from_library
+from modeling_xlstm_flax.library_params import (
+    bias_from_library, block_params_from_library, block_params_to_library, mlstm_block_params_from_library,
+    mlstm_fields_from_library,
 )
 
 TOL = 1e-5
@@ -102,7 +104,7 @@ def _lm_logits(library_config, sd, idx, step: bool, mlstm_kernel: str = "chunkwi
     s_config, backend = slstm_config_from_library(library_config["slstm_block"], library_config["embedding_dim"])
     m_config = None
     if library_config.get("mlstm_block"):
-        m_config = mlstm_block_config_from_library(library_config, sequence_kernel=mlstm_kernel)
+        m_config = XLSTMFlaxConfig(**mlstm_fields_from_library(library_config, sequence_kernel=mlstm_kernel))
     x = jnp.asarray(sd["token_embedding.weight"])[jnp.asarray(idx)]
     for i in range(num_blocks):
         prefix = f"xlstm_block_stack.blocks.{i}."
@@ -151,7 +153,7 @@ def test_mixed_lm_matches_library(step, kernel):
 def test_library_mlstm_bias_is_refused():
     library_config, _, _ = load("lm_mixed")
     with pytest.raises(ValueError, match="bias=true is not supported"):
-        mlstm_block_config_from_library(dict(library_config, bias=True))
+        mlstm_fields_from_library(dict(library_config, bias=True))
 
 
 # ---------------------------------------------------------------------------------------------- layouts

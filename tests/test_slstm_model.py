@@ -21,7 +21,7 @@ from conftest import left_padded, load_slstm_fixture
 from modeling_xlstm_flax.configuration_xlstm_flax import XLSTMFlaxConfig
 from modeling_xlstm_flax.library_checkpoint import config_from_library
 from modeling_xlstm_flax.modeling_flax_xlstm import FlaxXLSTMForCausalLM, FlaxXLSTMModel
-from modeling_xlstm_flax.slstm_params import bias_from_library, bias_to_library, recurrent_kernel_from_library, \
+from modeling_xlstm_flax.library_params import bias_from_library, bias_to_library, recurrent_kernel_from_library, \
     recurrent_kernel_to_library
 
 TOL = 1e-5
