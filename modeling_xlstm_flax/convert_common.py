@@ -1,6 +1,6 @@
 """Shared machinery of the conversion commands (`orbax_to_hf`, `pytorch_to_flax`, `flax_to_pytorch`).
 
-Every input is opened as a `checkpoint_io.Source` (tensors under our unrolled names, read one at a time, checked
+Every input is opened as a `loading.Source` (tensors under our unrolled names, read one at a time, checked
 against the config's plan before any data is read); `output_tensors` lays it out as
 * "flax": our names, `.`-joined in safetensors (what `save_pretrained` writes), stacked (NB, ...) under
   `backbone/blocks/scanned/block/` when the config has `scan_blocks`;
@@ -28,14 +28,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import checkpoint_io, param_table
-from .checkpoint_io import (  # noqa: F401  (re-exported for the commands)
-    CheckpointFileError,
-    Source,
-    SourceTensor,
-    compare_to_plan,
-    is_float_dtype,
-)
+from . import checkpoint_io, loading, param_table
+from .checkpoint_io import CheckpointFileError, is_float_dtype  # noqa: F401  (re-exported for the commands)
+from .loading import Source, SourceTensor, compare_to_plan, model_plan  # noqa: F401  (re-exported for the commands)
 from .checkpoint_writer import OutTensor, parse_size, write_checkpoint  # noqa: F401
 from .cli import add_set_option, run_command
 from .safe_output import MODEL_FILES, TOKENIZER_FILES, atomic_output_dir, check_output_path
@@ -55,31 +50,24 @@ class VerificationError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- sources
-def model_plan(config) -> dict[str, tuple[int, ...]]:
-    """Our unrolled causal-LM names -> shapes for `config` (from the model itself)."""
-    from .xlstm_layers import param_shapes
-
-    return param_shapes(config, scanned=False)
-
-
 def open_flax_dir(directory, config) -> Source:
     """A Flax-layout checkpoint directory, checked against `config` (names, shapes, scanned or not)."""
-    source = checkpoint_io.open_flax_dir(directory, config.num_blocks)
+    source = loading.open_flax_dir(directory, config.num_blocks)
     stored_scanned = source.stacked_blocks
     if stored_scanned != bool(config.scan_blocks):
         raise ConversionError(f"Flax checkpoint {directory}: its config says scan_blocks={config.scan_blocks}, but "
                               f"the weights are {'stacked' if stored_scanned else 'unrolled'} "
                               f"({'backbone.blocks.scanned.block.*' if stored_scanned else 'backbone.blocks.<i>.*'})")
-    checkpoint_io.check_source(source, model_plan(config))
+    loading.check_source(source, model_plan(config, scanned=False))
     return source
 
 
 def open_pytorch_dir(directory, config) -> Source:
     """A transformers PyTorch xLSTM directory (`model.safetensors` or shards), checked against `config`."""
-    plan = model_plan(config)
-    source = checkpoint_io.open_pytorch_dir(directory, plan)
+    plan = model_plan(config, scanned=False)
+    source = loading.open_pytorch_dir(directory, plan)
     optional = {param_table.LM_HEAD + "/kernel"} if config.tie_word_embeddings else set()
-    checkpoint_io.check_source(source, plan, optional=optional)
+    loading.check_source(source, plan, optional=optional)
     source.tensors.pop(param_table.LM_HEAD + "/kernel", None) if config.tie_word_embeddings else None
     return source
 

@@ -10,7 +10,7 @@ restore into NumPy; the other leaves are placeholders, so one tensor is in memor
 
 Output: `config.json` (XLSTMFlaxConfig), `generation_config.json`, `model.safetensors` in our Flax layout (what
 `FlaxXLSTMForCausalLM.from_pretrained` reads; see `common.output_tensors`), optional tokenizer files. Upstream keys
-map to ours through `upstream_params` (the one documented upstream mapping), e.g.
+map to ours through `param_table` (the one documented upstream mapping), e.g.
 `xlstm_block_stack/blocks/0/xlstm_res_block/xlstm/dense_q/Dense_0/kernel (D, Dqk)` ->
 `backbone/blocks/0/mlstm_layer/q/kernel (D, Dqk)`, `token_embedding/sharded/embedding/value (1, V, D)` ->
 `backbone/embeddings/embedding (V, D)`.
@@ -50,7 +50,7 @@ from .convert_common import (
     verify_rounding,
     write_weights,
 )
-from .upstream_params import UPSTREAM_SCANNED_BLOCKS, upstream_array_to_flax, upstream_key_to_flax, upstream_to_flax
+from .param_table import UPSTREAM_SCANNED_BLOCKS, upstream_array_to_flax, upstream_key_to_flax, upstream_to_flax
 
 _STEP_RE = re.compile(r"^checkpoint_(\d+)$")
 
@@ -188,7 +188,7 @@ def open_orbax_params(params: OrbaxParams, config) -> Source:
         else:
             per_block = [(None, up_plain)]
         for index, block_key in per_block:
-            mapped = upstream_key_to_flax(block_key, config)
+            mapped = upstream_key_to_flax(block_key, config.layer_type)
             if mapped is None:
                 unexpected.append(f"{up} {shape}")
                 break
@@ -204,7 +204,7 @@ def open_orbax_params(params: OrbaxParams, config) -> Source:
                                          up if index is None else f"{up}[{index}]")
             origins[name] = tensors[name].origin
     compare_to_plan(f"orbax checkpoint {params.params_dir}", {k: t.shape for k, t in tensors.items()},
-                    model_plan(config), origins=origins, unexpected_extra=unexpected)
+                    model_plan(config, scanned=False), origins=origins, unexpected_extra=unexpected)
     return Source(f"orbax checkpoint {params.params_dir}", tensors)
 
 
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, default=None, help="use checkpoint_<STEP> instead of the highest step")
     add_common_arguments(parser, "flax",
                          "this port's model with the whole params item mapped in memory by "
-                         "upstream_params.upstream_to_flax",
+                         "param_table.upstream_to_flax",
                          tokenizer_help="tokenizer to add: a folder (its tokenizer.json, tokenizer_config.json, "
                                         "special_tokens_map.json, vocab/merges files are copied), a single file, or "
                                         "a Hub id saved with AutoTokenizer (e.g. EleutherAI/gpt-neox-20b for "

@@ -105,13 +105,15 @@ class FlaxPreTrainedModel(PushToHubMixin):
         self._missing_keys: set = set()
         if _do_init:
             params = self.init_weights(self.key, input_shape)
-            shape_tree = jax.eval_shape(lambda p: p, params)
-        else:
-            shape_tree = jax.eval_shape(partial(self.init_weights, input_shape=input_shape), self.key)
+        shape_tree = self.plan_shape_tree(input_shape)
         self._params_shape_tree = shape_tree
         self._required_params = set(flatten_dict(unfreeze(shape_tree)).keys())
         if _do_init:
             self.params = params
+
+    def plan_shape_tree(self, input_shape):
+        """The params' shapes and dtypes (`jax.ShapeDtypeStruct`s, nothing allocated): `params_shape_tree`."""
+        return jax.eval_shape(partial(self.init_weights, input_shape=input_shape), self.key)
 
     def init_weights(self, rng, input_shape, params=None):
         raise NotImplementedError(f"init_weights is not implemented for {type(self).__name__}")

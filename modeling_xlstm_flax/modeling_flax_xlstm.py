@@ -1,7 +1,7 @@
 """Flax xLSTM language model (xlstm-jax `xlstm_parallel` family) as Hugging Face `FlaxPreTrainedModel`s.
 
 `FlaxXLSTMModel` (the backbone, last hidden state) and `FlaxXLSTMForCausalLM` wrap the linen modules of
-`xlstm_layers` with transformers' Flax model API: `from_pretrained` / `save_pretrained` (through `checkpoint_io`),
+`xlstm_layers` with transformers' Flax model API: `from_pretrained` / `save_pretrained` (through `loading`),
 `init_cache` (the recurrent state is the generation cache), `__call__` and `generate` (`generation`).
 
 Shapes: B batch, S sequence, D embedding_dim, NH heads, DHQK / DHV head dims, V vocabulary.
@@ -24,10 +24,7 @@ import numpy as np
 from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from .checkpoint_io import (
-    CONVERT_BIN_HINT, WEIGHT_FILE_NAMES, CheckpointFileError, check_source, has_weights, load_params, open_checkpoint,
-    param_dtype_of,
-)
+from .checkpoint_io import param_dtype_of, resolve_model_dir
 from .checkpoint_writer import params_tensors, parse_size, write_checkpoint
 from .safe_output import MODEL_FILES, atomic_output_dir, check_output_path
 from .configuration_xlstm_flax import XLSTMFlaxConfig, from_transformers_config
@@ -36,21 +33,16 @@ from .generation import (
 )
 from .hf_compat import FlaxCausalLMOutput, FlaxPreTrainedModel
 from .input_checks import check_batch_size, check_cache, check_dropout_rng, check_inputs, check_not_donated
-from .param_table import (
-    LM_HEAD, is_scanned, unrolled_names, unrolled_plan, with_backbone_prefix,
-)
-from .library_checkpoint import load_library_folder, read_library_config
+from .library_params import read_library_config
+from .loading import check_model_params, check_params_to_save, check_weight_files, load_checkpoint, param_plan, plan_tree
 from .mlstm_kernels import zero_state
-from .model_folder import resolve_model_dir
-from .param_checks import check_model_params, check_params_to_save, param_plan
 from .slstm_layers import powerlaw_bias_init, zero_layer_state as zero_slstm_state
 from .xlstm_layers import (  # noqa: F401  (the module classes are part of this module's API, as in transformers)
-    FlaxXLSTMForCausalLMModule, FlaxXLSTMModule, param_shapes, stack_block_params, unstack_block_params,
+    FlaxXLSTMForCausalLMModule, FlaxXLSTMModule, stack_block_params, unstack_block_params,
 )
 
 # transformers' remote-code loader (the Hub export, `hub.py`) copies only the modules this file names in `from .x
 # import` lines, not the ones those import in turn: they are named here too (`hub.code_files` checks the list).
-from .cli import resolve_model_source  # noqa: E402,F401
 from .config_checks import validate_config  # noqa: E402,F401  (the config's field checks)
 from .config_translation import round_to_multiple  # noqa: E402,F401
 from .flax_base import FlaxPreTrainedModel as _OwnBaseModel  # noqa: E402,F401  (hf_compat's base for transformers 5)
@@ -59,6 +51,8 @@ from .logits_processors import check_generation_config  # noqa: E402,F401  (the 
 from .masking import conv_taps  # noqa: E402,F401  (the layers' mask/border rule)
 from .slstm_cell import slstm_sequence  # noqa: E402,F401  (slstm_layers')
 from .library_params import library_config_fields  # noqa: E402,F401  (library_checkpoint's)
+from .library_checkpoint import params_from_library  # noqa: E402,F401  (loading's, imported lazily)
+from .param_table import LM_HEAD  # noqa: E402,F401  (loading's)
 
 logger = logging.getLogger(__name__)
 
@@ -169,26 +163,32 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
                         allow_missing_keys: bool = False, check_finite: bool = True, **kwargs):
         """A model folder or Hub id -> model (or `(model, params)` with `_do_init=False`), streamed tensor by tensor.
 
-        Reads every layout this port accepts (`checkpoint_io`): Flax safetensors (single or sharded), transformers'
-        PyTorch xLSTM safetensors (single or sharded, `from_pt` or not: the files say which), Flax msgpack. Each
-        tensor is read, checked (names, shapes, dtype class, finite values), cast to `param_dtype` (None: float32;
-        `jnp.bfloat16` halves the memory) and put on the device at once: no random init, no float32 copy of the
-        whole model on the host.
+        Reads every layout this port accepts (`loading`): Flax safetensors (single or sharded), transformers'
+        PyTorch xLSTM safetensors (single or sharded, `from_pt` or not: the files say which), Flax msgpack, and
+        checkpoint folders of NX-AI's `xlstm` library (`library_checkpoint`). Each tensor is read, checked (names,
+        shapes, dtype class, finite values), cast if asked and put on the device at once: no random init, no
+        float32 copy of the whole model on the host.
 
         * `dtype=None` (default) uses the config's `compute_dtype`;
+        * the params keep each tensor's stored float dtype (a float16 or bfloat16 checkpoint stays so, as in
+          transformers; float64 becomes float32 unless JAX runs 64-bit) unless `param_dtype` (float32, bfloat16,
+          float16, or float64 with `jax_enable_x64`) or else `dtype` asks for another: a stored value beyond its
+          range is then an error naming the tensor (never an inf); a library checkpoint is translated in float32;
         * a backbone checkpoint (`FlaxXLSTMModel`) loads into `FlaxXLSTMForCausalLM` with the LM head initialised
           and a warning naming it, as transformers does; any other missing param is an error naming it unless
-          `allow_missing_keys=True`; with `_do_init=False` the missing keys are recorded, so
-          `model.init_weights(rng, input_shape, params)` completes the params;
+          `allow_missing_keys=True` (then initialised with a warning). With `_do_init=False` missing params are
+          never an error: a warning names them, `model._missing_keys` holds them and
+          `model.init_weights(rng, input_shape, params)` completes the params (transformers' behaviour). With
+          `_do_init=True` transformers would also initialise them silently but for a warning; this port refuses,
+          because a model that runs on random weights is a silently wrong result;
         * `check_finite=False` skips the NaN/inf check (one pass over each tensor, about 0.3 s per GB);
-        * `param_dtype` is float32, bfloat16, float16 (or float64 with `jax_enable_x64`); a stored value beyond
-          its range is an error naming the tensor (never an inf);
         * `generation_config.json`, when present, becomes `model.generation_config` (a corrupt one is an error);
         * a PyTorch pickle (`pytorch_model.bin`) is refused with how to convert it (to safetensors) first.
         """
         do_init = kwargs.pop("_do_init", True)
         config = kwargs.pop("config", None)
-        param_dtype_of(param_dtype)  # an invalid dtype is named before any file is read
+        if param_dtype is not None:
+            param_dtype_of(param_dtype)  # an invalid dtype is named before any file is read
         if dtype is not None:
             param_dtype_of(dtype, "dtype")
         for name in _IGNORED_LOADING_KWARGS:  # transformers' loading options with no meaning here
@@ -196,15 +196,11 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only",
                                                  "force_download", "subfolder", "proxies") if k in kwargs}
         directory = resolve_model_dir(pretrained_model_name_or_path, **hub_kwargs)
-        library_config = read_library_config(directory) if config is None else None
-        if library_config is not None:  # a checkpoint of NX-AI's PyTorch `xlstm` library (`library_checkpoint`)
-            return cls._from_library_folder(directory, library_config, dtype, param_dtype, do_init, check_finite,
-                                            kwargs)
         if config is None:
-            if not (directory / "config.json").is_file():
+            if not (directory / "config.json").is_file() and read_library_config(directory) is None:
                 raise ValueError(f"{directory} has no config.json; pass config=... or use a model directory written "
                                  "by save_pretrained or the conversion commands")
-            config = XLSTMFlaxConfig.from_pretrained(directory)
+            config = XLSTMFlaxConfig.from_pretrained(directory)  # ours, transformers' xLSTMConfig or the library's
         config = _as_flax_config(config)
         for key, value in kwargs.items():  # the rest are config fields, as transformers' from_pretrained allows
             if key not in config.to_dict() and not hasattr(config, key):
@@ -212,17 +208,23 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
                                  "nor a field of XLSTMFlaxConfig")
             setattr(config, key, value)
         config.validate()
-        if not has_weights(directory):
-            bins = sorted(p.name for p in Path(directory).glob("pytorch_model*.bin*"))
-            if bins:  # a pickle: never unpickled here (arbitrary code), read only by torch
-                raise CheckpointFileError(f"{directory}: holds PyTorch pickle weights {bins}, which this port does "
-                                          f"not read; {CONVERT_BIN_HINT}")
-            raise CheckpointFileError(f"{directory}: no weights ({', '.join(WEIGHT_FILE_NAMES)})")
+        check_weight_files(directory)
         generation_config = _load_generation_config(directory)
         model = cls(config, dtype=dtype, _do_init=False)
         if generation_config is not None:
             model.generation_config = generation_config
-        params, missing = model._load_checkpoint(directory, param_dtype, allow_missing_keys, check_finite)
+        may_be_missing = "all" if allow_missing_keys or not do_init else "head"
+        params, missing = load_checkpoint(directory, config, lm_head=model.has_lm_head,
+                                          dtype=param_dtype if param_dtype is not None else dtype,
+                                          check_finite=check_finite, may_be_missing=may_be_missing)
+        model._missing_keys = {tuple(name.split("/")) for name in missing}
+        if missing and not do_init:
+            logger.warning("Some weights of %s were not in the checkpoint at %s: %s. They are in "
+                           "model._missing_keys; model.init_weights(rng, input_shape, params) completes the params "
+                           "with newly initialized ones.", cls.__name__, directory, missing)
+        elif missing:
+            logger.warning("Some weights of %s were not in the checkpoint at %s and are newly initialized: %s. "
+                           "Train the model before using it for predictions.", cls.__name__, directory, missing)
         if not do_init:
             return model, params
         if missing:
@@ -231,60 +233,6 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         model.params = params
         return model
 
-    @classmethod
-    def _from_library_folder(cls, directory, library_config, dtype, param_dtype, do_init, check_finite, overrides):
-        """`from_pretrained` of a library checkpoint folder: config and params translated (`library_checkpoint`),
-        checked against this model's param tree (names, shapes, finite values), cast to `param_dtype`."""
-        config, params = load_library_folder(directory, library_config, **overrides)
-        model = cls(config, dtype=dtype, _do_init=False)
-        if config.scan_blocks:
-            params = stack_block_params(params, config.num_blocks)
-        if not model.has_lm_head:  # the bare backbone
-            params = params["backbone"]
-        flat = flatten_dict(params, sep="/")
-        want = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(unfreeze(model.params_shape_tree)).items()}
-        got = {k: tuple(v.shape) for k, v in flat.items()}
-        if got != want:
-            raise CheckpointFileError(f"{directory}: library params do not fit the model: missing "
-                                      f"{sorted(set(want) - set(got))}, unexpected {sorted(set(got) - set(want))}, "
-                                      f"shapes {[(k, got[k], want[k]) for k in got if k in want and got[k] != want[k]]}")
-        bad = [k for k, v in flat.items() if check_finite and not np.all(np.isfinite(v))]
-        if bad:
-            raise CheckpointFileError(f"{directory}: library tensors hold NaN or infinite values: {bad[:20]}")
-        param_dtype = jnp.float32 if param_dtype is None else param_dtype
-        params = freeze(unflatten_dict({k: jnp.asarray(v, param_dtype) for k, v in flat.items()}, sep="/"))
-        if not do_init:
-            return model, params
-        model._is_initialized = True
-        model.params = params
-        return model
-
-    def _load_checkpoint(self, directory, param_dtype, allow_missing_keys: bool, check_finite: bool):
-        """(params in this model's layout, missing names) from a local checkpoint folder (see `from_pretrained`)."""
-        plan = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(unfreeze(self.params_shape_tree)).items()}
-        expected = unrolled_plan(plan)
-        source = open_checkpoint(directory, expected, self.config.num_blocks)
-        is_lm = self.has_lm_head
-        head = {k for k in expected if k.startswith(LM_HEAD + "/")}
-        source_head = {k for k in source.tensors if k.startswith(LM_HEAD + "/")}
-        # a head the model does not use (bare backbone, tied embeddings) may be stored; a missing head is initialised
-        optional = source_head if not is_lm or self.config.tie_word_embeddings else set()
-        may_be_missing = set(expected) if allow_missing_keys else (head if not source_head else set())
-        missing = check_source(source, expected, optional=optional, may_be_missing=may_be_missing)
-        def lm_names(name, shape):  # this model's name -> the unrolled causal-LM names it covers
-            name = name if is_lm else with_backbone_prefix(name)
-            return unrolled_names(name, shape[0]) if is_scanned(name) else [name]
-
-        missing_own = {name for name, shape in plan.items() if set(lm_names(name, shape)) & set(missing)}
-        if missing_own:
-            logger.warning("Some weights of %s were not in the checkpoint at %s and are newly initialized: %s. "
-                           "Train the model before using it for predictions.", type(self).__name__, directory,
-                           sorted(missing_own))
-        params = load_params(source, plan, dtype=param_dtype, check_finite=check_finite,
-                                           skip=missing_own)
-        self._missing_keys = {tuple(name.split("/")) for name in missing_own}
-        return params, missing_own
-
     def save_pretrained(self, save_directory, params=None, push_to_hub: bool = False, max_shard_size="10GB",
                         token=None, safe_serialization: bool = True, **kwargs):
         """config.json, generation_config.json and the weights, written by `checkpoint_io`: safetensors by default
@@ -292,7 +240,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         tensor C-contiguous whatever the params' memory layout; the new weight files replace the old ones only once
         all are complete (and stale shards are removed). `safe_serialization=False` writes Flax msgpack. Before
         anything is written (or a Hub repo created) the params are checked: this model's names, shapes, float
-        dtypes and finite values (`param_checks`), so a folder that would not load is never written.
+        dtypes and finite values (`loading.check_params_to_save`), so a folder that would not load is never written.
         `push_to_hub=True` uploads the folder afterwards (`repo_id`, `commit_message` as in transformers)."""
         check_output_path(save_directory, option="save_pretrained: save_directory")  # empty path refused first
         save_directory = str(save_directory)
@@ -320,6 +268,11 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         if push_to_hub:
             self._upload_modified_files(save_directory, repo_id, files_timestamps, commit_message=commit_message,
                                         token=token)
+
+    def plan_shape_tree(self, input_shape=None):
+        """`params_shape_tree`: the model's plan (`loading.plan_tree`, computed once per config), not a trace of
+        `init_weights` per model."""
+        return plan_tree(self.config, lm_head=self.has_lm_head)
 
     def init_weights(self, rng, input_shape, params=None):
         """Random params (compiled: one program per config and input shape, shared by models of one config); with

@@ -266,17 +266,11 @@ def shard_params(params, config, mesh: Mesh, fsdp_min_weight_size: int = DEFAULT
     return jax.device_put(params, param_shardings(params, config, mesh, fsdp_min_weight_size))
 
 
-def _model_param_shapes(model):
-    """The model's param tree as shape structs (nothing allocated)."""
-    shapes = jax.eval_shape(lambda rng: model.init_weights(rng, (1, 1)), jax.random.PRNGKey(0))
-    return unfreeze(shapes)
-
-
 def init_sharded_params(model, mesh: Mesh, rng: Optional[jax.Array] = None,
                         fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE):
     """Random init directly into the mesh (jit with out_shardings): no device ever holds the full model."""
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    shardings = param_shardings(_model_param_shapes(model), model.config, mesh, fsdp_min_weight_size)
+    shardings = param_shardings(model.params_shape_tree, model.config, mesh, fsdp_min_weight_size)
     init = jax.jit(lambda r: unfreeze(model.init_weights(r, (1, 1))), out_shardings=shardings)
     return init(rng)
 
@@ -384,41 +378,35 @@ def activation_sharding(mesh: Mesh):
 def load_sharded_params(model_dir: str, model, mesh: Mesh, dtype: Any = None,
                         fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE, check_finite: bool = True,
                         on_read: Optional[Callable[[str, tuple, int], None]] = None):
-    """Params of a saved model dir placed straight into the mesh, through the one checkpoint reader
-    (`checkpoint_io`: every layout `from_pretrained` reads, same checks).
+    """Params of a saved model dir placed straight into the mesh: the one load sequence of `from_pretrained`
+    (`loading.load_checkpoint`: every layout it reads, the same checks) with this mesh's shardings.
 
     Each param becomes a global array with `jax.make_array_from_callback`: every device's window is read from the
     file (safetensors `get_slice`, only that window) and put on that device, so neither one device nor the host
     ever holds the full model (a replicated param is read once per device). Multi-host: each process reads only
     its own devices' windows (the files must be visible to every host). `model`: a `FlaxXLSTMPreTrainedModel`
-    (e.g. built with `_do_init=False`) whose config decides the target layout. `dtype`: cast on load (default
-    float32). `on_read(name, index, nbytes)` is called for every read (diagnostics)."""
-    from . import checkpoint_io
-    from . import param_table
+    (e.g. built with `_do_init=False`) whose config decides the target layout. `dtype`: the params' dtype (None:
+    as stored, like `from_pretrained`). A param the checkpoint lacks is an error naming it. `on_read(name, index,
+    nbytes)` is called for every read (diagnostics)."""
+    from .loading import load_checkpoint
 
     config = model.config
-    plan = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(_model_param_shapes(model)).items()}
-    expected = param_table.unrolled_plan(plan)
-    source = checkpoint_io.open_checkpoint(model_dir, expected, config.num_blocks)
-    optional = {k for k in source.tensors if k.startswith(param_table.LM_HEAD + "/")}
-    checkpoint_io.check_source(source, expected, optional=optional)
-    shardings = flatten_dict(param_shardings(unflatten_dict({tuple(k.split("/")): jax.ShapeDtypeStruct(s, jnp.float32)
-                                                             for k, s in plan.items()}),
-                                             config, mesh, fsdp_min_weight_size), sep="/")
-    return checkpoint_io.load_params(source, plan, dtype=dtype, shardings=shardings, check_finite=check_finite,
-                                     on_read=on_read)
+    shardings = flatten_dict(param_shardings(model.params_shape_tree, config, mesh, fsdp_min_weight_size), sep="/")
+    params, _ = load_checkpoint(model_dir, config, lm_head=model.has_lm_head, dtype=dtype, shardings=shardings,
+                                check_finite=check_finite, on_read=on_read)
+    return params
 
 
 def from_pretrained_sharded(model_dir: str, mesh: Mesh, dtype: Any = None, param_dtype: Any = None,
                             fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE, **config_overrides):
-    """(model, params): the model class from the dir's config.json (ours or transformers' `xLSTMConfig`) built
-    with `_do_init=False` (no params allocated) and its params loaded into the mesh (`load_sharded_params`).
-    `dtype`: compute dtype (None: the config's); `param_dtype`: storage dtype of the params (None: float32)."""
-    from transformers import AutoConfig
-
+    """(model, params): the model class from the dir's config (ours, transformers' `xLSTMConfig` or an `xlstm`
+    library checkpoint's) built with `_do_init=False` (no params allocated) and its params loaded into the mesh
+    (`load_sharded_params`). `dtype`: compute dtype (None: the config's); `param_dtype`: storage dtype of the
+    params (None: as stored)."""
+    from .configuration_xlstm_flax import XLSTMFlaxConfig
     from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir, **config_overrides)
+    config = XLSTMFlaxConfig.from_pretrained(model_dir, **config_overrides)
     model = FlaxXLSTMForCausalLM(config, dtype=dtype, _do_init=False)
     params = load_sharded_params(model_dir, model, mesh, dtype=param_dtype, fsdp_min_weight_size=fsdp_min_weight_size)
     return model, params

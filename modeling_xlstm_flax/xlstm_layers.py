@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.core.frozen_dict import unfreeze
-from flax.traverse_util import flatten_dict
 
 from .configuration_xlstm_flax import XLSTMFlaxConfig
 from . import mlstm_kernels
@@ -582,17 +581,6 @@ XLSTMForCausalLMModule = FlaxXLSTMForCausalLMModule
 
 
 # ---------------------------------------------------------------------------------------------- param layouts
-def param_shapes(config: XLSTMFlaxConfig, scanned: Optional[bool] = None, lm_head: bool = True
-                 ) -> dict[str, tuple[int, ...]]:
-    """`/`-joined param names -> shapes of the causal LM (or the backbone, `lm_head=False`) for `config`, computed
-    with `jax.eval_shape` (no weights). `scanned` None: as `config.scan_blocks` says."""
-    cfg = config if scanned is None or scanned == config.scan_blocks else \
-        config.__class__(**{**config.to_dict(), "scan_blocks": scanned})
-    module = (FlaxXLSTMForCausalLMModule if lm_head else FlaxXLSTMModule)(cfg, dtype=jnp.float32)
-    shapes = jax.eval_shape(lambda key: module.init(key, jnp.zeros((1, 1), "i4")), jax.random.PRNGKey(0))
-    return {k: tuple(v.shape) for k, v in flatten_dict(unfreeze(shapes["params"]), sep="/").items()}
-
-
 def stack_block_params(params: dict, num_blocks: int) -> dict:
     """Unrolled block params (`backbone/blocks/<i>/...`) -> scanned layout (`backbone/blocks/scanned/block/...`)."""
     params = unfreeze(params)

@@ -171,7 +171,7 @@ def collectives(layer_type, mesh_name, **overrides):
     config = tiny_config(layer_type, num_heads=8, num_blocks=1, vocab_size=96, **overrides)
     model = FlaxXLSTMForCausalLM(config, _do_init=False)
     mesh = sh.make_mesh(*MESHES[mesh_name])
-    shapes = sh._model_param_shapes(model)
+    shapes = model.params_shape_tree
     ids = jax.ShapeDtypeStruct((16, 64), np.int32)
 
     def forward(p, i):

@@ -31,7 +31,7 @@ SIZES_222 = {"data": 2, "fsdp": 2, "tensor": 2}
 
 def param_shapes(config) -> dict:
     model = FlaxXLSTMForCausalLM(config, _do_init=False)
-    return sh._model_param_shapes(model)
+    return model.params_shape_tree
 
 
 def flat_specs(config, sizes, fsdp_min=0) -> dict:
