@@ -1,12 +1,10 @@
 """`XLSTMFlaxConfig`: the Hugging Face config of the Flax xLSTM language model.
 
 Every field of xlstm-jax's `xlstm_parallel` configs (`xLSTMLMModelConfig`, `xLSTMBlockConfig`, `mLSTMLayerConfig`,
-`mLSTMCellConfig`, `FeedForwardConfig`, the mLSTM backend) has a flat counterpart here; `config_translation`
-maps the upstream nested dict and transformers' `xLSTMConfig` to and from this class. The field table lives in
-`FIELD_DOCS` below so that the README, the translations and the validation messages share one source.
-
-Upstream's `parallel` (device mesh) field is runtime state, not a saved field: meshes are passed at run time
-through `jax.sharding` (see the README, "Many devices").
+`mLSTMCellConfig`, `FeedForwardConfig`, the mLSTM backend) has a flat counterpart here; `config_translation` maps
+the upstream nested dict and transformers' `xLSTMConfig` to and from this class, `library_params` the configs of
+NX-AI's `xlstm` library. The field table is `FIELD_DOCS` below (the README, the translations and the validation
+messages share it). Upstream's `parallel` (device mesh) is runtime state, passed at run time through `jax.sharding`.
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ from .config_checks import (  # noqa: F401  (the field choices, re-exported)
     SEQUENCE_KERNELS, STEP_KERNELS, TOKEN_ID_FIELDS, TRANSFORMERS_BOOL_FIELDS, canonical_fields, check_torch_dtype,
     read_config_json, validate_config,
 )
+from .library_params import library_folder_fields
 
 FIELD_DOCS = {
     # language model (xLSTMLMModelConfig)
@@ -265,8 +264,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
         self.cell_eps = cell_eps
         self.prefill_segment_size = prefill_segment_size
         self.gradient_checkpointing = gradient_checkpointing
-        # transformers 5 drops generation parameters given to a config; `use_cache` is a common model attribute
-        # (NX-AI/xLSTM-7b's config.json has it), kept and saved as transformers 4 does
+        # transformers 5 drops generation parameters given to a config; `use_cache` (in NX-AI/xLSTM-7b's) is kept
         use_cache = kwargs.pop("use_cache", None)
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
@@ -456,13 +454,14 @@ class XLSTMFlaxConfig(PretrainedConfig):
                              "a model folder written by save_pretrained or the conversion commands")
         return config_dict, unused
 
-    # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """As `PretrainedConfig.from_pretrained` (a folder, a config file or a Hub id; the same keyword arguments),
-        reading transformers' `xlstm` config through `from_dict`'s translation, the supported path, so without
-        transformers' "model of type xlstm to instantiate a model of type xlstm_flax" warning."""
-        config_dict, kwargs = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
+        reading transformers' `xlstm` config through `from_dict`'s translation (so without transformers' "model of
+        type xlstm" warning) and a checkpoint folder of NX-AI's `xlstm` library (`library_params`)."""
+        config_dict = library_folder_fields(pretrained_model_name_or_path)
+        if config_dict is None:
+            config_dict, kwargs = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
         return cls.from_dict(config_dict, **kwargs)
 
     @classmethod

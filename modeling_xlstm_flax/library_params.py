@@ -104,6 +104,13 @@ def read_library_config(directory) -> Optional[dict]:
     return None
 
 
+def library_folder_fields(path) -> Optional[dict]:
+    """Our config fields of a local checkpoint folder of the `xlstm` library, or None for any other path."""
+    directory = Path(str(path)).expanduser()
+    lm = read_library_config(directory) if directory.is_dir() else None
+    return None if lm is None else library_config_fields(lm)[0]
+
+
 def _slstm_at(lm: Mapping) -> list[int]:
     num_blocks = int(lm.get("num_blocks", 1))
     at = "all" if lm.get("mlstm_block") is None else lm.get("slstm_at", [])
