@@ -28,7 +28,7 @@ from .config_checks import (  # noqa: F401  (the field choices, re-exported)
     SEQUENCE_KERNELS, STEP_KERNELS, TOKEN_ID_FIELDS, TRANSFORMERS_BOOL_FIELDS, canonical_fields, check_torch_dtype,
     read_config_json, validate_config,
 )
-from .library_params import library_folder_fields
+from .library_params import embedded_library_config, library_config_fields, library_folder_fields
 
 FIELD_DOCS = {
     # language model (xLSTMLMModelConfig)
@@ -281,9 +281,8 @@ class XLSTMFlaxConfig(PretrainedConfig):
 
     # ------------------------------------------------------------------ assignment
     def __setattr__(self, key: str, value: Any) -> None:
-        """After construction: an unknown public name is an error (it would be saved into a config.json that cannot be
-        loaded again), and a change to one of our fields is validated with the whole config (type, range and the
-        cross-field sizes); an invalid value is refused and the old one kept. `update()` sets several at once."""
+        """After construction: an unknown public name is an error (a config.json that cannot be loaded again), and a
+        change to a field is validated with the whole config; an invalid value is refused, the old one kept."""
         if not self.__dict__.get(_CHECK_ASSIGNMENTS):
             return super().__setattr__(key, value)
         key = ALIASES.get(key, key)
@@ -299,8 +298,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
                              f"{getattr(self, key, None)!r}): {exc}") from None
 
     def update(self, config_dict: dict[str, Any]) -> None:
-        """Set several fields at once (names checked first), then validate the result; on error the config is left
-        as it was."""
+        """Set several fields at once (names checked first), then validate the result; on error nothing changes."""
         config_dict = canonical_fields(dict(config_dict), "XLSTMFlaxConfig.update()")
         check_field_names([k for k in config_dict if not k.startswith("_")], "XLSTMFlaxConfig.update()")
         self._check_not_built(config_dict)
@@ -324,7 +322,6 @@ class XLSTMFlaxConfig(PretrainedConfig):
             raise
 
     def __delattr__(self, key: str) -> None:
-        """A field cannot be deleted (the config would be unusable); other attributes can."""
         if self.__dict__.get(_CHECK_ASSIGNMENTS) and key in _own_fields() | _TOKEN_FIELDS:
             raise AttributeError(f"cannot delete XLSTMFlaxConfig.{key}: every field needs a value; set it instead "
                                  f"(config.{key} = ...)")
@@ -517,8 +514,7 @@ def _known_fields() -> frozenset:
     return _own_fields() | frozenset(PretrainedConfig().to_dict()) | TRANSFORMERS_FIELDS
 
 
-def known_field_names() -> list[str]:
-    """Sorted names `XLSTMFlaxConfig` accepts (its own fields, then transformers' standard config attributes)."""
+def known_field_names() -> list[str]:  # sorted: our fields and transformers' standard config attributes
     return sorted(_known_fields())
 
 
@@ -563,7 +559,11 @@ def from_upstream_config(upstream: dict[str, Any], **overrides) -> XLSTMFlaxConf
 
 
 def from_transformers_config(pt_config, **overrides) -> XLSTMFlaxConfig:
-    """An `XLSTMFlaxConfig` from transformers' `xLSTMConfig` or its dict (`config_translation`)."""
+    """An `XLSTMFlaxConfig` from transformers' `xLSTMConfig` or its dict (`config_translation`), or from the library
+    config one holds (a Distil-xLSTM folder read by transformers' AutoConfig, `library_params`)."""
+    library = embedded_library_config(pt_config)
+    if library is not None:
+        return XLSTMFlaxConfig(**library_config_fields(library, **overrides)[0])
     return XLSTMFlaxConfig(**transformers_config_fields(pt_config, **overrides))
 
 

@@ -104,6 +104,13 @@ def read_library_config(directory) -> Optional[dict]:
     return None
 
 
+def embedded_library_config(config) -> Optional[dict]:
+    """The library config a Distil-xLSTM `config.json` holds under `xlstm_cfg` / `xlstm_config` beside model_type
+    "xlstm" (transformers' AutoConfig reads such a file as its own `xLSTMConfig`, with default sizes), or None."""
+    data = config if isinstance(config, Mapping) else getattr(config, "__dict__", {})
+    return next((dict(data[k]) for k in LIBRARY_CONFIG_KEYS if isinstance(data.get(k), Mapping)), None)
+
+
 def library_folder_fields(path) -> Optional[dict]:
     """Our config fields of a local checkpoint folder of the `xlstm` library, or None for any other path."""
     directory = Path(str(path)).expanduser()
