@@ -1,4 +1,4 @@
-"""Checkpoint writing: the one writer behind every save and conversion (the reader: `checkpoint_io`).
+"""Checkpoint writing: the one writer behind every save and conversion (the readers: `checkpoint_io`, `loading`).
 
 `write_checkpoint` streams tensors into safetensors (or msgpack) files: every part is made C-contiguous before its
 bytes are written (safetensors' own `save_file` writes a NumPy view's raw memory, so a transposed view would be

@@ -235,7 +235,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
 
     def save_pretrained(self, save_directory, params=None, push_to_hub: bool = False, max_shard_size="10GB",
                         token=None, safe_serialization: bool = True, **kwargs):
-        """config.json, generation_config.json and the weights, written by `checkpoint_io`: safetensors by default
+        """config.json, generation_config.json and the weights, written by `checkpoint_writer`: safetensors by default
         (`model.safetensors`, or shards of at most `max_shard_size` with `model.safetensors.index.json`), every
         tensor C-contiguous whatever the params' memory layout; the new weight files replace the old ones only once
         all are complete (and stale shards are removed). `safe_serialization=False` writes Flax msgpack. Before

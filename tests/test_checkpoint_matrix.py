@@ -1,4 +1,4 @@
-"""Every way in x every way out of a checkpoint, and back in (the one checkpoint core, `checkpoint_io`): params
+"""Every way in x every way out of a checkpoint, and back in (the one load sequence, `loading`): params
 bit-identical and logits equal; the checks at load; upstream backend configs in every stored form.
 
 Ways in: random init; transformers' PyTorch safetensors single and sharded (written by transformers' own
