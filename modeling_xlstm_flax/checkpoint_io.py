@@ -326,11 +326,6 @@ def is_pytorch_layout(directory) -> bool:
     return SafetensorsCheckpoint(directory).metadata.get("format") == "pt"
 
 
-def has_weights(directory) -> bool:
-    return any((Path(directory) / name).is_file() for name in WEIGHT_FILE_NAMES)
-
-
-
 # ---------------------------------------------------------------------------------------------- model folders
 def file_name_problem(name) -> Optional[str]:
     """Why `name` (a file or folder name a checkpoint index or a caller gives, relative to a model folder) is not

@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 from flax.core.frozen_dict import unfreeze
-from flax.traverse_util import flatten_dict, unflatten_dict
+from flax.traverse_util import flatten_dict
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import param_table
@@ -400,13 +400,14 @@ def load_sharded_params(model_dir: str, model, mesh: Mesh, dtype: Any = None,
 def from_pretrained_sharded(model_dir: str, mesh: Mesh, dtype: Any = None, param_dtype: Any = None,
                             fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE, **config_overrides):
     """(model, params): the model class from the dir's config (ours, transformers' `xLSTMConfig` or an `xlstm`
-    library checkpoint's) built with `_do_init=False` (no params allocated) and its params loaded into the mesh
-    (`load_sharded_params`). `dtype`: compute dtype (None: the config's); `param_dtype`: storage dtype of the
+    library checkpoint's), `config_overrides` (our field names) applied, built with `_do_init=False` (no params
+    allocated) and its params loaded into the mesh (`load_sharded_params`). `dtype`: compute dtype (None: the config's); `param_dtype`: storage dtype of the
     params (None: as stored)."""
     from .configuration_xlstm_flax import XLSTMFlaxConfig
     from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
-    config = XLSTMFlaxConfig.from_pretrained(model_dir, **config_overrides)
+    config = XLSTMFlaxConfig.from_pretrained(model_dir)
+    config.update(config_overrides)  # our field names, checked (a translated config took no overrides before)
     model = FlaxXLSTMForCausalLM(config, dtype=dtype, _do_init=False)
     params = load_sharded_params(model_dir, model, mesh, dtype=param_dtype, fsdp_min_weight_size=fsdp_min_weight_size)
     return model, params
