@@ -1,6 +1,6 @@
 """The configuration of one sLSTM block (`SLSTMConfig`) and the names it checks, without importing jax or flax: the
 model config (`configuration_xlstm_flax`, through `slstm_model_config` and `slstm_params`) validates sLSTM fields
-with it. The modules computing with it are `slstm_cell` and `slstm_layers`.
+with it. The module computing with it is `slstm`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import dataclasses
 import math
 from typing import Optional
 
-FUNCTIONS = ("slstm", "lstm")  # the library's sLSTM cell functions (`slstm_cell`)
-# the library's feedforward activations (`slstm_layers.LIBRARY_ACTIVATIONS` implements them; "gelu" is exact erf)
+FUNCTIONS = ("slstm", "lstm")  # the library's sLSTM cell functions (`slstm`)
+# the library's feedforward activations (`slstm.LIBRARY_ACTIVATIONS` implements them; "gelu" is exact erf)
 ACTIVATION_NAMES = ("gelu", "relu", "relu^2", "sigmoid", "swish", "selu")
 
 

@@ -1,4 +1,4 @@
-"""The one translation between NX-AI `xlstm` library sLSTM blocks and `slstm_layers.SLSTMBlock`: config and params.
+"""The one translation between NX-AI `xlstm` library sLSTM blocks and `slstm.SLSTMBlock`: config and params.
 
 Library state-dict names of one block (prefix e.g. `xlstm_block_stack.blocks.<i>.`) -> our block params:
 
