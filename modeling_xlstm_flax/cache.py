@@ -27,8 +27,8 @@ import numpy as np
 
 
 class _FieldsByName:
-    """Read access by field name (`cache["c"]`) and the field names present (`keys()`: the fields that are not
-    None), as for the dicts the cache was before."""
+    """Read access by field name (`cache["c"]`), the field names present (`keys()`, iteration, `in`: the fields
+    that are not None), as for the dicts the cache was before."""
 
     FIELDS: tuple = ()
     # per field, the logical axis of each dim after the batch (and, stacked, the block) axis: "heads" and
@@ -39,6 +39,12 @@ class _FieldsByName:
         if name not in self.FIELDS or getattr(self, name) is None:
             raise KeyError(f"{type(self).__name__} has no field {name!r} (fields: {list(self.keys())})")
         return getattr(self, name)
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __contains__(self, name) -> bool:
+        return name in self.keys()
 
     def keys(self) -> tuple:
         return tuple(k for k in self.FIELDS if getattr(self, k) is not None)
