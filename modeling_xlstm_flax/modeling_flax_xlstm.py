@@ -53,6 +53,7 @@ from .config_checks import validate_config  # noqa: E402,F401  (the config's fie
 from .config_translation import round_to_multiple  # noqa: E402,F401
 from .logits_processors import check_generation_config  # noqa: E402,F401  (the loop's settings and processors)
 from .layer_parts import conv_taps  # noqa: E402,F401  (the layers' building blocks and mask/border rule)
+from .mlstm_kernels import chunkwise  # noqa: E402,F401  (the layers' mLSTM kernels)
 from .slstm_config import SLSTMConfig  # noqa: E402,F401  (slstm's and slstm_params')
 from .slstm_model_config import slstm_block_config  # noqa: E402,F401  (the config's, imported lazily)
 from .slstm_params import slstm_config_from_library  # noqa: E402,F401  (library_checkpoint's)

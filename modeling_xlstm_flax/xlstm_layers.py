@@ -1,5 +1,7 @@
-"""The xLSTM network as Flax linen modules (xlstm-jax `xlstm_parallel` family): norms, mLSTM layers, feed-forward,
-blocks (unrolled or `nn.scan`ned), the backbone and the causal-LM head; plus the param-layout helpers.
+"""The xLSTM network as Flax linen modules (xlstm-jax `xlstm_parallel` family): mLSTM layers, feed-forward, blocks
+(mLSTM, and sLSTM from `slstm`; unrolled or `nn.scan`ned), the backbone and the causal-LM head; plus the
+param-layout helpers. The building blocks every layer kind shares (norm, headwise linear, causal conv, inits, the
+mask/border rule) are in `layer_parts`; the per-block cache types in `cache`.
 
 Param names follow transformers' PyTorch `xLSTMForCausalLM` (so `from_pt=True` maps its state dict directly):
 
