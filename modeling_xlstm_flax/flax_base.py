@@ -48,11 +48,6 @@ def jitted(model, kind: str, key, build: Callable[[], Any]) -> Any:
     return fn
 
 
-def compiled_programs(model, kind: str) -> dict:
-    """The compiled functions kept for `model` under `kind` ({key: jitted fn}; empty when none)."""
-    return dict(_COMPILED.get(model, {}).get(kind, {}))
-
-
 def forget_compiled(model) -> None:
     """Drop every compiled program kept for `model` (after its module was rebuilt)."""
     _COMPILED.pop(model, None)
