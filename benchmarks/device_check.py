@@ -343,13 +343,13 @@ def device_info() -> dict:
 
 # ---------------------------------------------------------------------------------------------- float64 reference
 def _load_reference():
-    """`reference_float64` of `modeling_xlstm_flax/mlstm_reference.py` (NumPy only: loaded on its own if the
+    """`reference_float64` of `modeling_xlstm_flax/mlstm_kernels.py` (NumPy and jax only: loaded on its own if the
     package does not import)."""
     try:
-        from modeling_xlstm_flax.mlstm_reference import reference_float64
+        from modeling_xlstm_flax.mlstm_kernels import reference_float64
     except Exception:  # noqa: BLE001
-        path = REPO / "modeling_xlstm_flax" / "mlstm_reference.py"
-        spec = importlib.util.spec_from_file_location("_device_check_mlstm_reference", path)
+        path = REPO / "modeling_xlstm_flax" / "mlstm_kernels.py"
+        spec = importlib.util.spec_from_file_location("_device_check_mlstm_kernels", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         reference_float64 = module.reference_float64
@@ -357,7 +357,7 @@ def _load_reference():
 
 
 def reference_float64(*args, **kwargs):
-    """The float64 NumPy mLSTM recurrence (see `modeling_xlstm_flax.mlstm_reference`)."""
+    """The float64 NumPy mLSTM recurrence (see `modeling_xlstm_flax.mlstm_kernels.reference_float64`)."""
     return _load_reference()(*args, **kwargs)
 
 

@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from dacite import Config, from_dict  # noqa: E402
 
-from modeling_xlstm_flax import slstm_cell  # noqa: E402
-from modeling_xlstm_flax.slstm_layers import SLSTMBlock  # noqa: E402
+from modeling_xlstm_flax import slstm  # noqa: E402
+from modeling_xlstm_flax.slstm import SLSTMBlock  # noqa: E402
 from modeling_xlstm_flax.config_translation import slstm_config_from_library  # noqa: E402
 from modeling_xlstm_flax.library_params import block_params_from_library  # noqa: E402
 
@@ -66,7 +66,7 @@ def main():
     layer = params["slstm_layer"]
     D, NH, DH, S = args.dim, args.heads, args.dim // args.heads, args.length
 
-    recurrence = jax.jit(lambda wx: slstm_cell.slstm_sequence(wx, layer["recurrent_kernel"], layer["bias"])[0])
+    recurrence = jax.jit(lambda wx: slstm.slstm_sequence(wx, layer["recurrent_kernel"], layer["bias"])[0])
     block_fn = jax.jit(lambda x: SLSTMBlock(config).apply({"params": params}, x)[0])
     report = {"dim": D, "heads": NH, "length": S, "torch_threads": 1, "xla_flags": os.environ["XLA_FLAGS"],
               "jax": jax.__version__, "torch": torch.__version__, "library_backend": "vanilla",

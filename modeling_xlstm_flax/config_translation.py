@@ -8,7 +8,7 @@ and `to_upstream_config` / `to_transformers_config` read any object with the con
   `tests/fixtures/xlstm_jax/*/config.json`, or `metadata["model"]["model_config"]` of an orbax run);
 * transformers' `xLSTMConfig` (model_type `xlstm`, the `NX-AI/xLSTM-7b` config.json layout);
 * the sLSTM blocks (`slstm_at`, `slstm_block`: NX-AI's `xlstm` library's `sLSTMBlockConfig` as a dict): `SLSTMConfig`,
-  what one sLSTM block computes with (`slstm_cell`, `slstm_layers`), and `slstm_block_config(config, i)`. Whole
+  what one sLSTM block computes with (`slstm`), and `slstm_block_config(config, i)`. Whole
   library LM configs: `library_params`.
 
 A setting the target side cannot express raises `ValueError` naming it; nothing is silently dropped. Fields that
@@ -448,8 +448,8 @@ def to_transformers_config(config):
 
 
 # ---------------------------------------------------------------------------------------------- sLSTM blocks
-FUNCTIONS = ("slstm", "lstm")  # the library's sLSTM cell functions (`slstm_cell`)
-# the library's feedforward activations (`slstm_layers.LIBRARY_ACTIVATIONS` implements them; "gelu" is exact erf)
+FUNCTIONS = ("slstm", "lstm")  # the library's sLSTM cell functions (`slstm`)
+# the library's feedforward activations (`slstm.LIBRARY_ACTIVATIONS` implements them; "gelu" is exact erf)
 ACTIVATION_NAMES = ("gelu", "relu", "relu^2", "sigmoid", "swish", "selu")
 BACKENDS = ("vanilla", "cuda")  # the library's sLSTM storage layouts (`library_params`)
 DEFAULT_BACKEND = "cuda"  # the library's `sLSTMCellConfig.backend` default (Helibrunna configs omit the key)

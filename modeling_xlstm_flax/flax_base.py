@@ -1,17 +1,22 @@
-"""What transformers 4.x's `FlaxPreTrainedModel` and Flax output classes give this port, for transformers 5.x
-(which removed them). `hf_compat` picks transformers' own classes where they exist and these otherwise, so the model
-has the same API under both majors.
+"""The port's base model class and output classes, the only ones under transformers 4.x and 5.x alike (5.x removed
+transformers' `FlaxPreTrainedModel` and Flax outputs; under 4.x ours are used too, so there is one runtime stack).
 
-Only the part of the base class the port uses is here: construction (random init or a shape-only model with
-`_do_init=False`), `params` / `params_shape_tree` / `required_params`, `generation_config`, `can_generate`,
-`to_bf16` / `to_fp16` / `to_fp32`, and the Hub upload helpers (transformers' `PushToHubMixin`, kept in 5.x).
-Loading and saving are the port's own (`checkpoint_io`, `checkpoint_writer`) under both majors.
+The base class has the part of transformers 4.x's `FlaxPreTrainedModel` API the port uses: construction (random
+init or a shape-only model with `_do_init=False`), `params` / `params_shape_tree` / `required_params`,
+`generation_config`, `can_generate`, `to_bf16` / `to_fp16` / `to_fp32`, and the Hub upload helpers (transformers'
+`PushToHubMixin`, in both majors). Its name is transformers' (`FlaxPreTrainedModel`), which is how transformers'
+pipelines tell a Flax model (`infer_framework`). Loading and saving are the port's own (`checkpoint_io`,
+`checkpoint_writer`).
+
+Also here, beside the model they serve: the one cache of compiled programs per model (`jitted`), used by the
+forward, `generate` and the sharded steps, and `is_traced`.
 """
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +26,45 @@ from transformers import GenerationConfig
 from transformers.utils import PushToHubMixin
 
 
+# ---------------------------------------------------------------------------------------------- compiled programs
+# Compiled functions per model: {model: {kind: {key: jitted fn}}}; bounded, never keeps a model alive.
+_COMPILED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_MAX_COMPILED_PER_MODEL = 32
+
+
+def jitted(model, kind: str, key, build: Callable[[], Any]) -> Any:
+    """The compiled function stored for `model` under (`kind`, `key`), built by `build()` on first use. The one
+    cache of compiled programs per model: kinds "forward" (`model(...)`), "generate" (`model.generate`) and the
+    sharded steps' "sharded_forward", "sharded_loss_and_grad", "sharded_train_step", "sharded_generate"; at most
+    `_MAX_COMPILED_PER_MODEL` per kind (the oldest is dropped). What `build` returns must not hold `model` strongly
+    (use a weakref), or the model is never freed."""
+    compiled = _COMPILED.setdefault(model, {}).setdefault(kind, {})
+    fn = compiled.get(key)
+    if fn is None:
+        fn = build()
+        if len(compiled) >= _MAX_COMPILED_PER_MODEL:
+            compiled.pop(next(iter(compiled)))
+        compiled[key] = fn
+    return fn
+
+
+def forget_compiled(model) -> None:
+    """Drop every compiled program kept for `model` (after its module was rebuilt)."""
+    _COMPILED.pop(model, None)
+
+
+def model_key(model) -> tuple:
+    """What a compiled program of `model` depends on besides its arguments: the module object and the config's
+    current values (a config field changed after a call gives a new program, never a stale one)."""
+    return id(model.module), repr(sorted(vars(model.config).items()))
+
+
+def is_traced(*arrays) -> bool:
+    """Whether any leaf of `arrays` is a JAX tracer (we are inside someone's jit/grad/vmap)."""
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(arrays))
+
+
+# ---------------------------------------------------------------------------------------------- outputs
 class FlaxModelOutput(dict):
     """transformers' ModelOutput behaviour for JAX arrays: the fields that are not None, in field order, read as
     attributes (a field that is None reads as None), keys or positions; `to_tuple()`; more keys may be set (the
@@ -71,6 +115,7 @@ class FlaxCausalLMOutput(FlaxModelOutput):
     _fields = ("logits", "hidden_states", "attentions")
 
 
+# ---------------------------------------------------------------------------------------------- the base class
 def _cast_floats(params, dtype, mask=None):
     """Floating leaves of `params` cast to `dtype` (where `mask` is True, if given)."""
 
@@ -172,4 +217,5 @@ class FlaxPreTrainedModel(PushToHubMixin):
         return f"{type(self).__name__}({self.config.to_json_string(use_diff=True).strip()})"
 
 
-__all__ = ["FlaxBaseModelOutput", "FlaxCausalLMOutput", "FlaxModelOutput", "FlaxPreTrainedModel"]
+__all__ = ["FlaxBaseModelOutput", "FlaxCausalLMOutput", "FlaxModelOutput", "FlaxPreTrainedModel", "forget_compiled",
+           "is_traced", "jitted", "model_key"]

@@ -13,7 +13,6 @@ import math
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -237,58 +236,7 @@ def check_generate_inputs(model: Any, input_ids: Any, attention_mask: Any, gener
 
 
 # ---------------------------------------------------------------------------------------------- cache
+# (the cache's own check is `cache.check_cache`)
 def check_batch_size(batch_size: Any, name: str = "batch_size") -> None:
     """A positive int (Python or numpy)."""
     _check_int(name, batch_size, 1)
-
-
-def _describe(tree: Any) -> str:
-    if isinstance(tree, dict):
-        return f"a dict with keys {sorted(map(str, tree))}"
-    if isinstance(tree, (list, tuple)):
-        return f"a {type(tree).__name__} of {len(tree)}"
-    return type(tree).__name__
-
-
-def _compare(got: Any, want: Any, path: str) -> None:
-    """Structure, shapes and dtypes of `got` against the abstract cache `want`, naming the first difference."""
-    if isinstance(want, dict):
-        if not isinstance(got, dict) or set(map(str, got)) != set(want):
-            raise ValueError(f"{path} must be {_describe(want)}, got {_describe(got)}")
-        for key in want:
-            _compare(got[key], want[key], f"{path}[{key!r}]")
-        return
-    if isinstance(want, (list, tuple)):
-        if not isinstance(got, (list, tuple)) or len(got) != len(want):
-            raise ValueError(f"{path} must be a list of {len(want)} per-block states (one per block), got "
-                             f"{_describe(got)}")
-        for i, (g, w) in enumerate(zip(got, want)):
-            _compare(g, w, f"{path}[{i}]")
-        return
-    shape, dtype = getattr(got, "shape", None), getattr(got, "dtype", None)
-    if shape is None or dtype is None:
-        raise ValueError(f"{path} must be an array of shape {tuple(want.shape)} ({want.dtype}), got "
-                         f"{type(got).__name__}")
-    if tuple(shape) != tuple(want.shape) or np.dtype(dtype) != np.dtype(want.dtype):
-        raise ValueError(f"{path} has shape {tuple(shape)} ({np.dtype(dtype)}), expected {tuple(want.shape)} "
-                         f"({want.dtype}): the cache was built for another batch size or config "
-                         "(init_cache(batch_size) builds a matching one)")
-
-
-_all_finite = jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))
-
-
-def check_cache(cache: Any, init_cache, input_ids: Any, name: str = "past_key_values") -> None:
-    """A cache must have `init_cache(batch)`'s structure, shapes and float32 dtype, and be finite; checked on the host
-    for concrete caches (skipped when traced). `init_cache` is the model's method (only its shapes are used)."""
-    if cache is None or _is_traced(input_ids):
-        return
-    leaves = jax.tree_util.tree_leaves(cache)
-    if any(_is_traced(leaf) for leaf in leaves):
-        return
-    batch = int(np.shape(input_ids)[0])
-    want = jax.eval_shape(lambda: init_cache(batch))
-    _compare(cache, want, name)
-    if not bool(_all_finite(leaves)):
-        raise ValueError(f"{name} holds NaN or infinite values: a cache from a diverged or corrupted run; start "
-                         "from init_cache(batch_size)")

@@ -1,4 +1,4 @@
-"""What the generation loop (`generation_loop`) makes of a transformers `GenerationConfig`: the check that turns it
+"""What the generation loop (`generation.generate_loop`) makes of a transformers `GenerationConfig`: the check that turns it
 into plain settings (`check_generation_config`), and the logits processors and sampling warpers those settings
 select, in pure JAX (traceable). Imports nothing from transformers; reads the config by attribute.
 

@@ -14,6 +14,10 @@ Output for every form (m_t is a stabiliser that cancels out except in `eps`):
 
     h_t = (q_t . C_t) / (max(|q_t . n_t|, exp(-m_t)) + eps)
     C_t = f_t C_{t-1} + i_t k_t v_t^T,   n_t = f_t n_{t-1} + i_t k_t,   f_t = sigmoid(fpre_t), i_t = exp(ipre_t)
+
+`reference_float64` (at the end) is the independent oracle: a plain float64 NumPy loop over time that the kernel
+tests and the GPU device check hold every form against. It uses NumPy only (this module imports no other module of
+the package, so it also loads on its own, by path).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class MLSTMState(NamedTuple):
@@ -201,3 +206,30 @@ def chunkwise(
     h = num / (jnp.maximum(jnp.abs(den), jnp.exp(-m_t)) + eps)[..., None]
     h = h.reshape(B, NH, NC * L, DHV)[:, :, :S]
     return h.astype(v.dtype), final
+
+
+# ---------------------------------------------------------------------------------------------- float64 oracle
+# The mLSTM recurrence as a plain float64 NumPy loop over time, written apart from the forms above: the oracle.
+# Per step t, with log f = log sigmoid(fgate), k scaled by 1/sqrt(DK):
+#     m_t = max(log f + m_{t-1}, igate);  C_t = e^(log f + m_{t-1} - m_t) C_{t-1} + e^(igate - m_t) k v^T
+#     n_t likewise with k;  h_t = q C_t / (max(|q . n_t|, e^(-m_t)) + eps)
+def reference_float64(q, k, v, igate, fgate, state=None, eps=1e-6):
+    """Plain float64 loop over time of the mLSTM recurrence (B, NH, S, D) -> h, (C, n, m)."""
+    q, k, v, igate, fgate = (np.asarray(x, np.float64) for x in (q, k, v, igate, fgate))
+    B, NH, S, DK = q.shape
+    k = k / np.sqrt(DK)
+    if state is None:
+        C, n, m = np.zeros((B, NH, DK, v.shape[-1])), np.zeros((B, NH, DK)), np.zeros((B, NH))
+    else:
+        C, n, m = (np.asarray(x, np.float64) for x in state)
+    out = np.zeros(v.shape)
+    for t in range(S):
+        log_f = -np.logaddexp(0.0, -fgate[:, :, t])
+        m_new = np.maximum(log_f + m, igate[:, :, t])
+        f_act, i_act = np.exp(log_f + m - m_new), np.exp(igate[:, :, t] - m_new)
+        C = f_act[..., None, None] * C + i_act[..., None, None] * np.einsum("bhd,bhe->bhde", k[:, :, t], v[:, :, t])
+        n = f_act[..., None] * n + i_act[..., None] * k[:, :, t]
+        m = m_new
+        den = np.maximum(np.abs(np.einsum("bhd,bhd->bh", q[:, :, t], n)), np.exp(-m)) + eps
+        out[:, :, t] = np.einsum("bhd,bhde->bhe", q[:, :, t], C) / den[..., None]
+    return out, (C, n, m)

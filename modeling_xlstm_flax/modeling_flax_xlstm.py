@@ -1,8 +1,9 @@
 """Flax xLSTM language model (xlstm-jax `xlstm_parallel` family) as Hugging Face `FlaxPreTrainedModel`s.
 
 `FlaxXLSTMModel` (the backbone, last hidden state) and `FlaxXLSTMForCausalLM` wrap the linen modules of
-`xlstm_layers` with transformers' Flax model API: `from_pretrained` / `save_pretrained` (through `loading`),
-`init_cache` (the recurrent state is the generation cache), `__call__` and `generate` (`generation`).
+`xlstm_layers` with transformers' Flax model API (on the port's own base class, `flax_base`): `from_pretrained` /
+`save_pretrained` (through `loading`), `init_cache` (the recurrent state is the generation cache: `cache`),
+`__call__` and `generate` (`generation`).
 
 Shapes: B batch, S sequence, D embedding_dim, NH heads, DHQK / DHV head dims, V vocabulary.
 """
@@ -28,15 +29,12 @@ from .checkpoint_io import param_dtype_of, resolve_model_dir
 from .checkpoint_writer import params_tensors, parse_size, write_checkpoint
 from .safe_output import MODEL_FILES, atomic_output_dir, check_output_path
 from .configuration_xlstm_flax import XLSTMFlaxConfig, from_transformers_config
-from .generation import (
-    forget_compiled, generate as generate_tokens, is_traced, jitted, model_key, prepare_inputs, update_inputs,
-)
-from .hf_compat import FlaxCausalLMOutput, FlaxPreTrainedModel
-from .input_checks import check_batch_size, check_cache, check_dropout_rng, check_inputs, check_not_donated
+from .cache import check_cache, init_cache
+from .flax_base import FlaxCausalLMOutput, FlaxPreTrainedModel, forget_compiled, is_traced, jitted, model_key
+from .input_checks import check_dropout_rng, check_inputs, check_not_donated
 from .library_params import read_library_config
 from .loading import check_model_params, check_params_to_save, check_weight_files, load_checkpoint, param_plan, plan_tree
-from .mlstm_kernels import zero_state
-from .slstm_layers import powerlaw_bias_init, zero_layer_state as zero_slstm_state
+from .slstm import powerlaw_bias_init
 from .xlstm_layers import (  # noqa: F401  (the module classes are part of this module's API, as in transformers)
     FlaxXLSTMForCausalLMModule, FlaxXLSTMModule, stack_block_params, unstack_block_params,
 )
@@ -45,11 +43,9 @@ from .xlstm_layers import (  # noqa: F401  (the module classes are part of this 
 # import` lines, not the ones those import in turn: they are named here too (`hub.code_files` checks the list).
 from .config_checks import validate_config  # noqa: E402,F401  (the config's field checks)
 from .config_translation import round_to_multiple  # noqa: E402,F401
-from .flax_base import FlaxPreTrainedModel as _OwnBaseModel  # noqa: E402,F401  (hf_compat's base for transformers 5)
-from .generation_loop import generate_loop  # noqa: E402,F401  (generation's loop)
 from .logits_processors import check_generation_config  # noqa: E402,F401  (the loop's settings and processors)
-from .masking import conv_taps  # noqa: E402,F401  (the layers' mask/border rule)
-from .slstm_cell import slstm_sequence  # noqa: E402,F401  (slstm_layers')
+from .layer_parts import conv_taps  # noqa: E402,F401  (the layers' building blocks and mask/border rule)
+from .mlstm_kernels import chunkwise  # noqa: E402,F401  (the layers' mLSTM kernels)
 from .library_params import library_config_fields  # noqa: E402,F401  (library_checkpoint's)
 from .library_checkpoint import params_from_library  # noqa: E402,F401  (loading's, imported lazily)
 from .param_table import LM_HEAD  # noqa: E402,F401  (loading's)
@@ -296,30 +292,20 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         return freeze(unflatten_dict(params))
 
     def init_cache(self, batch_size: int, max_length: Optional[int] = None):
-        """The recurrent state of every block at the start of a sequence: the generation cache.
+        """The recurrent state of every block at the start of a sequence: the generation cache (`cache.init_cache`).
 
-        Its size does not depend on `max_length` (accepted for the HF generation API only). Per block a dict with
-        c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH) and, for the `mlstm` layer type, the conv window
-        conv (B, K-1, inner_dim); all float32. A list over blocks, or with `scan_blocks` one dict whose leaves
-        carry the block axis second: (B, NB, ...). An sLSTM block (`slstm_at`) has its own kind of state instead:
-        y, c, n, m (B, NH, DH) and, with a conv, conv (B, K-1, D) (`slstm_layers.zero_layer_state`).
+        Its size does not depend on `max_length` (accepted for the HF generation API only). Per block a typed cache
+        of the block's kind, all float32: `MLSTMCache` c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH) and, for
+        the `mlstm` layer type, the conv window conv (B, K-1, inner_dim); `SLSTMCache` (an `slstm_at` block) y, c,
+        n, m (B, NH, DH) and, with a conv, conv (B, K-1, D). A list over blocks, or with `scan_blocks` one cache
+        whose fields carry the block axis second: (B, NB, ...). Fields read as `cache[i].c` or `cache[i]["c"]`.
         """
-        check_batch_size(batch_size)
-        cfg = self.config
-        state = zero_state(batch_size, cfg.num_heads, cfg.qk_head_dim, cfg.v_head_dim)._asdict()
-        if cfg.layer_type == "mlstm":
-            state["conv"] = jnp.zeros((batch_size, cfg.conv1d_kernel_size - 1, cfg.inner_dim), jnp.float32)
-        slstm_at = set(cfg.slstm_block_indices)
-        if cfg.scan_blocks:  # a homogeneous stack (all mLSTM, or all sLSTM)
-            state = zero_slstm_state(cfg.slstm_block_config(0), batch_size) if slstm_at else state
-            return {k: jnp.repeat(v[:, None], cfg.num_blocks, axis=1) for k, v in state.items()}
-        return [zero_slstm_state(cfg.slstm_block_config(i), batch_size) if i in slstm_at else dict(state)
-                for i in range(cfg.num_blocks)]
+        return init_cache(self.config, batch_size)
 
     def generate(self, input_ids, generation_config=None, prng_key=None, trace: bool = True, params=None,
                  logits_processor=None, *, attention_mask=None, pad_to_multiple_of: Optional[int] = None, **kwargs):
-        """transformers' Flax `generate` API run by our own loop (`generation_loop`, the same under transformers 4
-        and 5), after checking the prompt ids, mask, key and options on the host, and compiled
+        """transformers' Flax `generate` API run by our own loop (`generation.generate_loop`, the same under
+        transformers 4 and 5), after checking the prompt ids, mask, key and options on the host, and compiled
         (`generation.generate`). Greedy search, sampling (temperature, top_k, top_p, min_p, typical_p), beam search;
         repetition_penalty, no_repeat_ngram_size, bad_words_ids, min/max length, forced/suppressed tokens,
         num_return_sequences, output_scores / output_logits (greedy, sampling: a tuple of (B * n, V) per step).
@@ -338,17 +324,10 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         unpadded call returns (an explicit `max_length` / `min_length` still counts the unpadded prompt).
         Returns a `GenerationOutput` with `sequences` (B * num_return_sequences, max_length) and `scores`.
         """
+        from .generation import generate as generate_tokens  # only here: a plain forward never needs it
+
         return generate_tokens(self, input_ids, generation_config, prng_key, trace, params, logits_processor,
                                attention_mask=attention_mask, pad_to_multiple_of=pad_to_multiple_of, **kwargs)
-
-    def prepare_inputs_for_generation(self, input_ids, max_length, attention_mask: Optional[jax.Array] = None,
-                                      **kwargs):
-        """Prefill inputs for the generation loop (`generation.prepare_inputs`): a fresh recurrent cache."""
-        return prepare_inputs(self, input_ids, max_length, attention_mask)
-
-    def update_inputs_for_generation(self, model_outputs, model_kwargs):
-        """After each step (`generation.update_inputs`): carry the new recurrent state."""
-        return update_inputs(model_outputs, model_kwargs)
 
     def __call__(
         self,
@@ -373,8 +352,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         input_ids (B, S) int; attention_mask (B, S) 0/1 (0: padding, which never touches the state);
         position_ids (B, S): accepted for transformers compatibility and ignored - a recurrent model has no
         positions, the state carries the order; params: the param tree (default `self.params`);
-        past_key_values: the recurrent cache from `init_cache` or a previous call (per block c (B, NH, DHQK, DHV),
-        n (B, NH, DHQK), m (B, NH), conv (B, K-1, inner_dim) for `mlstm`); dropout_rng / train: dropout;
+        past_key_values: the recurrent cache from `init_cache` or a previous call (see `init_cache`); dropout_rng / train: dropout;
         output_attentions: xLSTM has no attention, so True is a `ValueError` (None/False are accepted);
         output_hidden_states: also return NB + 1 arrays (B, S, D), each block's output and the final normalised
         state (== `last_hidden_state`), as transformers' PyTorch xLSTM does; return_dict: a ModelOutput (default)
@@ -396,7 +374,8 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         alive at a time, so memory does not grow with the prompt beyond its hidden states (B, S, D).
         """
         check_inputs(input_ids, attention_mask, document_borders, self.config.vocab_size)
-        check_cache(past_key_values, self.init_cache, input_ids)
+        if past_key_values is not None and not is_traced(input_ids, past_key_values):
+            check_cache(past_key_values, self.config, int(np.shape(input_ids)[0]))
         check_dropout_rng(train, self.config.dropout, dropout_rng)
         if output_attentions:
             raise ValueError("output_attentions=True is not supported: xLSTM is a recurrent model and has no "

@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # annotations only: importing this module needs no numpy
+    import numpy as np
 
 BACKBONE = "backbone"
 LM_HEAD = "lm_head"
@@ -120,7 +123,7 @@ PARAM_TABLE: tuple[ParamRow, ...] = (
     ParamRow("mlstm_layer/qk_norm/k_norm", "block", f"{_INNER}/mlstm_cell/k_norm", "squeeze", NORM, "mlstm",
              verified=False),
     ParamRow("mlstm_layer/learnable_skip", "block", f"{_INNER}/learnable_skip", "squeeze", {"": [("T",)]}, "mlstm"),
-    # sLSTM blocks (`slstm_layers`; any layer type, `slstm_at`): upstream xlstm-jax has none (`_NO_UPSTREAM` never
+    # sLSTM blocks (`slstm`; any layer type, `slstm_at`): upstream xlstm-jax has none (`_NO_UPSTREAM` never
     # matches an upstream key, and `to_upstream_config` refuses sLSTM models); the sLSTM heads lead the gate kernels
     # (NH, DH, DH), the recurrent kernel (NH, DH, 4DH) and the bias (NH, 4, DH): tensor-sharded where it divides NH
     ParamRow("norm_slstm", "block", _NO_UPSTREAM, "plain", NORM),

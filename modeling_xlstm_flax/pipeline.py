@@ -381,9 +381,8 @@ def _let_pipeline_run_without_torch() -> None:
 
 
 def _is_flax_generator(model) -> bool:
-    """A Flax model (transformers 4.x's FlaxPreTrainedModel or, with transformers 5, this port's own base) that
-    can generate."""
-    from .hf_compat import FlaxPreTrainedModel
+    """A Flax model of this port (its own base class, under transformers 4.x and 5.x) that can generate."""
+    from .flax_base import FlaxPreTrainedModel
 
     return isinstance(model, FlaxPreTrainedModel) and model.can_generate()
 

@@ -18,7 +18,8 @@ import numpy as np
 from flax.core.frozen_dict import unfreeze
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .generation import cache_constraint, jitted, model_key
+from .flax_base import jitted, model_key
+from .generation import cache_constraint
 from .input_checks import check_input_ids, check_inputs, check_left_padding, check_not_donated
 from .sharding import (
     BATCH_AXES, DEFAULT_FSDP_MIN_WEIGHT_SIZE, TENSOR, activation_sharding, batch_sharding, cache_shardings,

@@ -68,6 +68,7 @@ from flax.traverse_util import flatten_dict
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import param_table
+from .cache import field_axes
 
 logger = logging.getLogger(__name__)
 
@@ -294,20 +295,13 @@ def shard_batch(x, mesh: Mesh):
     return jax.device_put(x, batch_sharding(x.shape, mesh))
 
 
-def _cache_leaf_spec(name: str, shape, config, mesh, scanned: bool) -> P:
-    T = TENSOR if is_head_parallel(config, mesh) else None
-    lead = (BATCH_AXES, None) if scanned else (BATCH_AXES,)
-    # mLSTM c (NH, DHQK, DHV), n (NH, DHQK), m (NH); sLSTM y, c, n, m (NH, DH): heads first; conv (K-1, channels)
-    rest = (None, T) if name == "conv" else (T,) + (None,) * (len(shape) - len(lead) - 1)
-    return fit_spec(lead + rest, shape, mesh)
-
-
 def cache_partition_specs(cache, config, mesh: AxisSizes):
-    """Specs for a cache from `model.init_cache` (or a model call): batch over (data, fsdp), heads on tensor
-    (c, n, m: dim after batch [and block]; conv window: channels), the scanned block axis unsharded."""
-    if isinstance(cache, Mapping):  # scan_blocks: one dict of (B, NB, ...) leaves
-        return {k: _cache_leaf_spec(k, np.shape(v), config, mesh, True) for k, v in cache.items()}
-    return [{k: _cache_leaf_spec(k, np.shape(v), config, mesh, False) for k, v in block.items()} for block in cache]
+    """Specs for a cache from `model.init_cache` (or a model call), from each field's logical axes
+    (`cache.field_axes`): batch over (data, fsdp), heads on tensor (c, n, m, y: the dim after batch [and block];
+    conv window: channels), the scanned block axis unsharded. Same layout as `cache`, PartitionSpec leaves."""
+    T = TENSOR if is_head_parallel(config, mesh) else None
+    names = {"batch": BATCH_AXES, "blocks": None, "heads": T, "channels": T, None: None}
+    return field_axes(cache, lambda axes, leaf: fit_spec(tuple(names[a] for a in axes), np.shape(leaf), mesh))
 
 
 def cache_shardings(cache, config, mesh: Mesh):

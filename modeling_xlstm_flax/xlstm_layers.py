@@ -1,5 +1,7 @@
-"""The xLSTM network as Flax linen modules (xlstm-jax `xlstm_parallel` family): norms, mLSTM layers, feed-forward,
-blocks (unrolled or `nn.scan`ned), the backbone and the causal-LM head; plus the param-layout helpers.
+"""The xLSTM network as Flax linen modules (xlstm-jax `xlstm_parallel` family): mLSTM layers, feed-forward, blocks
+(mLSTM, and sLSTM from `slstm`; unrolled or `nn.scan`ned), the backbone and the causal-LM head; plus the
+param-layout helpers. The building blocks every layer kind shares (norm, headwise linear, causal conv, inits, the
+mask/border rule) are in `layer_parts`; the per-block cache types in `cache`.
 
 Param names follow transformers' PyTorch `xLSTMForCausalLM` (so `from_pt=True` maps its state dict directly):
 
@@ -17,7 +19,6 @@ Shapes: B batch, S sequence, D embedding_dim, NH heads, DHQK / DHV head dims, V 
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any, Optional
 
@@ -27,48 +28,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core.frozen_dict import unfreeze
 
-from .configuration_xlstm_flax import XLSTMFlaxConfig
 from . import mlstm_kernels
-from .masking import check_borders_allowed, conv_taps, mask_gate_preacts
-from .hf_compat import FlaxBaseModelOutput, FlaxCausalLMOutput
+from .cache import MLSTMCache, from_scan_layout, to_scan_layout
+from .configuration_xlstm_flax import XLSTMFlaxConfig
+from .flax_base import FlaxBaseModelOutput, FlaxCausalLMOutput
+from .layer_parts import (  # noqa: F401  (the shared building blocks, re-read here by the layers below)
+    CausalConv1d, HeadwiseLinear, XLSTMNorm, check_borders_allowed, gate_bias_init, mask_gate_preacts, output_init,
+    small_init,
+)
+from .slstm import SLSTMBlock
 
-# Masks and document borders follow one rule for every layer and form: see `masking`.
-
-
-# ---------------------------------------------------------------------------------------------- initialisers
-def _distribution_init(distribution: str, std: float):
-    if distribution == "normal":
-        return nn.initializers.normal(stddev=std)
-    if distribution == "truncated_normal":
-        return nn.initializers.truncated_normal(stddev=std)
-    if distribution == "uniform":
-        bound = std * math.sqrt(3.0)
-        return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-    raise ValueError(f"unknown init distribution {distribution!r}")
-
-
-def small_init(dim: int, distribution: str = "normal"):
-    """Transformers-without-tears init: std = sqrt(2 / (5 dim))."""
-    return _distribution_init(distribution, math.sqrt(2.0 / (5.0 * dim)))
-
-
-def wang_init(dim: int, num_blocks: int, distribution: str = "normal"):
-    """Wang init for output projections: std = 2 / num_blocks / sqrt(dim)."""
-    return _distribution_init(distribution, 2.0 / num_blocks / math.sqrt(dim))
-
-
-def output_init(fn_name: str, dim: int, num_blocks: int, distribution: str):
-    return wang_init(dim, num_blocks, distribution) if fn_name == "wang" else small_init(dim, distribution)
-
-
-def gate_bias_init(init_range):
-    """Gate bias init: None -> normal(0.1); number -> constant; [low, high] -> linspace over heads."""
-    if init_range is None:
-        return nn.initializers.normal(stddev=0.1)
-    if isinstance(init_range, (list, tuple)):
-        low, high = init_range
-        return lambda key, shape, dtype=jnp.float32: jnp.linspace(low, high, shape[-1], dtype=dtype).reshape(shape)
-    return nn.initializers.constant(init_range)
+# Masks and document borders follow one rule for every layer and form: see `layer_parts`.
 
 
 def soft_cap(x: jax.Array, cap: Optional[float]) -> jax.Array:
@@ -88,83 +58,6 @@ ACTIVATIONS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------- components
-class XLSTMNorm(nn.Module):
-    """LayerNorm or RMSNorm over the last axis with statistics in float32; scale only, no bias.
-
-    With `num_heads > 1` the last axis (F = NH * DH) is normalised per head slice of DH features (the multi-head
-    out-norm); the scale stays one flat (F,) vector as in transformers' PyTorch xLSTM.
-    x: (..., F) -> (..., F) in `dtype`.
-    """
-
-    norm_type: str
-    eps: float
-    num_heads: int = 1
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-        x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], self.num_heads, features // self.num_heads)
-        if self.norm_type == "layernorm":
-            x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
-        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (y.reshape(x.shape) * scale).astype(self.dtype)
-
-
-class HeadwiseLinear(nn.Module):
-    """Block-diagonal projection (upstream `LinearHeadwiseExpand`): kernel (NH, out/NH, in/NH), bias (out,).
-
-    x: (..., in) -> (..., out).
-    """
-
-    num_heads: int
-    out_features: int
-    use_bias: bool = False
-    kernel_init: Any = nn.initializers.zeros
-    bias_init: Any = nn.initializers.zeros
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        in_per_head = x.shape[-1] // self.num_heads
-        kernel = self.param(
-            "kernel", self.kernel_init, (self.num_heads, self.out_features // self.num_heads, in_per_head), jnp.float32
-        )
-        x = x.astype(self.dtype).reshape(*x.shape[:-1], self.num_heads, in_per_head)
-        y = jnp.einsum("...hd,hod->...ho", x, kernel.astype(self.dtype)).reshape(*x.shape[:-2], -1)
-        if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.out_features,), jnp.float32).astype(self.dtype)
-        return y
-
-
-class CausalConv1d(nn.Module):
-    """Depthwise causal conv: kernel (K, F), bias (F,). Carries the last K-1 inputs as state for decoding.
-
-    x: (B, S, F), window: (B, K-1, F) or None (zeros), attention_mask / document_borders (B, S) or None
-    -> y (B, S, F), new window (B, K-1, F). Masked tokens never enter the window; taps before a border read zeros
-    (`masking.conv_taps`).
-    """
-
-    kernel_size: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, window: Optional[jax.Array] = None, attention_mask: Optional[jax.Array] = None,
-                 document_borders: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
-        B, S, F = x.shape
-        K = self.kernel_size
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (K, F), jnp.float32).astype(self.dtype)
-        bias = self.param("bias", nn.initializers.zeros, (F,), jnp.float32).astype(self.dtype)
-        x = x.astype(self.dtype)
-        if window is None:
-            window = jnp.zeros((B, K - 1, F), self.dtype)
-        taps, new_window = conv_taps(x, window, attention_mask, document_borders)
-        y = bias + sum(taps[j] * kernel[j] for j in range(K))
-        return y, new_window
-
-
 def mask_gates(
     config: XLSTMFlaxConfig,
     igate: jax.Array,
@@ -173,11 +66,16 @@ def mask_gates(
     document_borders: Optional[jax.Array],
 ) -> tuple[jax.Array, jax.Array]:
     """Gate pre-activations (B, S, NH) in float32 after soft cap, padding masks and document resets
-    (`masking.mask_gate_preacts`: padding never touches the state, a border zeroes it)."""
+    (`layer_parts.mask_gate_preacts`: padding never touches the state, a border zeroes it)."""
     check_borders_allowed(config, document_borders)
     igate = soft_cap(igate.astype(jnp.float32), config.gate_soft_cap)
     fgate = soft_cap(fgate.astype(jnp.float32), config.gate_soft_cap)
     return mask_gate_preacts(igate, fgate, attention_mask, document_borders)
+
+
+def _cell(state: Optional[MLSTMCache]) -> Optional[mlstm_kernels.MLSTMState]:
+    """The kernels' (c, n, m) part of a block's cache (no copy: the same arrays)."""
+    return None if state is None else mlstm_kernels.MLSTMState(state.c, state.n, state.m)
 
 
 def run_mlstm_cell(
@@ -231,7 +129,7 @@ class XLSTMQKNorm(nn.Module):
 class XLSTMLayerV1(nn.Module):
     """The xLSTM-7B mLSTM layer (`mlstm_v1`): dense q/k/v/o, gates from x, multi-head out-norm, sigmoid o-gate.
 
-    x: (B, S, D) -> y (B, S, D), new state. State: {"c", "n", "m"} (see `mlstm_kernels.MLSTMState`).
+    x: (B, S, D) -> y (B, S, D), new state. State: a `cache.MLSTMCache` (c, n, m; no conv window).
     """
 
     config: XLSTMFlaxConfig
@@ -258,21 +156,19 @@ class XLSTMLayerV1(nn.Module):
         k = k.reshape(B, S, NH, cfg.qk_head_dim)
         v = v.reshape(B, S, NH, cfg.v_head_dim)
         q, k = XLSTMQKNorm(cfg, dtype=self.dtype, name="qk_norm")(q, k)
-        cell_state = None if state is None else mlstm_kernels.MLSTMState(state["c"], state["n"], state["m"])
-        h, new_cell = run_mlstm_cell(cfg, q, k, v, igate, fgate, cell_state)
+        h, new_cell = run_mlstm_cell(cfg, q, k, v, igate, fgate, _cell(state))
         h = XLSTMNorm(cfg.cell_norm_type_v1, cfg.cell_norm_eps, num_heads=NH, dtype=self.dtype,
                       name="multihead_norm")(h.reshape(B, S, cfg.v_dim))
         h = nn.sigmoid(o) * h
         y = dense(D, kernel_init=output_init(cfg.output_init_fn, D, cfg.num_blocks, cfg.init_distribution),
                   name="out_proj")(h)
         y = nn.Dropout(rate=cfg.dropout)(y, deterministic=deterministic)
-        new_state = None if new_cell is None else dict(new_cell._asdict())
-        return y, new_state
+        return y, None if new_cell is None else MLSTMCache(*new_cell)
 
 
 class XLSTMLayerConv(nn.Module):
     """The original Mamba-style mLSTM layer (`mlstm`): up-projection, causal conv1d, headwise q/k/v, learnable
-    skip, swish z branch. x: (B, S, D) -> y (B, S, D), new state {"c", "n", "m", "conv"} with the conv window
+    skip, swish z branch. x: (B, S, D) -> y (B, S, D), new state: a `cache.MLSTMCache` with the conv window
     (B, K-1, inner_dim) - upstream's cache forgets it, ours carries it.
     """
 
@@ -292,7 +188,7 @@ class XLSTMLayerConv(nn.Module):
             h = z
             new_state = state
         else:
-            window = None if state is None else state["conv"]
+            window = None if state is None else state.conv
             x_conv, new_window = CausalConv1d(cfg.conv1d_kernel_size, dtype=self.dtype, name="conv1d")(
                 x_mlstm, window, attention_mask, document_borders)
             x_conv_act = nn.swish(x_conv)
@@ -333,15 +229,14 @@ class XLSTMLayerConv(nn.Module):
             q = q.reshape(B, S, NH, cfg.qk_head_dim)
             k = k.reshape(B, S, NH, cfg.qk_head_dim)
             q, k = XLSTMQKNorm(cfg, dtype=self.dtype, name="qk_norm")(q, k)
-            cell_state = None if state is None else mlstm_kernels.MLSTMState(state["c"], state["n"], state["m"])
-            h, new_cell = run_mlstm_cell(cfg, q, k, v.reshape(B, S, NH, cfg.v_head_dim), igate, fgate, cell_state)
+            h, new_cell = run_mlstm_cell(cfg, q, k, v.reshape(B, S, NH, cfg.v_head_dim), igate, fgate, _cell(state))
             h = XLSTMNorm(cfg.mlstm_norm_type, cfg.cell_norm_eps, num_heads=NH, dtype=self.dtype,
                           name="multihead_norm")(h.reshape(B, S, cfg.v_dim))
             if cfg.v_dim != inner:
                 x_conv_act = headwise(cfg.v_dim, name="x_mlstm_conv_scaling")(x_conv_act)
             skip = self.param("learnable_skip", nn.initializers.ones, (x_conv_act.shape[-1],), jnp.float32)
             h = (h + skip.astype(self.dtype) * x_conv_act) * nn.swish(z)
-            new_state = None if new_cell is None else dict(new_cell._asdict(), conv=new_window.astype(jnp.float32))
+            new_state = None if new_cell is None else MLSTMCache(*new_cell, conv=new_window.astype(jnp.float32))
         y = dense(D, kernel_init=output_init(cfg.output_init_fn, D, cfg.num_blocks, cfg.init_distribution),
                   name="out_proj")(h)
         y = nn.Dropout(rate=cfg.dropout)(y, deterministic=deterministic)
@@ -409,8 +304,6 @@ class _ScannedBlock(nn.Module):
     def __call__(self, x, state, attention_mask, document_borders, deterministic):
         cfg = self.config
         if cfg.slstm_block_indices:  # an all-sLSTM stack (the config refuses a scanned mixed one)
-            from .slstm_layers import SLSTMBlock  # imports this module
-
             borders = document_borders if cfg.reset_at_document_boundaries else None
             x, new_state = SLSTMBlock(cfg.slstm_block_config(0), dtype=self.dtype, name="block")(
                 x, attention_mask, borders, state, deterministic)
@@ -444,8 +337,7 @@ class FlaxXLSTMBlockCollection(nn.Module):
         cfg = self.config
         if cfg.scan_blocks:
             # the cache is batch-first (B, NB, ...) so generation utilities can gather beams; scan wants NB first
-            if cache is not None:
-                cache = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 1, 0), cache)
+            cache = to_scan_layout(cache)
             body = _ScannedBlock
             if self.gradient_checkpointing:  # scan already stops CSE across iterations: prevent_cse is not needed
                 body = nn.remat(_ScannedBlock, static_argnums=(5,), prevent_cse=False)
@@ -460,11 +352,7 @@ class FlaxXLSTMBlockCollection(nn.Module):
                 x, cache, attention_mask, document_borders, deterministic
             )
             hidden = tuple(per_block[i] for i in range(cfg.num_blocks)) if output_hidden_states else None
-            if new_cache is not None:
-                new_cache = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1), new_cache)
-            return x, new_cache, hidden
-        from .slstm_layers import SLSTMBlock  # imports this module
-
+            return x, from_scan_layout(new_cache), hidden
         remat = partial(nn.remat, static_argnums=(5,)) if self.gradient_checkpointing else (lambda cls: cls)
         slstm_at = set(cfg.slstm_block_indices)
         new_cache = [] if cache is not None else None

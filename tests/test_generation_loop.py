@@ -1,4 +1,4 @@
-"""Our pure-JAX generation loop (modeling_xlstm_flax/generation_loop.py).
+"""Our pure-JAX generation loop (`generate_loop` in modeling_xlstm_flax/generation.py).
 
 Under transformers 4.x it is held token for token against transformers' Flax loop (`FlaxGenerationMixin.generate`,
 jit-compiled here so the reference costs one compile): greedy search, beam search (sequences and scores) and
@@ -25,7 +25,8 @@ from transformers import GenerationConfig
 
 from conftest import load_fixture
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
-from modeling_xlstm_flax.generation_loop import (
+from flax_oracle import flax_oracle
+from modeling_xlstm_flax.generation import (
     GenerationOutput,
     check_generation_config,
     generate_loop,
@@ -77,7 +78,8 @@ def reference(model, params, ids, mask=None, key=0, **kwargs):
     """transformers' Flax loop, jit-compiled."""
     flax_utils = needs_flax_loop()
     extra = {} if mask is None else {"attention_mask": mask}  # its beam search cannot take attention_mask=None
-    run = jax.jit(lambda p, i, k, e: flax_utils.FlaxGenerationMixin.generate(model, i, params=p, prng_key=k,
+    oracle = flax_oracle(model)  # the model with transformers' Flax loop (tests/flax_oracle.py)
+    run = jax.jit(lambda p, i, k, e: flax_utils.FlaxGenerationMixin.generate(oracle, i, params=p, prng_key=k,
                                                                              **kwargs, **e))
     return run(params, ids, jax.random.PRNGKey(key), extra)
 

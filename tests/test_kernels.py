@@ -6,7 +6,7 @@ import pytest
 
 from conftest import max_abs_diff, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
-from modeling_xlstm_flax.mlstm_reference import reference_float64
+from modeling_xlstm_flax.mlstm_kernels import reference_float64
 from modeling_xlstm_flax import mlstm_kernels as K
 
 

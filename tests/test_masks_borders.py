@@ -11,7 +11,7 @@ run of each document (also from a non-empty cache). Forms: the three sequence ke
 form with a cache, and the segmented prefill (`prefill_segment_size`). Tolerance: 1e-5 max abs on float32 logits
 (the perturbed tiny models' logits reach ~10, and float32 reassociation between programs of other batch sizes or
 lengths alone moves them by up to ~3e-5 - measured: the same chunk in a batch of 1 and of 2). The kernels are also
-checked on their own against the independent float64 loop `mlstm_reference` with large input gates before a border.
+checked on their own against the independent float64 loop `mlstm_kernels.reference_float64` with large input gates before a border.
 """
 
 import jax
@@ -20,8 +20,8 @@ import pytest
 
 from conftest import max_abs_diff, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM, mlstm_kernels
-from modeling_xlstm_flax.masking import mask_gate_preacts
-from modeling_xlstm_flax.mlstm_reference import reference_float64
+from modeling_xlstm_flax.layer_parts import mask_gate_preacts
+from modeling_xlstm_flax.mlstm_kernels import reference_float64
 
 LAYER_TYPES = ["mlstm_v1", "mlstm"]
 FORMS = ["parallel_stabilized", "chunkwise", "recurrent", "step", "segmented"]

@@ -139,7 +139,7 @@ def test_compiled_programs_shared_per_model_and_never_keep_it_alive():
     import optax
 
     from modeling_xlstm_flax import sharding as sh
-    from modeling_xlstm_flax.generation import _COMPILED
+    from modeling_xlstm_flax.flax_base import _COMPILED
     from modeling_xlstm_flax.sharded_steps import (
         init_sharded_optimizer_state, sharded_forward, sharded_generate, sharded_train_step,
     )

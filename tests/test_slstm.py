@@ -15,9 +15,10 @@ from flax.traverse_util import flatten_dict
 
 from conftest import load_slstm_fixture
 
-from modeling_xlstm_flax import mlstm_kernels, slstm_cell, slstm_layers
+from modeling_xlstm_flax import slstm
+from modeling_xlstm_flax.cache import mlstm_block_cache, slstm_block_cache as zero_layer_state
 from modeling_xlstm_flax.configuration_xlstm_flax import XLSTMFlaxConfig
-from modeling_xlstm_flax.slstm_layers import SLSTMBlock, SLSTMConfig, SLSTMLayer, zero_layer_state
+from modeling_xlstm_flax.slstm import SLSTMBlock, SLSTMConfig, SLSTMLayer
 from modeling_xlstm_flax.xlstm_layers import FlaxXLSTMBlock
 from modeling_xlstm_flax.config_translation import slstm_config_from_library
 from modeling_xlstm_flax.library_params import (
@@ -75,14 +76,15 @@ def test_final_state_and_given_initial_state_match_library(name):
     layer = SLSTMLayer(config)
     x = jnp.asarray(arrays["x"])
     _, state = layer.apply({"params": params["slstm_layer"]}, x, None, None, zero_layer_state(config, x.shape[0]))
-    cell_state = slstm_cell.SLSTMState(*(state[k] for k in "ycnm"))
-    assert max_diff(slstm_cell.state_to_library(cell_state, config.function), arrays["state"]) <= TOL
+    cell_state = slstm.SLSTMState(*(state[k] for k in "ycnm"))
+    assert max_diff(slstm.state_to_library(cell_state, config.function), arrays["state"]) <= TOL
     start = zero_layer_state(config, x.shape[0])
-    start.update(slstm_cell.state_from_library(arrays["state0"], config.num_heads, config.function)._asdict())
+    given = slstm.state_from_library(arrays["state0"], config.num_heads, config.function)
+    start = start.replace(**given._asdict())
     y, state = layer.apply({"params": params["slstm_layer"]}, x, None, None, start)
-    cell_state = slstm_cell.SLSTMState(*(state[k] for k in "ycnm"))
+    cell_state = slstm.SLSTMState(*(state[k] for k in "ycnm"))
     assert max_diff(y, arrays["layer_y_state0"]) <= TOL
-    assert max_diff(slstm_cell.state_to_library(cell_state, config.function), arrays["state_from_state0"]) <= TOL
+    assert max_diff(slstm.state_to_library(cell_state, config.function), arrays["state_from_state0"]) <= TOL
 
 
 @pytest.mark.parametrize("name", BLOCKS)
@@ -117,9 +119,7 @@ def _lm_logits(library_config, sd, idx, step: bool, mlstm_kernel: str = "chunkwi
         if not step:
             x = apply(params, x, None)[0]
             continue
-        state = mlstm_kernels.zero_state(x.shape[0], m_config.num_heads, m_config.qk_head_dim,
-                                         m_config.v_head_dim)._asdict()
-        state["conv"] = jnp.zeros((x.shape[0], m_config.conv1d_kernel_size - 1, m_config.inner_dim))
+        state = mlstm_block_cache(m_config, x.shape[0])
         outs = []
         for t in range(x.shape[1]):
             y, state = apply(params, x[:, t : t + 1], state)
@@ -259,7 +259,7 @@ def test_negative_control_without_the_if_swap_fails():
 def test_negative_control_tanh_gelu_fails(monkeypatch):
     config, _, params, arrays = load_block("block")
     assert config.ff_act_fn == "gelu"
-    monkeypatch.setitem(slstm_layers.LIBRARY_ACTIVATIONS, "gelu", nn.gelu)  # flax's default: tanh approximation
+    monkeypatch.setitem(slstm.LIBRARY_ACTIVATIONS, "gelu", nn.gelu)  # flax's default: tanh approximation
     assert max_diff(run_block(config, params, arrays["x"]), arrays["y"]) > 10 * TOL
 
 
@@ -281,7 +281,7 @@ def test_first_step_input_gate_of_minus_120_stays_finite():
     wx = wx.at[:, :, 0].set(-120.0)  # every input-gate pre-activation
     kernel = jnp.zeros((NH, DH, 4 * DH))
     bias = jnp.zeros((NH, 4, DH))
-    y, state = slstm_cell.slstm_sequence(wx, kernel, bias)
+    y, state = slstm.slstm_sequence(wx, kernel, bias)
     assert bool(jnp.all(jnp.isfinite(y))) and all(bool(jnp.all(jnp.isfinite(s))) for s in state)
     expected0 = jax.nn.sigmoid(wx[:, 0, 3]) * jnp.tanh(wx[:, 0, 2])
     np.testing.assert_allclose(np.asarray(y[:, 0]), np.asarray(expected0), rtol=1e-6, atol=1e-7)
@@ -294,10 +294,10 @@ def test_fresh_state_rule_is_per_element():
     wx = jax.random.normal(jax.random.PRNGKey(1), (B, 5, 4, NH, DH)) * 3
     kernel = jax.random.normal(jax.random.PRNGKey(2), (NH, DH, 4 * DH)) * 0.3
     bias = jnp.zeros((NH, 4, DH))
-    used = slstm_cell.SLSTMState(*(jnp.ones((B, NH, DH)) * v for v in (0.1, 0.5, 2.0, 1.0)))
-    mixed = slstm_cell.SLSTMState(*(s.at[1].set(0.0) for s in used))
-    y_mixed, _ = slstm_cell.slstm_sequence(wx, kernel, bias, mixed)
-    y_fresh, _ = slstm_cell.slstm_sequence(wx[1:], kernel, bias)
+    used = slstm.SLSTMState(*(jnp.ones((B, NH, DH)) * v for v in (0.1, 0.5, 2.0, 1.0)))
+    mixed = slstm.SLSTMState(*(s.at[1].set(0.0) for s in used))
+    y_mixed, _ = slstm.slstm_sequence(wx, kernel, bias, mixed)
+    y_fresh, _ = slstm.slstm_sequence(wx[1:], kernel, bias)
     np.testing.assert_allclose(np.asarray(y_mixed[1]), np.asarray(y_fresh[0]), rtol=0, atol=1e-6)
 
 
@@ -326,11 +326,11 @@ def test_document_border_resets_the_state():
     kernel = jax.random.normal(jax.random.PRNGKey(4), (NH, DH, 4 * DH)) * 0.5
     bias = jax.random.normal(jax.random.PRNGKey(5), (NH, 4, DH))
     reset = jnp.zeros((1, 6), bool).at[:, 2].set(True)
-    y_doc, state_doc = slstm_cell.slstm_sequence(wx, kernel, bias, reset=reset)
-    y_alone, state_alone = slstm_cell.slstm_sequence(wx[:, 2:], kernel, bias)
+    y_doc, state_doc = slstm.slstm_sequence(wx, kernel, bias, reset=reset)
+    y_alone, state_alone = slstm.slstm_sequence(wx[:, 2:], kernel, bias)
     assert max_diff(y_doc[:, 2:], y_alone) <= 1e-6
     assert max_diff(jnp.stack(state_doc), jnp.stack(state_alone)) <= 1e-6
-    y_no_reset, _ = slstm_cell.slstm_sequence(wx, kernel, bias)
+    y_no_reset, _ = slstm.slstm_sequence(wx, kernel, bias)
     assert max_diff(y_no_reset[:, 2:], y_alone) > 1e-3  # the test can fail: history matters without the reset
 
 

@@ -337,7 +337,7 @@ def test_document_borders_reset_slstm_blocks_only_with_the_config_flag(mixed):
 
 
 def test_slstm_blocks_follow_the_mask_and_border_rule():
-    """The rule of every layer (`masking`), on a mixed mLSTM/sLSTM model with a conv in its sLSTM block: a masked
+    """The rule of every layer (`layer_parts`), on a mixed mLSTM/sLSTM model with a conv in its sLSTM block: a masked
     token changes no state (== the token removed) and a border starts a fresh document (== a fresh run), carry and
     conv window alike (fp32; 2e-5 as tests/test_masks_borders.py, whose noise floor is ~1e-5)."""
     library_config, sd, _ = load("lm_mixed")

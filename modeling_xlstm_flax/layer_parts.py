@@ -1,4 +1,7 @@
-"""The one rule for padding masks and document borders, shared by every layer type and every mLSTM form.
+"""The building blocks every layer kind shares (mLSTM layers in `xlstm_layers`, sLSTM layers in `slstm`), and the
+one rule for padding masks and document borders that they follow.
+
+Initialisers (small / Wang / gate bias), `XLSTMNorm`, `HeadwiseLinear`, `CausalConv1d`; the mask/border rule:
 
 - A masked position (attention_mask == 0) changes no state: its input gate is exp(-1e30) = 0 and its forget gate
   is exactly 1, so the mLSTM memory (C, n, m) is untouched, and it never enters the conv window of the `mlstm`
@@ -17,8 +20,10 @@ Shapes: B batch, S sequence, NH heads, F features, K conv kernel size.
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -97,3 +102,116 @@ def conv_taps(x: jax.Array, window: jax.Array, attention_mask: Optional[jax.Arra
     last_rank, last_start = rank[:, -1:], start[:, -1:]  # (B, 1)
     new_window = gather(last_rank - (W - 1) + jnp.arange(W), jnp.broadcast_to(last_start, (B, W)))
     return taps, new_window
+
+
+# ---------------------------------------------------------------------------------------------- initialisers
+def _distribution_init(distribution: str, std: float):
+    if distribution == "normal":
+        return nn.initializers.normal(stddev=std)
+    if distribution == "truncated_normal":
+        return nn.initializers.truncated_normal(stddev=std)
+    if distribution == "uniform":
+        bound = std * math.sqrt(3.0)
+        return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    raise ValueError(f"unknown init distribution {distribution!r}")
+
+
+def small_init(dim: int, distribution: str = "normal"):
+    """Transformers-without-tears init: std = sqrt(2 / (5 dim))."""
+    return _distribution_init(distribution, math.sqrt(2.0 / (5.0 * dim)))
+
+
+def wang_init(dim: int, num_blocks: int, distribution: str = "normal"):
+    """Wang init for output projections: std = 2 / num_blocks / sqrt(dim)."""
+    return _distribution_init(distribution, 2.0 / num_blocks / math.sqrt(dim))
+
+
+def output_init(fn_name: str, dim: int, num_blocks: int, distribution: str):
+    return wang_init(dim, num_blocks, distribution) if fn_name == "wang" else small_init(dim, distribution)
+
+
+def gate_bias_init(init_range):
+    """Gate bias init: None -> normal(0.1); number -> constant; [low, high] -> linspace over heads."""
+    if init_range is None:
+        return nn.initializers.normal(stddev=0.1)
+    if isinstance(init_range, (list, tuple)):
+        low, high = init_range
+        return lambda key, shape, dtype=jnp.float32: jnp.linspace(low, high, shape[-1], dtype=dtype).reshape(shape)
+    return nn.initializers.constant(init_range)
+
+
+# ---------------------------------------------------------------------------------------------- components
+class XLSTMNorm(nn.Module):
+    """LayerNorm or RMSNorm over the last axis with statistics in float32; scale only, no bias.
+
+    With `num_heads > 1` the last axis (F = NH * DH) is normalised per head slice of DH features (the multi-head
+    out-norm); the scale stays one flat (F,) vector as in transformers' PyTorch xLSTM.
+    x: (..., F) -> (..., F) in `dtype`.
+    """
+
+    norm_type: str
+    eps: float
+    num_heads: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], self.num_heads, features // self.num_heads)
+        if self.norm_type == "layernorm":
+            x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (y.reshape(x.shape) * scale).astype(self.dtype)
+
+
+class HeadwiseLinear(nn.Module):
+    """Block-diagonal projection (upstream `LinearHeadwiseExpand`): kernel (NH, out/NH, in/NH), bias (out,).
+
+    x: (..., in) -> (..., out).
+    """
+
+    num_heads: int
+    out_features: int
+    use_bias: bool = False
+    kernel_init: Any = nn.initializers.zeros
+    bias_init: Any = nn.initializers.zeros
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_per_head = x.shape[-1] // self.num_heads
+        kernel = self.param(
+            "kernel", self.kernel_init, (self.num_heads, self.out_features // self.num_heads, in_per_head), jnp.float32
+        )
+        x = x.astype(self.dtype).reshape(*x.shape[:-1], self.num_heads, in_per_head)
+        y = jnp.einsum("...hd,hod->...ho", x, kernel.astype(self.dtype)).reshape(*x.shape[:-2], -1)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.out_features,), jnp.float32).astype(self.dtype)
+        return y
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal conv: kernel (K, F), bias (F,). Carries the last K-1 inputs as state for decoding.
+
+    x: (B, S, F), window: (B, K-1, F) or None (zeros), attention_mask / document_borders (B, S) or None
+    -> y (B, S, F), new window (B, K-1, F). Masked tokens never enter the window; taps before a border read zeros
+    (`conv_taps`).
+    """
+
+    kernel_size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, window: Optional[jax.Array] = None, attention_mask: Optional[jax.Array] = None,
+                 document_borders: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+        B, S, F = x.shape
+        K = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (K, F), jnp.float32).astype(self.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (F,), jnp.float32).astype(self.dtype)
+        x = x.astype(self.dtype)
+        if window is None:
+            window = jnp.zeros((B, K - 1, F), self.dtype)
+        taps, new_window = conv_taps(x, window, attention_mask, document_borders)
+        y = bias + sum(taps[j] * kernel[j] for j in range(K))
+        return y, new_window
