@@ -32,8 +32,6 @@ from .config_checks import (  # noqa: F401  (the field choices, re-exported)
 from .slstm_model_config import (  # the sLSTM fields (numpy only, no jax/flax)
     slstm_block_config as _slstm_block_config, slstm_block_indices as _slstm_block_indices,
 )
-from .slstm_config import SLSTMConfig  # noqa: F401  (named for the Hub export: slstm_model_config's import)
-from .slstm_params import slstm_config_from_library  # noqa: F401  (named for the Hub export, as above)
 
 FIELD_DOCS = {
     # language model (xLSTMLMModelConfig)

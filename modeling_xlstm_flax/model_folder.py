@@ -1,5 +1,7 @@
 """Where a model's files are, and which names and links inside its folder may be followed.
 
+* `resolve_model_source(value, option)`: a model given by name (a command's `--model`, `from_pretrained`'s first
+  argument) checked before any work: an existing local model folder, or something shaped like a Hub id;
 * `resolve_model_dir(name_or_path, subfolder)`: a local model folder, or a Hub id downloaded (or found in the cache,
   offline) by huggingface_hub; its cache keeps a repo as `models--ORG--NAME/{blobs/<hash>, refs/main,
   snapshots/<rev>/<file> -> ../../blobs/<hash>}`, and a snapshot is the model folder;
@@ -47,14 +49,51 @@ def link_roots(folder: Path) -> list[Path]:
     return roots
 
 
+def _looks_like_hub_id(value: str) -> bool:
+    if value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1:
+        return False
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(value)
+    except Exception:  # HFValidationError, or huggingface_hub missing
+        return False
+    return True
+
+
+def resolve_model_source(value, option: str = "--model", need_config: bool = True) -> str:
+    """`value` as given when it is a usable local model folder (holding config.json when `need_config`) or looks
+    like a Hub id (`name` or `owner/name`, and no such local path); otherwise a ValueError naming `option` and the
+    value: a missing path, a file, a broken link or a symlink loop."""
+    text = str(value)
+    path = Path(text).expanduser()
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop on older Pythons
+            raise ValueError(f"{option} {text}: a broken symbolic link or a symlink loop") from None
+    try:
+        exists = path.exists()
+    except OSError as exc:  # ELOOP through a looping parent, a name too long, ...
+        raise ValueError(f"{option} {text}: cannot be read ({exc.strerror or exc})") from None
+    if exists:
+        if not path.is_dir():
+            wanted = "a model folder (config.json, model.safetensors)" if need_config else "a folder"
+            raise ValueError(f"{option} {text}: is a file; expected {wanted}")
+        if need_config and not (path / "config.json").is_file():
+            raise ValueError(f"{option} {text}: the folder has no config.json, so it is not a model folder")
+        return str(path)
+    if _looks_like_hub_id(text):
+        return text
+    raise ValueError(f"{option} {text}: no such folder (and not a Hub model id such as 'owner/name')")
+
+
 def resolve_model_dir(name_or_path, subfolder: str = "", **hub_kwargs) -> Path:
     """A local model folder (symlinks resolved), or a Hub repo id downloaded with huggingface_hub (config, weights,
     tokenizer and generation files; a snapshot of its cache, whose files link into the repo's blobs). ValueError
     naming the path when it is a file, a broken link or a link loop, or neither an existing folder nor a valid repo
-    id (`cli.resolve_model_source` decides which), and when `subfolder` is not a plain relative name
+    id (`resolve_model_source` decides which), and when `subfolder` is not a plain relative name
     (`file_name_problem`) or no folder of the model."""
-    from .cli import resolve_model_source
-
     if subfolder:
         problem = file_name_problem(subfolder)
         if problem:

@@ -48,21 +48,6 @@ from .xlstm_layers import (  # noqa: F401  (the module classes are part of this 
     FlaxXLSTMForCausalLMModule, FlaxXLSTMModule, param_shapes, stack_block_params, unstack_block_params,
 )
 
-# transformers' remote-code loader (the Hub export, `hub.py`) copies only the modules this file names in `from .x
-# import` lines, not the ones those import in turn: they are named here too (`hub.code_files` checks the list).
-from .cli import resolve_model_source  # noqa: E402,F401
-from .config_checks import validate_config  # noqa: E402,F401  (the config's field checks)
-from .config_translation import round_to_multiple  # noqa: E402,F401
-from .flax_base import FlaxPreTrainedModel as _OwnBaseModel  # noqa: E402,F401  (hf_compat's base for transformers 5)
-from .generation_loop import generate_loop  # noqa: E402,F401  (generation's loop)
-from .logits_processors import check_generation_config  # noqa: E402,F401  (the loop's settings and processors)
-from .masking import conv_taps  # noqa: E402,F401  (the layers' mask/border rule)
-from .slstm_cell import slstm_sequence  # noqa: E402,F401  (slstm_layers')
-from .slstm_config import SLSTMConfig  # noqa: E402,F401  (slstm_layers' and slstm_params')
-from .slstm_model_config import slstm_block_config  # noqa: E402,F401  (the config's, imported lazily)
-from .slstm_params import slstm_config_from_library  # noqa: E402,F401  (library_checkpoint's)
-from .library_mlstm_params import mlstm_block_config_from_library  # noqa: E402,F401  (library_checkpoint's)
-
 logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- HF wrappers

@@ -384,18 +384,18 @@ def test_python_m_entry_point_reports_bad_input(tmp_path):
     """`python -m` (run outside the repo, so the installed package is imported) exits 1 with a clear message."""
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "modeling_xlstm_flax.convert_pytorch_to_flax", str(tmp_path / "nowhere"), str(out)],
+        [sys.executable, "-m", "modeling_xlstm_flax.cli", "convert", "from-pytorch", str(tmp_path / "nowhere"), str(out)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     assert f"error: {tmp_path / 'nowhere'}: no such directory" in result.stderr
     assert _no_leftovers(out)
 
 
-@pytest.mark.parametrize("module", ["orbax_to_hf", "pytorch_to_flax", "flax_to_pytorch"])
-def test_help_explains_every_option(module):
-    import importlib
+@pytest.mark.parametrize("name", ["from-orbax", "from-pytorch", "to-pytorch"])
+def test_help_explains_every_option(name):
+    from modeling_xlstm_flax.convert_common import build_parser
 
-    parser = importlib.import_module(f"modeling_xlstm_flax.convert_{module}").build_parser()
+    parser = build_parser(name)
     for action in parser._actions:
         assert action.help and len(action.help) > 10, action.dest
     help_text = parser.format_help()
