@@ -70,8 +70,8 @@ print(sum(x.size for x in __import__("jax").tree_util.tree_leaves(model.params))
 """,
     "convert": r"""
 import sys
-from modeling_xlstm_flax.convert_pytorch_to_flax import main
-raise SystemExit(main([sys.argv[1], sys.argv[2], "--dtype", "bfloat16", "-q"]))
+from modeling_xlstm_flax.convert_common import main
+raise SystemExit(main("from-pytorch", [sys.argv[1], sys.argv[2], "--dtype", "bfloat16", "-q"]))
 """,
     "sharded": r"""
 import sys, jax.numpy as jnp

@@ -51,11 +51,11 @@ def _load(directory):
     return model.config, params
 
 
-def _convert(module: str, *argv) -> None:
-    import importlib
+def _convert(conversion: str, *argv) -> None:
+    from modeling_xlstm_flax.convert_common import main
 
-    status = importlib.import_module(f"modeling_xlstm_flax.convert_{module}").main([str(a) for a in argv] + ["-q"])
-    assert status == 0, f"{module} {argv} exited {status}"
+    status = main(conversion, [str(a) for a in argv] + ["-q"])
+    assert status == 0, f"{conversion} {argv} exited {status}"
 
 
 def _pt_config():
@@ -100,7 +100,7 @@ def _way_in(name: str, tmp):
         config, params, _, _ = load_fixture("v1", compute_dtype="float32")
         return config, jax.tree_util.tree_map(np.asarray, params)
     if name == "orbax":
-        _convert("orbax_to_hf", FIXTURES / "v1_orbax", tmp / name)
+        _convert("from-orbax", FIXTURES / "v1_orbax", tmp / name)
         return _load(tmp / name)
     source_config = _pt_config()
     model = FlaxXLSTMForCausalLM(source_config, seed=4)
@@ -131,10 +131,10 @@ def _way_out(name: str, config, params, tmp):
         export_hub_folder(model, tmp / name)
         return _load(tmp / name)
     model.save_pretrained(tmp / "flax", params=params)
-    _convert("flax_to_pytorch", tmp / "flax", tmp / "pytorch")
+    _convert("to-pytorch", tmp / "flax", tmp / "pytorch")
     if name == "to_pytorch":
         return _load(tmp / "pytorch")
-    _convert("pytorch_to_flax", tmp / "pytorch", tmp / "flax_again")
+    _convert("from-pytorch", tmp / "pytorch", tmp / "flax_again")
     return _load(tmp / "flax_again")
 
 
@@ -326,7 +326,7 @@ def test_orbax_run_with_repr_backend_converts_and_generates_without_eos(tmp_path
         pytest.skip("fixture metadata stores the cell as a string")
     cell["backend"] = {"name": "parallel_stabilized", "kwargs": "mLSTMBackendParallelConfig(context_length=64)"}
     checkpoint.write_text(json.dumps(metadata))
-    _convert("orbax_to_hf", run, tmp_path / "out")
+    _convert("from-orbax", run, tmp_path / "out")
     model = FlaxXLSTMForCausalLM.from_pretrained(tmp_path / "out")
     assert model.config.eos_token_id is None and model.config.pad_token_id is None
     out = model.generate(IDS[:1, :4], max_new_tokens=5)
