@@ -14,7 +14,7 @@
 * `check_output_location(path, option)` checks that an output folder can be created or written (the nearest existing
   parent is a folder we can write into) before any work;
 * `quiet_transformers()` drops transformers' log lines that are not about the user's input (the TensorFlow/JAX
-  deprecation banner, "Device set to use ...", the `trust_remote_code` note on a correct remote-code load).
+  deprecation banner, "Device set to use ...").
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ EXIT_FAILURE = 1  # argparse's usage errors exit 2
 from . import bundled_model_path  # noqa: E402  (the package's own; standard library only)
 from .safe_output import TOKENIZER_FILES  # noqa: E402  (the one list; standard library only)
 
-# Starts of transformers log messages that never concern a user of these commands.
+# Starts of transformers log messages that never concern a user of these commands (the `trust_remote_code` note is
+# the model's own filter, `input_checks`, active wherever the model loads).
 TRANSFORMERS_NOISE = (
     "TensorFlow and JAX classes are deprecated",
     "Device set to use",
-    "The argument `trust_remote_code` is to be used with Auto classes",
 )
 # The transformers modules that emit them (logger filters apply to records created on that logger).
 _NOISY_LOGGERS = (
