@@ -189,7 +189,9 @@ class Models:
         import jax.numpy as jnp
         from transformers import FlaxAutoModelForCausalLM
 
-        import modeling_xlstm_flax as xf  # noqa: F401  (registers the auto classes)
+        import modeling_xlstm_flax as xf
+
+        xf.register_auto_classes()  # our classes in transformers' auto classes
 
         try:
             model = FlaxAutoModelForCausalLM.from_pretrained(path, from_pt=True, dtype=jnp.float32)

@@ -64,14 +64,15 @@ MEASURE = {
     "load": r"""
 import sys, jax.numpy as jnp
 import modeling_xlstm_flax
+modeling_xlstm_flax.register_auto_classes()
 from transformers import FlaxAutoModelForCausalLM
 model = FlaxAutoModelForCausalLM.from_pretrained(sys.argv[1], param_dtype=jnp.bfloat16)
 print(sum(x.size for x in __import__("jax").tree_util.tree_leaves(model.params)))
 """,
     "convert": r"""
 import sys
-from modeling_xlstm_flax.convert_pytorch_to_flax import main
-raise SystemExit(main([sys.argv[1], sys.argv[2], "--dtype", "bfloat16", "-q"]))
+from modeling_xlstm_flax.convert_common import main
+raise SystemExit(main("from-pytorch", [sys.argv[1], sys.argv[2], "--dtype", "bfloat16", "-q"]))
 """,
     "sharded": r"""
 import sys, jax.numpy as jnp
@@ -82,6 +83,7 @@ print(sum(x.size for x in __import__("jax").tree_util.tree_leaves(params)))
     "forward": r"""
 import sys, numpy as np, jax, jax.numpy as jnp
 import modeling_xlstm_flax
+modeling_xlstm_flax.register_auto_classes()
 from transformers import FlaxAutoModelForCausalLM
 model = FlaxAutoModelForCausalLM.from_pretrained(sys.argv[1], param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
 logits = model(np.arange(16, dtype=np.int32)[None] % 1000).logits

@@ -1,16 +1,18 @@
 """xlstm-flax: the xLSTM language model of xlstm-jax in Flax, with transformers' Flax model API.
 
 `from modeling_xlstm_flax import FlaxAutoModelForCausalLM` loads a saved model under transformers 4.x and 5.x
-(`auto`). Importing the package registers the config with `AutoConfig` (model_type `xlstm_flax`) and, under
-transformers 4.x, the models with transformers' `FlaxAutoModel` / `FlaxAutoModelForCausalLM`, for both our config
-and transformers' PyTorch `xLSTMConfig` (model_type `xlstm`), so a `NX-AI/xLSTM-7b`-layout directory loads too.
-Only the `xlstm-flax` command itself (`cli`) skips that at import, so that its `--help` starts without jax or
-transformers: there the names below are imported, and the classes registered, on first use.
+(`auto`). Importing the package itself is cheap (no jax, no transformers: the `xlstm-flax` command starts from it);
+the public names below are imported on first use, and the first use of any of them registers this port with
+transformers (`auto.register_auto_classes`, idempotent): the config with `AutoConfig` (model_type `xlstm_flax`),
+under transformers 4.x the models with transformers' `FlaxAutoModel` / `FlaxAutoModelForCausalLM` for both our
+config and transformers' PyTorch `xLSTMConfig` (model_type `xlstm`), and the text-generation pipeline task. Code
+that only imports submodules calls `modeling_xlstm_flax.register_auto_classes()` before using transformers' Auto
+classes with our folders.
 """
 
 import importlib
 import logging
-import sys
+from pathlib import Path
 
 from .safe_output import record_dropped_interrupts  # standard library only
 
@@ -26,10 +28,15 @@ _EXPORTS = {
     "FlaxXLSTMPreTrainedModel": "modeling_flax_xlstm", "stack_block_params": "modeling_flax_xlstm",
     "unstack_block_params": "modeling_flax_xlstm",
     "FlaxAutoModel": "auto", "FlaxAutoModelForCausalLM": "auto",
-    "register_auto_classes": "registration",
+    "register_auto_classes": "auto",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS) + ["bundled_model_path"]
+
+
+def bundled_model_path() -> Path:
+    """Folder of the bundled model (config, safetensors, tokenizer, card) inside the installed package."""
+    return Path(__file__).parent / "bundled_model"
 
 
 def _drop_torch_absent_note(record: logging.LogRecord) -> bool:
@@ -56,15 +63,3 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
-
-
-def _started_as_the_command() -> bool:
-    """Whether this process is the `xlstm-flax` console script or `python -m modeling_xlstm_flax.cli`."""
-    if sys.argv and sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] in ("xlstm-flax", "xlstm-flax.exe"):
-        return True
-    argv = list(getattr(sys, "orig_argv", ()))
-    return any(a == "-m" and b == f"{__name__}.cli" for a, b in zip(argv, argv[1:]))
-
-
-if not _started_as_the_command():
-    importlib.import_module(".auto", __name__)  # registers the auto classes (idempotent)

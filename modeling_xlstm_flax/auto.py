@@ -1,9 +1,14 @@
-"""`FlaxAutoModel` and `FlaxAutoModelForCausalLM` under every supported transformers major.
+"""`FlaxAutoModel` and `FlaxAutoModelForCausalLM` under every supported transformers major, and the registration
+with transformers' Auto classes (`register_auto_classes`, idempotent: `AutoConfig` always; `FlaxAutoModel` /
+`FlaxAutoModelForCausalLM` where transformers has them, 4.x; the text-generation pipeline task).
+
+Importing this module registers (it is what `from modeling_xlstm_flax import <any public name>` imports first);
+`import modeling_xlstm_flax` alone registers nothing, so that the command line starts without transformers.
 
 `from modeling_xlstm_flax import FlaxAutoModelForCausalLM` works under both:
 
-* transformers 4.x: transformers' own classes, with this port registered in them (`registration`) for our config
-  (`xlstm_flax`) and transformers' PyTorch `xLSTMConfig` (`xlstm`);
+* transformers 4.x: transformers' own classes, with this port registered in them for our config (`xlstm_flax`) and
+  transformers' PyTorch `xLSTMConfig` (`xlstm`);
 * transformers 5.x (which removed every Flax auto class): `_FlaxAutoClass` subclasses of the same names and calls,
   `from_pretrained(folder_or_hub_id, *args, **kwargs)` / `from_config(config, **kwargs)` / `register(config_class,
   model_class)`, resolving the config the way `AutoConfig` does (model_type `xlstm_flax` or `xlstm`; another
@@ -14,11 +19,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import registration
+from transformers import AutoConfig, xLSTMConfig
+
 from .configuration_xlstm_flax import XLSTMFlaxConfig
 from .modeling_flax_xlstm import FlaxXLSTMForCausalLM, FlaxXLSTMModel
 
-__all__ = ["FlaxAutoModel", "FlaxAutoModelForCausalLM"]
+try:  # transformers 4.x
+    from transformers import FlaxAutoModel as _TransformersFlaxAutoModel
+    from transformers import FlaxAutoModelForCausalLM as _TransformersFlaxAutoModelForCausalLM
+except ImportError:  # transformers >= 5 removed every Flax auto class
+    _TransformersFlaxAutoModel = _TransformersFlaxAutoModelForCausalLM = None
+
+__all__ = ["FlaxAutoModel", "FlaxAutoModelForCausalLM", "register_auto_classes"]
 
 # The keyword arguments of `from_pretrained` that also locate the config (a Hub id's download options).
 _HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "subfolder", "proxies")
@@ -67,10 +79,38 @@ class _FlaxAutoClass:
         cls._model_mapping[model_type] = model_class
 
 
-registration.register_auto_classes()
-if registration.FlaxAutoModel is not None:  # transformers 4.x: its own classes, registered
-    FlaxAutoModel = registration.FlaxAutoModel
-    FlaxAutoModelForCausalLM = registration.FlaxAutoModelForCausalLM
+class FlaxXLSTMForCausalLMFromTorchConfig(FlaxXLSTMForCausalLM):
+    """Entry for transformers' `xLSTMConfig` in transformers 4's `FlaxAutoModelForCausalLM`: translates the config on
+    construction (the model then carries an `XLSTMFlaxConfig`, which is what `save_pretrained` writes)."""
+
+    config_class = xLSTMConfig
+
+
+class FlaxXLSTMModelFromTorchConfig(FlaxXLSTMModel):
+    """Entry for transformers' `xLSTMConfig` in transformers 4's `FlaxAutoModel`."""
+
+    config_class = xLSTMConfig
+
+
+def register_auto_classes() -> None:
+    """Register our config with `AutoConfig`, our models with transformers 4's Flax auto classes (for our config and
+    transformers' `xLSTMConfig`), and the text-generation pipeline task (`pipeline.register_pipeline`)."""
+    AutoConfig.register(XLSTMFlaxConfig.model_type, XLSTMFlaxConfig, exist_ok=True)
+    if _TransformersFlaxAutoModel is not None:
+        _TransformersFlaxAutoModel.register(XLSTMFlaxConfig, FlaxXLSTMModel, exist_ok=True)
+        _TransformersFlaxAutoModelForCausalLM.register(XLSTMFlaxConfig, FlaxXLSTMForCausalLM, exist_ok=True)
+        _TransformersFlaxAutoModel.register(xLSTMConfig, FlaxXLSTMModelFromTorchConfig, exist_ok=True)
+        _TransformersFlaxAutoModelForCausalLM.register(xLSTMConfig, FlaxXLSTMForCausalLMFromTorchConfig,
+                                                       exist_ok=True)
+    from .pipeline import register_pipeline
+
+    register_pipeline()
+
+
+register_auto_classes()
+if _TransformersFlaxAutoModel is not None:  # transformers 4.x: its own classes, registered
+    FlaxAutoModel = _TransformersFlaxAutoModel
+    FlaxAutoModelForCausalLM = _TransformersFlaxAutoModelForCausalLM
 else:
 
     class FlaxAutoModel(_FlaxAutoClass):  # noqa: D101 (the module docstring)

@@ -1,20 +1,20 @@
 """The command line: `xlstm-flax COMMAND ...` and what every command shares (the one place for command code).
 
-* `main(argv)`: the console command `xlstm-flax` with the subcommands `generate`, `train`, `convert {from-orbax,
-  from-pytorch, to-pytorch, from-library}` and `export-hub`, plus `--version`, `--debug`, `--help`. Each subcommand is its module's
-  `build_parser()` / `main(argv)`, imported only when it runs (so `--help` needs neither jax nor transformers);
+* `main(argv)`: the console command `xlstm-flax` with the subcommands `generate` (here), `train` (`training`),
+  `convert {from-orbax, from-pytorch, to-pytorch, from-library}` (`convert_common`, one skeleton for all) and
+  `export-hub` (`hub`), plus `--version`, `--debug`, `--help`. A subcommand's module is imported only when it runs
+  (so `--help` needs neither jax nor transformers);
 * `run_command(prog, body, argv, exit_codes)` runs `body(argv)`: a failure is one line `prog: error: ...` on stderr
   and exit status 1 (or its `exit_codes` entry); usage errors exit 2 (argparse); `--debug` (or `XLSTM_FLAX_DEBUG=1`)
   shows the traceback instead;
 * `add_set_option(parser)`: the one `--set FIELD=VALUE` option (config fields, repeatable), `TOKENIZER_FILES`: the
   tokenizer files a model folder may hold (copied, or looked for, by every command);
-* `resolve_model_source(value, option)` checks a `--model` argument: an existing local model folder (with
-  config.json) or something shaped like a Hub id; a missing path, a file, a broken link or a symlink loop is a
-  `UsageError` naming the option and the value;
+* a `--model` argument is checked by the model core's `checkpoint_io.resolve_model_source` (this module imports the
+  core, never the reverse);
 * `check_output_location(path, option)` checks that an output folder can be created or written (the nearest existing
   parent is a folder we can write into) before any work;
 * `quiet_transformers()` drops transformers' log lines that are not about the user's input (the TensorFlow/JAX
-  deprecation banner, "Device set to use ...", the `trust_remote_code` note on a correct remote-code load).
+  deprecation banner, "Device set to use ...").
 """
 
 from __future__ import annotations
@@ -22,27 +22,30 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-__all__ = ["UsageError", "run_command", "resolve_model_source", "check_output_location", "quiet_transformers",
-           "TRANSFORMERS_NOISE", "TOKENIZER_FILES", "add_set_option", "main", "PROG", "DEBUG_ENV"]
+__all__ = ["UsageError", "run_command", "check_output_location", "quiet_transformers", "TRANSFORMERS_NOISE",
+           "TOKENIZER_FILES", "add_set_option", "generate_main", "main", "PROG", "DEBUG_ENV"]
 
 PROG = "xlstm-flax"
 DEBUG_ENV = "XLSTM_FLAX_DEBUG"  # set by `xlstm-flax --debug`: tracebacks instead of one-line errors
 EXIT_FAILURE = 1  # argparse's usage errors exit 2
 
+from . import bundled_model_path  # noqa: E402  (the package's own; standard library only)
 from .safe_output import TOKENIZER_FILES  # noqa: E402  (the one list; standard library only)
 
-# Starts of transformers log messages that never concern a user of these commands.
+# Starts of transformers log messages that never concern a user of these commands (the `trust_remote_code` note is
+# the model's own filter, `input_checks`, active wherever the model loads).
 TRANSFORMERS_NOISE = (
     "TensorFlow and JAX classes are deprecated",
     "Device set to use",
-    "The argument `trust_remote_code` is to be used with Auto classes",
 )
 # The transformers modules that emit them (logger filters apply to records created on that logger).
 _NOISY_LOGGERS = (
@@ -129,44 +132,6 @@ def add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=help)
 
 
-def _looks_like_hub_id(value: str) -> bool:
-    if value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1:
-        return False
-    try:
-        from huggingface_hub.utils import validate_repo_id
-
-        validate_repo_id(value)
-    except Exception:  # HFValidationError, or huggingface_hub missing
-        return False
-    return True
-
-
-def resolve_model_source(value, option: str = "--model", need_config: bool = True) -> str:
-    """`value` as given when it is a usable local model folder (holding config.json when `need_config`) or looks
-    like a Hub id (`name` or `owner/name`, and no such local path); otherwise `UsageError` naming `option`."""
-    text = str(value)
-    path = Path(text).expanduser()
-    if path.is_symlink():
-        try:
-            path.resolve(strict=True)
-        except (OSError, RuntimeError):  # RuntimeError: a symlink loop on older Pythons
-            raise UsageError(f"{option} {text}: a broken symbolic link or a symlink loop") from None
-    try:
-        exists = path.exists()
-    except OSError as exc:  # ELOOP through a looping parent, a name too long, ...
-        raise UsageError(f"{option} {text}: cannot be read ({exc.strerror or exc})") from None
-    if exists:
-        if not path.is_dir():
-            wanted = "a model folder (config.json, model.safetensors)" if need_config else "a folder"
-            raise UsageError(f"{option} {text}: is a file; expected {wanted}")
-        if need_config and not (path / "config.json").is_file():
-            raise UsageError(f"{option} {text}: the folder has no config.json, so it is not a model folder")
-        return str(path)
-    if _looks_like_hub_id(text):
-        return text
-    raise UsageError(f"{option} {text}: no such folder (and not a Hub model id such as 'owner/name')")
-
-
 def check_output_location(path, option: str = "--output", inputs=()) -> Path:
     """`path` (absolute) if it is a folder or can become one: empty, overlapping one of `inputs`
     (`safe_output.check_output_path`), an existing file, or a nearest existing parent that is not a writable folder,
@@ -190,24 +155,137 @@ def check_output_location(path, option: str = "--output", inputs=()) -> Path:
     return target
 
 
+# ---------------------------------------------------------------------------------------------- xlstm-flax generate
+GENERATE_HELP = """Generate text: `xlstm-flax generate --prompt "..."`.
+
+By default loads the bundled model (a small xLSTM trained on CPython's pydoc topics, shipped in the package) with
+`FlaxAutoModelForCausalLM.from_pretrained`; `--model` takes any other model directory or Hub id (its tokenizer is
+loaded with `AutoTokenizer`). `--preset NAME` instead builds a randomly initialised model from a bundled config and
+uses raw UTF-8 bytes as token ids (a smoke run of the generation path; the output is noise). Generation runs
+through the text-generation pipeline (a `--model`) or `model.generate` (a `--preset`); reports tokens/s.
+"""
+
+
+def build_generate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"{PROG} generate", description=GENERATE_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="model directory or Hub id loadable by FlaxAutoModelForCausalLM "
+                        "(default: the bundled pydoc model)")
+    source.add_argument("--preset", default=None,
+                        help="bundled config name for a random-init smoke model (see configuration/presets)")
+    parser.add_argument("--prompt", default="The xLSTM", help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="number of tokens to generate")
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling probability mass")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search width (1: no beam search)")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed for sampling and random init")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="compute dtype (default: the config's compute_dtype)")
+    return parser
+
+
+def generate_main(argv=None) -> int:
+    """`xlstm-flax generate`: bad input (a missing model folder, an invalid option value) is one line, exit 1."""
+    return run_command(f"{PROG} generate", _generate, argv)
+
+
+def _check_generate_options(args) -> None:
+    if args.max_new_tokens <= 0:
+        raise UsageError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if args.preset and not args.prompt:  # (a model's tokenizer starts an empty prompt from its bos token)
+        raise UsageError("--prompt is empty: the random-init --preset model has no bos token to start from; give "
+                         "some text to continue")
+    if args.num_beams < 1:
+        raise UsageError(f"--num-beams must be >= 1 (1: no beam search), got {args.num_beams}")
+    if args.do_sample:
+        if not math.isfinite(args.temperature) or args.temperature <= 0:
+            raise UsageError(f"--temperature must be a positive finite number, got {args.temperature}")
+        if args.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0 (0: no top-k filter), got {args.top_k}")
+        if not 0 < args.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+
+
+def _text_and_count(tokenizer, prompt: str, sequence: list, config) -> tuple[str, int]:
+    """(the prompt and its continuation, the number of generated tokens) from the generated ids (the prompt's ids
+    first): the count is of the ids the model produced, up to and including an end-of-sequence token (what follows
+    it is padding), not of the decoded text re-tokenized (which merges and splits tokens differently)."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    new = list(sequence[len(prompt_ids):])
+    eos = config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    count = next((i + 1 for i, token in enumerate(new) if token in eos), len(new))
+    start = len(tokenizer.decode(prompt_ids, skip_special_tokens=True))
+    return prompt + tokenizer.decode(list(sequence), skip_special_tokens=True)[start:], count
+
+
+def _generate(argv=None) -> int:
+    args = build_generate_parser().parse_args(argv)
+    _check_generate_options(args)
+    import jax  # here, not at the top: `xlstm-flax generate --help` needs no jax
+    import numpy as np
+
+    dtype = None if args.dtype is None else getattr(jax.numpy, args.dtype)
+    sample = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) if args.do_sample else {}
+    if not args.preset:
+        from .checkpoint_io import resolve_model_source
+        from .pipeline import text_generation_pipeline
+
+        source = resolve_model_source(args.model) if args.model else str(bundled_model_path())
+        generator = text_generation_pipeline(source, model_kwargs={"dtype": dtype})
+        call = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams,
+                    seed=args.seed, return_tensors=True, **sample)
+        start = time.perf_counter()
+        generator(args.prompt, **call)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        sequence = generator(args.prompt, **call)[0]["generated_token_ids"]  # prompt ids + new ids
+        elapsed = time.perf_counter() - start
+        text, new_tokens = _text_and_count(generator.tokenizer, args.prompt, sequence, generator.model.config)
+    else:
+        from .configuration_xlstm_flax import load_preset
+        from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
+
+        config = load_preset(args.preset, vocab_size=256 + 3, compute_dtype="float32")
+        print(f"[random-init smoke model from preset {args.preset!r}: byte-level ids, the text is noise]",
+              file=sys.stderr)
+        model = FlaxXLSTMForCausalLM(config, seed=args.seed, dtype=dtype)
+        input_ids = (np.frombuffer(args.prompt.encode("utf-8"), np.uint8).astype("i4") + 3)[None]
+        kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams,
+                      pad_token_id=config.pad_token_id, **sample)
+        generate = jax.jit(lambda p, ids, key: model.generate(ids, params=p, prng_key=key, **kwargs).sequences)
+        key = jax.random.PRNGKey(args.seed)
+        start = time.perf_counter()
+        np.asarray(generate(model.params, input_ids, key))
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        sequences = np.asarray(generate(model.params, input_ids, key))
+        elapsed = time.perf_counter() - start
+        new = sequences[0, input_ids.shape[1]:]
+        text = args.prompt + bytes(int(i) - 3 for i in new if int(i) >= 3).decode("utf-8", errors="replace")
+        new_tokens = len(new)
+    print(text, flush=True)
+    print(f"[{new_tokens} new tokens: {new_tokens / elapsed:.1f} tokens/s after compilation; first call incl. "
+          f"compile {first:.1f} s]", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- xlstm-flax
-# subcommand -> (module, one-line summary); "convert" has its own subcommands
+# subcommand -> (module, its `main(argv)`, one-line summary); "convert" has its own subcommands
 COMMANDS = {
-    "generate": ("generate", "generate text with the bundled model or any saved model"),
-    "train": ("training", "train a model from scratch or fine-tune one (the 'train' extra)"),
-    "convert": (None, "convert checkpoints: from-orbax, from-pytorch, to-pytorch, from-library"),
-    "export-hub": ("hub", "write a self-contained Hugging Face Hub folder (and push it)"),
-}
-CONVERSIONS = {
-    "from-orbax": ("convert_orbax_to_hf", "an xlstm-jax orbax run -> this port's Flax model folder"),
-    "from-pytorch": ("convert_pytorch_to_flax", "transformers' PyTorch xLSTM folder -> Flax model folder"),
-    "to-pytorch": ("convert_flax_to_pytorch", "Flax model folder -> transformers' PyTorch xLSTM folder"),
-    "from-library": ("convert_library_to_flax", "NX-AI xlstm library folder (mLSTM + sLSTM) -> Flax model folder"),
+    "generate": ("cli", "generate_main", "generate text with the bundled model or any saved model"),
+    "train": ("training", "main", "train a model from scratch or fine-tune one (the 'train' extra)"),
+    "convert": (None, None, "convert checkpoints: " + ", ".join(
+        ("from-orbax", "from-pytorch", "to-pytorch", "from-library"))),
+    "export-hub": ("hub", "main", "write a self-contained Hugging Face Hub folder (and push it)"),
 }
 
 
 def _chooser(prog: str, choices: dict, description: str, top: bool) -> argparse.ArgumentParser:
-    listing = "\n".join(f"  {name:<14}{summary}" for name, (_, summary) in choices.items())
+    listing = "\n".join(f"  {name:<14}{entry[-1]}" for name, entry in choices.items())
     parser = argparse.ArgumentParser(prog=prog, description=description, usage=f"{prog} [-h] "
                                      + ("[--version] [--debug] " if top else "") + "COMMAND ...",
                                      epilog=f"commands:\n{listing}\n\n`{prog} COMMAND --help` shows a command's "
@@ -238,14 +316,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = top.parse_args(head)
     if args.debug:
         os.environ[DEBUG_ENV] = "1"
-    module, _ = COMMANDS[args.command]
-    if module is None:  # convert
-        prog = f"{PROG} convert"
-        sub = _chooser(prog, CONVERSIONS, "Convert checkpoints; every conversion writes into a temporary folder "
-                       "beside OUTPUT and renames it when complete.", top=False)
+    module, function, _ = COMMANDS[args.command]
+    if module is None:  # convert: the conversions' table lives with their one skeleton
+        from .convert_common import CONVERSIONS, main as run_conversion
+
+        sub = _chooser(f"{PROG} convert", {n: (c.summary,) for n, c in CONVERSIONS.items()},
+                       "Convert checkpoints; every conversion writes into a temporary folder beside OUTPUT and "
+                       "renames it when complete.", top=False)
         head, rest = _split(rest)
-        module, _ = CONVERSIONS[sub.parse_args(head).command]
-    return importlib.import_module(f".{module}", __package__).main(rest)
+        return run_conversion(sub.parse_args(head).command, rest)
+    return getattr(importlib.import_module(f".{module}", __package__), function)(rest)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Shared machinery of the conversion commands (`orbax_to_hf`, `pytorch_to_flax`, `flax_to_pytorch`).
+"""The conversions on one skeleton: `CONVERSIONS` (`xlstm-flax convert NAME`: help texts, the convert function
+whose keywords are its options), `build_parser(name)`, `main(name, argv)` (the commands' one runner), and the
+functions `convert_pytorch_to_flax`, `convert_flax_to_pytorch`, `convert_library_to_flax` (`convert_orbax_to_hf`
+reads orbax).
 
 Every input is opened as a `loading.Source` (tensors under our unrolled names, read one at a time, checked
 against the config's plan before any data is read); `output_tensors` lays it out as
@@ -10,21 +13,22 @@ and `checkpoint_writer.write_checkpoint` writes it tensor by tensor into a tempo
 renamed into place: a failed or interrupted conversion leaves no output and the old output stays until the new one
 is complete.
 
-Peak memory beyond the imports is independent of the checkpoint size: about 1.3x the largest tensor for
-safetensors inputs (transposes and casts are copied in 64 MB pieces), about 2x the largest leaf for orbax (its
-leaves are stored as one compressed chunk, decoded whole; a stacked `scan_blocks` leaf is one leaf), plus the
-largest file for msgpack inputs. `benchmarks/conversion_memory.py` measures it on a 2.4 GB checkpoint.
+Peak memory beyond the imports: ~1.3x the largest tensor for safetensors inputs (copied in 64 MB pieces), ~2x the
+largest orbax leaf (decoded whole), plus the largest file for msgpack (`benchmarks/conversion_memory.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import math
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -33,6 +37,7 @@ from .checkpoint_io import CheckpointFileError, is_float_dtype  # noqa: F401  (r
 from .loading import Source, SourceTensor, compare_to_plan, model_plan  # noqa: F401  (re-exported for the commands)
 from .checkpoint_writer import OutTensor, parse_size, write_checkpoint  # noqa: F401
 from .cli import add_set_option, run_command
+from .config_checks import refuse_duplicate_keys
 from .safe_output import MODEL_FILES, TOKENIZER_FILES, atomic_output_dir, check_output_path
 
 DTYPES = checkpoint_io.LazyTable(lambda: {"float32": np.dtype(np.float32), "bfloat16": checkpoint_io.bfloat16()})
@@ -274,6 +279,128 @@ def check_logits(source: np.ndarray, output: np.ndarray, tolerance: float, ids: 
     return diff
 
 
+# ---------------------------------------------------------------------------------------------- conversions
+def read_json_config(directory) -> dict:
+    path = Path(directory) / "config.json"
+    if not Path(directory).is_dir():
+        raise ConversionError(f"{directory}: no such directory")
+    try:
+        return json.loads(path.read_text(), object_pairs_hook=refuse_duplicate_keys)
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+
+
+def convert_pytorch_to_flax(input_dir, output_dir, *, dtype: str = "keep", max_shard_size=None,
+                            flax_shard_format: str = "safetensors", tokenizer: Optional[str] = None,
+                            overrides: Optional[dict] = None, verify: bool = False, tolerance: float = 1e-4,
+                            verify_length: int = 16, seed: int = 0, overwrite: bool = False,
+                            progress: bool = True) -> Path:
+    """Convert; returns the output directory. Raises ConversionError / VerificationError."""
+    check_converter_output(output_dir, (input_dir, tokenizer))
+    from .configuration_xlstm_flax import from_transformers_config
+
+    pt_config = read_json_config(input_dir)
+    if pt_config.get("model_type") != "xlstm":
+        raise ConversionError(f"{Path(input_dir) / 'config.json'}: model_type {pt_config.get('model_type')!r}, "
+                              "expected transformers' 'xlstm' (for xlstm_flax directories use xlstm-flax convert to-pytorch)")
+    try:
+        config = from_transformers_config(pt_config, **(overrides or {}))
+    except (ValueError, TypeError) as e:
+        raise ConversionError(f"{Path(input_dir) / 'config.json'}: cannot be translated: {e}") from None
+    source = open_pytorch_dir(input_dir, config)
+    tensors = output_tensors(source, config, "flax", dtype)
+    with converter_output_dir(output_dir, overwrite, (input_dir, tokenizer), "xlstm-flax convert from-pytorch") as tmp:
+        copy_tokenizer(tokenizer, tmp, source_dir=input_dir)
+        save_flax_config(config, tmp)
+        write_weights(tmp, tensors, layout="flax", max_shard_size=max_shard_size,
+                      flax_shard_format=flax_shard_format, progress=progress)
+        if verify:
+            ids = verify_ids(config, verify_length, seed, pytorch_chunk_size=pt_config.get("chunk_size", 64))
+            round_to = verify_rounding(dtype)
+            check_logits(pytorch_dir_logits(input_dir, ids, round_to), flax_dir_logits(tmp, ids), tolerance, ids)
+    return Path(output_dir)
+
+
+def convert_flax_to_pytorch(input_dir, output_dir, *, dtype: str = "keep", max_shard_size=None,
+                            tokenizer: Optional[str] = None, overrides: Optional[dict] = None, verify: bool = False,
+                            tolerance: float = 1e-4, verify_length: int = 16, seed: int = 0, overwrite: bool = False,
+                            progress: bool = True):
+    """Convert; returns the output directory. Raises ConversionError / VerificationError."""
+    check_converter_output(output_dir, (input_dir, tokenizer))
+    from transformers import GenerationConfig
+
+    from .configuration_xlstm_flax import XLSTMFlaxConfig, to_transformers_config
+
+    config_dict = read_json_config(input_dir)
+    if config_dict.get("model_type") != XLSTMFlaxConfig.model_type:
+        raise ConversionError(f"{Path(input_dir) / 'config.json'}: model_type {config_dict.get('model_type')!r}, "
+                              f"expected {XLSTMFlaxConfig.model_type!r} (this port's Flax layout)")
+    try:
+        config = XLSTMFlaxConfig.from_pretrained(input_dir)
+        if overrides:
+            config.update(overrides)  # names checked, all fields validated together
+        pt_config = to_transformers_config(config)
+    except (ValueError, TypeError) as e:
+        raise ConversionError(f"{Path(input_dir) / 'config.json'}: cannot be expressed as transformers' "
+                              f"xLSTMConfig: {e} (--set FIELD=VALUE changes a field explicitly, e.g. "
+                              "reset_at_document_boundaries=false, which only matters with document_borders)"
+                              ) from None
+    if config.qk_dim % 64:
+        limit = (f"transformers' PyTorch xLSTM cannot run a model whose hidden_size x qk_dim_factor "
+                 f"({config.embedding_dim} x {config.qk_dim_factor} = {config.qk_dim}) is not a multiple of 64 (a limit "
+                 "of its kernels, which fail with 'matC_old has wrong shape')")
+        if verify:
+            raise ConversionError(f"{limit}; the files would be written correctly, but --verify cannot run them")
+        print(f"warning: {limit}; the files are written, but transformers cannot run them", file=sys.stderr)
+    source = open_flax_dir(input_dir, config)
+    tensors = output_tensors(source, config, "pytorch", dtype)
+    float_dtypes = {t.dtype for t in tensors if t.dtype in (np.dtype(np.float32), DTYPES["bfloat16"],
+                                                              np.dtype(np.float16))}
+    pt_config.architectures = ["xLSTMForCausalLM"]
+    if len(float_dtypes) == 1:  # what PyTorch's save_pretrained records: the dtype of the stored weights
+        pt_config.dtype = {np.dtype(np.float32): "float32", DTYPES["bfloat16"]: "bfloat16",
+                           np.dtype(np.float16): "float16"}[float_dtypes.pop()]
+    with converter_output_dir(output_dir, overwrite, (input_dir, tokenizer), "xlstm-flax convert to-pytorch") as tmp:
+        copy_tokenizer(tokenizer, tmp, source_dir=input_dir)
+        pt_config.save_pretrained(tmp)
+        if not (tmp / "generation_config.json").is_file():
+            GenerationConfig.from_model_config(pt_config).save_pretrained(tmp)
+        write_weights(tmp, tensors, layout="pytorch", max_shard_size=max_shard_size, progress=progress)
+        if verify:
+            ids = verify_ids(config, verify_length, seed, pytorch_chunk_size=pt_config.chunk_size)
+            round_to = verify_rounding(dtype)
+            check_logits(flax_dir_logits(input_dir, ids, round_to), pytorch_dir_logits(tmp, ids), tolerance, ids)
+    return Path(output_dir)
+
+
+def convert_library_to_flax(input_dir, output_dir, *, dtype: str = "float32", tokenizer: Optional[str] = None,
+                            overwrite: bool = False) -> Path:
+    """Convert; returns the output directory. Raises ConversionError (bad input) or ValueError."""
+    import jax
+    import jax.numpy as jnp
+
+    from .library_checkpoint import read_library_config
+    from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
+
+    check_converter_output(output_dir, (input_dir, tokenizer))  # empty, or overlapping an input: refused before any work
+    source, target = Path(input_dir).absolute(), Path(output_dir).absolute()
+    if not source.is_dir():
+        raise ConversionError(f"{input_dir}: no such directory")
+    if read_library_config(source) is None:
+        raise ConversionError(f"{input_dir}: no xlstm library config (config.yaml, or config.json with xlstm_cfg / "
+                              "xlstm_config or a bare xLSTMLMModelConfig)")
+    if dtype not in ("float32", "bfloat16"):
+        raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
+    model = FlaxXLSTMForCausalLM.from_pretrained(source)
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.dtype(dtype)), model.params)
+    with converter_output_dir(target, overwrite, (input_dir, tokenizer), "xlstm-flax convert from-library") as tmp:
+        copy_tokenizer(tokenizer, tmp, source_dir=source)
+        model.save_pretrained(tmp, params=params)
+    return target
+
+
 # ---------------------------------------------------------------------------------------------- command lines
 def parse_overrides(items: Optional[list[str]]) -> dict:
     """["field=value", ...] -> {field: value} (`configuration.parse_field_overrides`: JSON values, names checked)."""
@@ -282,65 +409,167 @@ def parse_overrides(items: Optional[list[str]]) -> dict:
     return parse_field_overrides(items, option="--set")
 
 
-TOKENIZER_HELP = ("tokenizer to add instead of the input's tokenizer files: a folder, a single file, or a Hub id "
-                  "saved with AutoTokenizer")
-
-
 def verify_rounding(dtype: str) -> Optional[np.dtype]:
     """The dtype --verify rounds the input side's weights to before comparing: the output's, or None for "keep"."""
     return None if dtype == "keep" else DTYPES[dtype]
 
 
-def convert_kwargs(args: argparse.Namespace) -> dict:
-    """The keyword arguments of every convert function, from the options `add_common_arguments` defines."""
-    kwargs = dict(dtype=args.dtype, max_shard_size=args.max_shard_size, tokenizer=args.tokenizer,
-                  overrides=parse_overrides(args.set), verify=args.verify, tolerance=args.tolerance,
-                  verify_length=args.verify_length, seed=args.seed, overwrite=args.overwrite,
-                  progress=not args.quiet)
-    if hasattr(args, "flax_shard_format"):
-        kwargs["flax_shard_format"] = args.flax_shard_format
+TOKENIZER_HELP = ("tokenizer to add instead of the input's tokenizer files: a folder, a single file, or a Hub id "
+                  "saved with AutoTokenizer")
+_STATUS = " Exit status: 0 done, 1 bad input, 2 usage, 3 --verify failed."
+_STREAMS = " Streams tensor by tensor; writes into a temporary folder beside OUTPUT and renames it at the end."
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """One `xlstm-flax convert NAME`. `function` ("module:name") is called as `function(input, output, **options)`;
+    the options the parser offers are the keyword arguments it takes (`_OPTIONS`), so none is accepted and ignored."""
+
+    function: str
+    summary: str  # the line in `xlstm-flax convert --help`
+    description: str
+    input_help: str
+    output_help: str = "the Flax model directory to create"
+    layout: str = "flax"  # the output layout: "flax" or "pytorch" (help texts)
+    verify_reference: str = ""  # what --verify runs on the input side
+    dtypes: tuple = ("keep", "float32", "bfloat16")
+    tokenizer_help: str = TOKENIZER_HELP
+
+
+CONVERSIONS = {
+    "from-orbax": Conversion(
+        "convert_orbax_to_hf:convert_orbax", "an xlstm-jax orbax run -> this port's Flax model folder",
+        "Convert an xlstm-jax orbax checkpoint (written by upstream's trainer) into a Hugging Face model directory in "
+        "this port's Flax layout: config.json, generation_config.json, model.safetensors (loads with "
+        "FlaxAutoModelForCausalLM.from_pretrained), optional tokenizer files." + _STREAMS + _STATUS,
+        "a checkpoint_<step> folder, or a run folder with checkpoint_<step> folders (directly or in checkpoints/): "
+        "the highest step is used unless --step", "the model directory to create",
+        verify_reference="this port's model with the whole params item mapped in memory by "
+                         "param_table.upstream_to_flax",
+        tokenizer_help="tokenizer to add: a folder (its tokenizer.json, tokenizer_config.json, special_tokens_map.json, "
+                       "vocab/merges files are copied), a single file, or a Hub id saved with AutoTokenizer (e.g. "
+                       "EleutherAI/gpt-neox-20b for xLSTM-7B)"),
+    "from-pytorch": Conversion(
+        "convert_common:convert_pytorch_to_flax", "transformers' PyTorch xLSTM folder -> Flax model folder",
+        "Convert a transformers PyTorch xLSTM directory (xLSTMForCausalLM.save_pretrained, the NX-AI/xLSTM-7b layout; "
+        "model.safetensors or shards with model.safetensors.index.json) into this port's Flax layout (config.json, "
+        "model.safetensors; loads with FlaxAutoModelForCausalLM.from_pretrained without from_pt). Tokenizer files "
+        "and generation_config.json are copied." + _STREAMS + _STATUS,
+        "the PyTorch model directory (config.json + safetensors)",
+        verify_reference="transformers' PyTorch xLSTMForCausalLM, needs torch"),
+    "to-pytorch": Conversion(
+        "convert_common:convert_flax_to_pytorch", "Flax model folder -> transformers' PyTorch xLSTM folder",
+        "Convert a directory in this port's Flax layout (config.json + model.safetensors, sharded safetensors or "
+        "flax_model.msgpack shards) into the layout transformers' PyTorch xLSTMForCausalLM.from_pretrained loads "
+        "(config.json as xLSTMConfig, model.safetensors). The config must be expressible by xLSTMConfig (mlstm_v1 "
+        "layer, rmsnorm blocks, swish gated feedforward, no qk-norm or document resets): otherwise the error names "
+        "the field. Tokenizer files and generation_config.json are copied." + _STREAMS + _STATUS
+        + " (--verify needs torch)", "the Flax model directory", "the PyTorch model directory to create",
+        layout="pytorch", verify_reference="this port's FlaxXLSTMForCausalLM; output side: transformers' PyTorch "
+                                           "xLSTMForCausalLM, needs torch"),
+    "from-library": Conversion(
+        "convert_common:convert_library_to_flax", "NX-AI xlstm library folder (mLSTM + sLSTM) -> Flax model folder",
+        "Convert a checkpoint folder of NX-AI's PyTorch xlstm library (xLSTMLMModel with mLSTM and sLSTM blocks: a "
+        "Helibrunna config.yaml or a config.json holding the library config under xlstm_cfg / xlstm_config, plus "
+        "model.safetensors) into this port's Flax layout. Tokenizer files are copied. Exit status: 0 done, 1 bad "
+        "input, 2 usage.", "the library checkpoint folder", dtypes=("float32", "bfloat16"),
+        tokenizer_help="tokenizer to save beside the model (default: the input folder's tokenizer files)"),
+}
+
+
+def _shard_help(c: Conversion) -> str:
+    return ("split the weights into shards of about SIZE (e.g. 5GB, 500MB, or bytes): tensors go into a shard while "
+            "it stays within SIZE, and a tensor larger than SIZE gets a shard of its own (which then exceeds SIZE); "
+            "an index in transformers' format {metadata: {total_size}, weight_map: {name: file}} is written too. "
+            "Default: one file (model-0000i-of-0000N.safetensors + model.safetensors.index.json"
+            + (", or msgpack shards with --flax-shard-format msgpack)" if c.layout == "flax" else ")"))
+
+
+# keyword argument of a convert function -> (its option's flags, argparse settings for a Conversion)
+_OPTIONS = {
+    "step": (("--step",), lambda c: dict(type=int, default=None,
+                                         help="use checkpoint_<STEP> instead of the highest step")),
+    "tokenizer": (("--tokenizer",), lambda c: dict(default=None, metavar="PATH_OR_ID", help=c.tokenizer_help)),
+    "dtype": (("--dtype",), lambda c: dict(choices=list(c.dtypes), default=c.dtypes[0], help=(
+        "dtype of the written floating-point tensors: keep each tensor's stored dtype (default), or cast all to "
+        "float32 / bfloat16" if "keep" in c.dtypes else "dtype of the written tensors (default float32)"))),
+    "max_shard_size": (("--max-shard-size",), lambda c: dict(metavar="SIZE", default=None, help=_shard_help(c))),
+    "flax_shard_format": (("--flax-shard-format",), lambda c: dict(
+        choices=["msgpack", "safetensors"], default="safetensors",
+        help="file format of sharded Flax output (only with --max-shard-size): safetensors shards with "
+             "model.safetensors.index.json (default) or msgpack shards (flax_model.msgpack.index.json, what "
+             "transformers' Flax save_pretrained writes); FlaxXLSTMForCausalLM.from_pretrained reads both")),
+    "overrides": (None, None),  # the one --set option (`cli.add_set_option`)
+    "verify": (("--verify",), lambda c: dict(
+        action="store_true",
+        help="after writing, load the input and the output, run the same random token ids through both in float32 "
+             f"(input side: {c.verify_reference}; its weights rounded to the output dtype first) and print the max "
+             "absolute logits difference; exit status 3 and no output when it exceeds --tolerance. Needs memory "
+             "for both models")),
+    "tolerance": (("--tolerance",), lambda c: dict(
+        type=_tolerance, default=1e-4, help="largest accepted max |logits diff| for --verify (default 1e-4)")),
+    "verify_length": (("--verify-length",), lambda c: dict(
+        type=_positive_int, default=16,
+        help="length of the random sequences --verify runs (default 16; kept below the PyTorch chunk_size)")),
+    "seed": (("--seed",), lambda c: dict(type=int, default=0, help="seed of the random ids for --verify (default 0)")),
+    "overwrite": (("--overwrite",), lambda c: dict(
+        action="store_true", help="replace OUTPUT if it exists (it is replaced only after a successful conversion)")),
+    "progress": (("-q", "--quiet"), lambda c: dict(action="store_false", dest="progress", help="no progress bar")),
+}
+
+
+def converter(name: str):
+    """(The convert function of conversion `name`, its keyword-only parameters)."""
+    module, function = CONVERSIONS[name].function.split(":")
+    code = (function := getattr(importlib.import_module(f".{module}", __package__), function)).__code__
+    return function, list(code.co_varnames[code.co_argcount: code.co_argcount + code.co_kwonlyargcount])
+
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of `xlstm-flax convert NAME`: INPUT, OUTPUT and an option per keyword of its convert function."""
+    c = CONVERSIONS[name]
+    parser = argparse.ArgumentParser(prog=f"xlstm-flax convert {name}", description=c.description)
+    parser.add_argument("input", help=c.input_help)
+    parser.add_argument("output", help=c.output_help)
+    keywords = converter(name)[1]
+    unknown = set(keywords) - set(_OPTIONS)
+    if unknown:  # a packaging bug: every keyword is offered, or the conversion would ignore it
+        raise TypeError(f"{c.function} takes {sorted(unknown)}, which no option of the skeleton sets")
+    for keyword in _OPTIONS:
+        if keyword not in keywords:
+            continue
+        flags, settings = _OPTIONS[keyword]
+        if keyword == "overrides":
+            add_set_option(parser, "set a field of the XLSTMFlaxConfig (configuration.FIELD_DOCS) before "
+                                   "converting (repeatable; VALUE is JSON where it parses, e.g. --set "
+                                   "scan_blocks=true writes stacked blocks, --set compute_dtype=float32)")
+        else:
+            parser.add_argument(*flags, **settings(c))
+    return parser
+
+
+def convert_kwargs(args: argparse.Namespace, name: str) -> dict:
+    """The keyword arguments of conversion `name`'s function, from its parsed options."""
+    keywords = converter(name)[1]
+    kwargs = {k: getattr(args, k) for k in keywords if k != "overrides"}
+    if "overrides" in keywords:
+        kwargs["overrides"] = parse_overrides(args.set)
     return kwargs
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, output_layout: str, verify_reference: str,
-                         tokenizer_help: str = TOKENIZER_HELP) -> None:
-    """Options shared by all converters (`output_layout` "flax" or "pytorch" selects the help text;
-    `verify_reference` says what --verify runs on the input side)."""
-    parser.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID", help=tokenizer_help)
-    parser.add_argument("--dtype", choices=["keep", "float32", "bfloat16"], default="keep",
-                        help="dtype of the written floating-point tensors: keep each tensor's stored dtype "
-                             "(default), or cast all to float32 / bfloat16")
-    parser.add_argument("--max-shard-size", metavar="SIZE", default=None,
-                        help="split the weights into shards of about SIZE (e.g. 5GB, 500MB, or bytes): tensors go "
-                             "into a shard while it stays within SIZE, and a tensor larger than SIZE gets a shard "
-                             "of its own (which then exceeds SIZE); an index in transformers' format "
-                             "{metadata: {total_size}, weight_map: {name: file}} is written too. Default: one file"
-                             + (" (model-0000i-of-0000N.safetensors + model.safetensors.index.json, or msgpack "
-                                "shards with --flax-shard-format msgpack)" if output_layout == "flax" else
-                                " (model-0000i-of-0000N.safetensors + model.safetensors.index.json)"))
-    if output_layout == "flax":
-        parser.add_argument("--flax-shard-format", choices=["msgpack", "safetensors"], default="safetensors",
-                            help="file format of sharded Flax output (only with --max-shard-size): safetensors "
-                                 "shards with model.safetensors.index.json (default) or msgpack shards "
-                                 "(flax_model.msgpack.index.json, what transformers' Flax save_pretrained writes); "
-                                 "FlaxXLSTMForCausalLM.from_pretrained reads both")
-    add_set_option(parser, "set a field of the XLSTMFlaxConfig (configuration.FIELD_DOCS) before converting "
-                           "(repeatable; VALUE is JSON where it parses, e.g. --set scan_blocks=true writes stacked "
-                           "blocks, --set compute_dtype=float32)")
-    parser.add_argument("--verify", action="store_true",
-                        help="after writing, load the input and the output, run the same random token ids "
-                             f"through both in float32 (input side: {verify_reference}; its weights rounded to the "
-                             "output dtype first) and print the max absolute logits difference; exit status 3 and "
-                             "no output when it exceeds --tolerance. Needs memory for both models")
-    parser.add_argument("--tolerance", type=_tolerance, default=1e-4,
-                        help="largest accepted max |logits diff| for --verify (default 1e-4)")
-    parser.add_argument("--verify-length", type=_positive_int, default=16,
-                        help="length of the random sequences --verify runs (default 16; kept below the PyTorch "
-                             "chunk_size)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random ids for --verify (default 0)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace OUTPUT if it exists (it is replaced only after a successful conversion)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+def main(name: str, argv: Optional[list[str]] = None) -> int:
+    """`xlstm-flax convert NAME ARGS`: parse, convert and print "wrote OUTPUT", through the commands' one runner
+    (`cli.run_command`: exit status 0 done, 1 bad input or any other failure, 2 usage, 3 verification failed,
+    130 interrupted; `xlstm-flax --debug` shows tracebacks)."""
+    parser = build_parser(name)
+
+    def body(args_list):
+        args = parser.parse_args(args_list)
+        print(f"wrote {converter(name)[0](args.input, args.output, **convert_kwargs(args, name))}")
+        return 0
+
+    return run_command(parser.prog, body, argv,
+                       exit_codes={VerificationError: EXIT_VERIFY_FAILED, ConversionError: EXIT_BAD_INPUT})
 
 
 def _tolerance(text: str) -> float:
@@ -355,18 +584,3 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 1")
     return value
-
-
-def run_cli(convert: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
-            argv: Optional[list[str]] = None) -> int:
-    """Parse `argv`, run `convert` and print "wrote <the path it returns>", through the commands' one runner
-    (`cli.run_command`: exit status 0 done, 1 bad input or any other failure, 2 usage, 3 verification failed,
-    130 interrupted; `xlstm-flax --debug` shows tracebacks)."""
-
-    def body(args_list):
-        args = parser.parse_args(args_list)
-        print(f"wrote {convert(args)}")
-        return 0
-
-    return run_command(parser.prog, body, argv,
-                       exit_codes={VerificationError: EXIT_VERIFY_FAILED, ConversionError: EXIT_BAD_INPUT})

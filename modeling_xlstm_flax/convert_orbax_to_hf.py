@@ -1,5 +1,5 @@
-"""xlstm-jax orbax checkpoint -> Hugging Face model directory (Flax layout). Command `xlstm-flax convert from-orbax`,
-or `python -m modeling_xlstm_flax.convert_orbax_to_hf`.
+"""xlstm-jax orbax checkpoint -> Hugging Face model directory (Flax layout): `xlstm-flax convert from-orbax` (its
+options: `convert_common.CONVERSIONS`).
 
 Input: a `checkpoint_<step>` folder as upstream's trainer writes it (`tests/fixtures/README.md`), or a run
 folder holding such folders (directly or under `checkpoints/`; the highest step unless `--step`). Read with
@@ -9,8 +9,8 @@ restore into NumPy; the other leaves are placeholders, so one tensor is in memor
 `scan_blocks` leaf (NB, 1, ...) counts as one tensor).
 
 Output: `config.json` (XLSTMFlaxConfig), `generation_config.json`, `model.safetensors` in our Flax layout (what
-`FlaxXLSTMForCausalLM.from_pretrained` reads; see `common.output_tensors`), optional tokenizer files. Upstream keys
-map to ours through `param_table` (the one documented upstream mapping), e.g.
+`FlaxXLSTMForCausalLM.from_pretrained` reads; see `convert_common.output_tensors`), optional tokenizer files. Upstream
+keys map to ours through `param_table` (the one documented upstream mapping), e.g.
 `xlstm_block_stack/blocks/0/xlstm_res_block/xlstm/dense_q/Dense_0/kernel (D, Dqk)` ->
 `backbone/blocks/0/mlstm_layer/q/kernel (D, Dqk)`, `token_embedding/sharded/embedding/value (1, V, D)` ->
 `backbone/embeddings/embedding (V, D)`.
@@ -18,7 +18,6 @@ map to ours through `param_table` (the one documented upstream mapping), e.g.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import logging
@@ -32,11 +31,9 @@ from .convert_common import (
     ConversionError,
     Source,
     SourceTensor,
-    add_common_arguments,
     check_converter_output,
     converter_output_dir,
     check_logits,
-    convert_kwargs,
     compare_to_plan,
     model_plan,
     copy_tokenizer,
@@ -44,7 +41,6 @@ from .convert_common import (
     flax_logits,
     output_tensors,
     round_params,
-    run_cli,
     save_flax_config,
     verify_ids,
     verify_rounding,
@@ -238,35 +234,3 @@ def convert_orbax(input_path, output_dir, *, step: Optional[int] = None, dtype: 
             check_logits(flax_logits(config, round_params(reference, round_to), ids), flax_dir_logits(tmp, ids),
                          tolerance, ids)
     return Path(output_dir)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xlstm-flax convert from-orbax",
-        description="Convert an xlstm-jax orbax checkpoint (written by upstream's trainer) into a Hugging Face model "
-                    "directory in this port's Flax layout: config.json, generation_config.json, model.safetensors "
-                    "(loads with FlaxAutoModelForCausalLM.from_pretrained after `import modeling_xlstm_flax`), "
-                    "optional tokenizer files. Streams tensor by tensor; writes into a temporary folder beside "
-                    "OUTPUT and renames it at the end. Exit status: 0 done, 1 bad input, 2 usage, 3 --verify failed.",
-    )
-    parser.add_argument("input", help="a checkpoint_<step> folder, or a run folder with checkpoint_<step> folders "
-                                      "(directly or in checkpoints/): the highest step is used unless --step")
-    parser.add_argument("output", help="the model directory to create")
-    parser.add_argument("--step", type=int, default=None, help="use checkpoint_<STEP> instead of the highest step")
-    add_common_arguments(parser, "flax",
-                         "this port's model with the whole params item mapped in memory by "
-                         "param_table.upstream_to_flax",
-                         tokenizer_help="tokenizer to add: a folder (its tokenizer.json, tokenizer_config.json, "
-                                        "special_tokens_map.json, vocab/merges files are copied), a single file, or "
-                                        "a Hub id saved with AutoTokenizer (e.g. EleutherAI/gpt-neox-20b for "
-                                        "xLSTM-7B)")
-    return parser
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    return run_cli(lambda args: convert_orbax(args.input, args.output, step=args.step, **convert_kwargs(args)),
-                   build_parser(), argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,12 +9,17 @@ loads without this package:
     model = cls.from_pretrained(repo)
 
 It holds `config.json` (with `auto_map` for `AutoConfig`, `FlaxAutoModel` and `FlaxAutoModelForCausalLM`),
-`model.safetensors`, `generation_config.json`, the tokenizer files, a `README.md` model card
-(`modeling_xlstm_flax.model_card`) and the model code. transformers' remote-code loader imports the code files as
-flat modules of one folder, following `from .module import ...` lines, so the export copies the package modules the
-model needs (`modeling_flax_xlstm`, `configuration_xlstm_flax`, `translation`, `mlstm_kernels`, `input_checks`, ...,
-found by following the imports) and rewrites their package-relative imports (`from .configuration_xlstm_flax import
-XLSTMFlaxConfig`, `from . import mlstm_kernels`) to those flat modules. The package sources are never modified.
+`model.safetensors`, `generation_config.json`, the tokenizer files, a `README.md` model card (`build_model_card`,
+from the template in `model_cards/`, with what the model folder knows: `card_facts_from_folder`) and the model code.
+
+The model code is the IMPORT CLOSURE of the auto classes' modules (`ROOT_MODULES`): every package module they import
+with a relative import, followed module by module (`code_files`). Lazy imports (inside functions) count like
+top-level ones: they are paths the model may take (a library folder, an sLSTM config), and the folder must run them
+without this package. The package is flat and its imports relative, so the modules are copied as they are, except
+that each root module gets a generated block naming the rest of the closure (`from .module import *` under
+`if False:`, never run): transformers 4's remote-code loader copies, for a local folder, only the modules a root file
+names itself. A closure that reaches command code (`COMMAND_MODULES`) or needs a package outside what every
+transformers/jax/flax user has is refused at export time: a packaging bug.
 
 `push_to_hub(model_or_folder, repo_id)` exports (for a model) and uploads with `HfApi.create_repo` and
 `HfApi.upload_folder`. Command line: `xlstm-flax export-hub --model DIR --output DIR [--push-to-hub REPO_ID]`.
@@ -26,14 +31,17 @@ import argparse
 import ast
 import json
 import logging
+import math
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
 from .safe_output import TOKENIZER_FILES
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules the auto classes point at; every module they import from the package is found from there.
@@ -43,9 +51,22 @@ AUTO_MAP = {
     "FlaxAutoModel": "modeling_flax_xlstm.FlaxXLSTMModel",
     "FlaxAutoModelForCausalLM": "modeling_flax_xlstm.FlaxXLSTMForCausalLM",
 }
+# The commands and what only they use: never part of the exported model code.
+COMMAND_MODULES = ("cli", "convert_common", "convert_orbax_to_hf", "hub", "training", "training_resume", "data")
+LOADER_BLOCK_HEAD = ("# ---- written by the xlstm-flax Hub export: transformers 4's remote-code loader copies, for a local",
+                     "# folder, only the modules a file names itself; these lines name the rest of the import closure.",
+                     "if False:  # never runs")
+DEFAULT_TAGS = ("xlstm", "mlstm", "recurrent", "flax", "jax", "text-generation")
+DEFAULT_LIMITATIONS = (
+    "A language model continues text; it can produce false, biased or offensive text and must not be relied on "
+    "for facts. Small models trained on small corpora mostly produce fluent-looking noise. "
+    "transformers' PyTorch xLSTM ignores `attention_mask`; this Flax port honours it (left padding)."
+)
 logger = logging.getLogger(__name__)
 
-__all__ = ["AUTO_MAP", "code_files", "write_code_files", "export_hub_folder", "push_to_hub", "main"]
+__all__ = ["AUTO_MAP", "code_files", "import_closure", "write_code_files", "export_hub_folder", "push_to_hub",
+           "build_model_card", "save_model_card", "check_model_card", "model_card_data", "perplexity_eval_result",
+           "card_facts_from_folder", "main"]
 
 
 # ---------------------------------------------------------------------------------------------- code files
@@ -62,34 +83,38 @@ def _package_imports(module: str) -> set[str]:
     return {name.split(".")[0] for name in found}
 
 
-def _loader_imports(module: str) -> set[str]:
-    """The modules transformers' remote-code loader copies next to `module`: for a local folder only those named
-    in the file's own `from .x import` lines (it does not follow their imports)."""
-    text = (PACKAGE_DIR / f"{module}.py").read_text(encoding="utf-8")
-    return set(re.findall(r"^\s*from\s+\.(\S+)\s+import", text, flags=re.MULTILINE))
+def import_closure(roots: Iterable[str] = ROOT_MODULES) -> list[str]:
+    """The package modules `roots` need: the roots and every module reached through relative imports at any depth
+    (module level or inside functions), sorted."""
+    seen, todo = set(), list(roots)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += sorted(_package_imports(module))
+    return sorted(seen)
 
 
 def code_files() -> dict[str, Path]:
-    """{file name: package source file} of every module the exported repo needs: the closure of `ROOT_MODULES`'
-    package imports. Copied as they are (the package is flat, its imports relative). Raises ValueError when a
-    root module does not itself name every module it needs (the loader would miss it): a packaging bug."""
-    closure: dict[str, set[str]] = {}
-    for root in ROOT_MODULES:
-        seen, todo = set(), [root]
-        while todo:
-            module = todo.pop()
-            if module not in seen:
-                seen.add(module)
-                todo += sorted(_package_imports(module))
-        missing = seen - {root} - _loader_imports(root)
-        if missing:
-            raise ValueError(f"{root}.py needs {sorted(missing)} through other modules but does not import them "
-                             "itself with `from .module import ...`; transformers' remote-code loader would not "
-                             "copy them")
-        closure[root] = seen
-    files = {f"{m}.py": PACKAGE_DIR / f"{m}.py" for m in sorted(set().union(*closure.values()))}
+    """{file name: package source file} of the exported model code: `import_closure()`. ValueError when it reaches
+    command code (`COMMAND_MODULES`) or imports a package remote-code users need not have: packaging bugs."""
+    closure = import_closure()
+    commands = sorted(set(closure) & set(COMMAND_MODULES))
+    if commands:
+        raise ValueError(f"the model's import closure reaches command code {commands}: the model core must not "
+                         "import it (the export ships exactly the modules the model needs)")
+    files = {f"{m}.py": PACKAGE_DIR / f"{m}.py" for m in closure}
     _check_requirements(files)
     return files
+
+
+def loader_block(module: str, closure: Iterable[str]) -> str:
+    """The lines appended to root `module`'s exported copy: `from .other import *` for every other module of its
+    `closure`, under `if False:` (transformers 4's loader reads them with a regular expression; Python never runs
+    them)."""
+    others = sorted(set(closure) - {module})
+    return "\n\n" + "\n".join(LOADER_BLOCK_HEAD) + "\n" + "".join(
+        f"    from .{m} import *  # noqa: F401,F403\n" for m in others)
 
 
 # What a remote-code user has: these distributions and their requirements (and the standard library).
@@ -133,14 +158,246 @@ def _check_requirements(files: dict[str, Path]) -> None:
 
 
 def write_code_files(directory: Union[str, Path]) -> list[Path]:
-    """Copy the model's code files (`code_files`) into `directory`; returns their paths."""
+    """Copy the model's code files (`code_files`) into `directory`, each root module with its `loader_block`;
+    returns their paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, source in code_files().items():
-        shutil.copyfile(source, directory / name)
+        text = source.read_text(encoding="utf-8")
+        module = name[: -len(".py")]
+        if module in ROOT_MODULES:
+            text = text.rstrip("\n") + "\n" + loader_block(module, import_closure([module]))
+        (directory / name).write_text(text, encoding="utf-8")
         paths.append(directory / name)
     return paths
+
+
+# ---------------------------------------------------------------------------------------------- model cards
+DEFAULT_TAGS = ("xlstm", "mlstm", "recurrent", "flax", "jax", "text-generation")
+DEFAULT_LIMITATIONS = (
+    "A language model continues text; it can produce false, biased or offensive text and must not be relied on "
+    "for facts. Small models trained on small corpora mostly produce fluent-looking noise. "
+    "transformers' PyTorch xLSTM ignores `attention_mask`; this Flax port honours it (left padding)."
+)
+
+def perplexity_eval_result(perplexity: float, dataset: str, dataset_name: Optional[str] = None,
+                           split: Optional[str] = "validation", **extra):
+    """An `EvalResult` for a causal LM's perplexity on `dataset` (a Hub dataset id or a custom name)."""
+    from huggingface_hub import EvalResult
+
+    if not (isinstance(perplexity, (int, float)) and math.isfinite(perplexity) and perplexity >= 1.0):
+        raise ValueError(f"perplexity must be a finite number >= 1, got {perplexity!r}")
+    return EvalResult(task_type="text-generation", task_name="Causal language modeling", dataset_type=dataset,
+                      dataset_name=dataset_name or dataset, dataset_split=split, metric_type="perplexity",
+                      metric_name="Perplexity", metric_value=round(float(perplexity), 4), **extra)
+
+
+def model_card_data(*, model_name: str, license: str = "apache-2.0", base_model: Optional[Union[str, list]] = None,
+                    datasets: Optional[Union[str, list]] = None, tags: Iterable[str] = (),
+                    language: Optional[Union[str, list]] = "en", perplexity: Optional[float] = None,
+                    eval_dataset: Optional[str] = None, eval_dataset_name: Optional[str] = None,
+                    eval_split: Optional[str] = "validation", eval_results: Optional[list] = None,
+                    pipeline_tag: str = "text-generation", library_name: str = "transformers"):
+    """The card's YAML metadata. `perplexity` (with `eval_dataset`) becomes an `EvalResult`; more can be given as
+    `eval_results`."""
+    from huggingface_hub import ModelCardData
+
+    results = list(eval_results or [])
+    if perplexity is not None:
+        if not eval_dataset:
+            raise ValueError("perplexity needs eval_dataset (the data it was measured on)")
+        results.insert(0, perplexity_eval_result(perplexity, eval_dataset, eval_dataset_name, eval_split))
+    all_tags = list(dict.fromkeys([*DEFAULT_TAGS, *tags]))
+    return ModelCardData(
+        model_name=model_name, license=license, library_name=library_name, pipeline_tag=pipeline_tag,
+        tags=all_tags, language=language, base_model=base_model, datasets=datasets,
+        metrics=["perplexity"] if any(r.metric_type == "perplexity" for r in results) else None,
+        eval_results=results or None,
+    )
+
+
+def _config_fields(config) -> dict[str, Any]:
+    if config is None:
+        return {}
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    keys = ("layer_type", "num_blocks", "embedding_dim", "num_heads", "vocab_size", "context_length",
+            "compute_dtype", "sequence_kernel", "step_kernel", "chunk_size", "ff_type")
+    return {k: d.get(k) for k in keys}
+
+
+def _count(params) -> Optional[str]:
+    if params is None:
+        return None
+    import jax
+
+    n = sum(int(getattr(x, "size", 0)) for x in jax.tree_util.tree_leaves(params))
+    return _format_count(n)
+
+
+def _format_count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit} ({n:,})"
+    return f"{n:,}"
+
+
+def _training_details(log: dict) -> str:
+    """A "Training" paragraph from a training_log.json written by `xlstm-flax train` (or the bundled model's)."""
+    args = log.get("args") or {}
+    parts = []
+    corpus = log.get("corpus") or args.get("corpus")
+    if corpus:
+        parts.append(f"Trained on {corpus if isinstance(corpus, str) else ', '.join(map(str, corpus))}")
+    steps = log.get("selected_step") or log.get("steps")
+    if steps:
+        parts.append(f"{steps} optimizer steps" + (" (the checkpoint with the best validation perplexity)"
+                                                   if log.get("selected_step") else ""))
+    if args:
+        parts.append(f"AdamW, lr {args.get('lr')} {args.get('schedule', '')} schedule, warmup "
+                     f"{args.get('warmup_steps')}, batch {args.get('batch_size')} x {args.get('seq_len')} tokens")
+    text = "; ".join(str(p).strip() for p in parts) + "." if parts else ""
+    command = log.get("train_command")
+    if command:
+        text += f" Command: `{command}`"
+        if log.get("selected_step") and "--stop-at-step" not in command:
+            text += f" (with `--stop-at-step {log['selected_step']}`: the shipped step)"
+        text += "."
+    return (text + " Full history: `training_log.json`.").strip()
+
+
+def card_facts_from_folder(folder: Union[str, Path]) -> dict[str, Any]:
+    """What a model folder already says about itself, as `build_model_card` arguments: `model_name` (its card's
+    model name or model-index name, else the folder's name), and from a `training_log.json` (`xlstm-flax train`
+    writes one) the validation perplexity (`perplexity`, `eval_dataset`, `eval_dataset_name`, `eval_split`) and
+    `training_details`. Missing files give fewer keys; nothing is invented."""
+    from huggingface_hub import ModelCard
+
+    folder = Path(folder)
+    facts: dict[str, Any] = {"model_name": folder.resolve().name}
+    card_path = folder / "README.md"
+    if card_path.is_file():
+        try:
+            data = ModelCard.load(card_path).data
+            facts["model_name"] = data.model_name or facts["model_name"]
+        except Exception:  # a card that does not parse: the folder's name stands
+            pass
+    log_path = folder / "training_log.json"
+    if log_path.is_file():
+        log = json.loads(log_path.read_text(encoding="utf-8"))
+        perplexity = log.get("val_perplexity")
+        if isinstance(perplexity, (int, float)) and math.isfinite(perplexity) and perplexity >= 1:
+            args = log.get("args") or {}
+            text_files = args.get("text_file")
+            where = f" of {', '.join(map(str, text_files))}" if text_files else " of CPython's pydoc_data.topics"
+            facts.update(perplexity=float(perplexity), eval_split="validation",
+                         eval_dataset="text files" if text_files else "pydoc_data.topics",
+                         eval_dataset_name=log.get("val_split")
+                         or f"held-out {args.get('val_fraction', '?')} of the documents{where}")
+        facts["training_details"] = _training_details(log)
+    return facts
+
+
+def build_model_card(config=None, *, model_name: str, repo_id: Optional[str] = None,
+                     description: Optional[str] = None, training_details: Optional[str] = None,
+                     limitations: Optional[str] = None, params=None, num_parameters: Optional[int] = None,
+                     tokenizer_description: Optional[str] = None, example_prompt: str = "The xLSTM",
+                     remote_code: bool = True, template_path: Union[str, Path, None] = None,
+                     model_ref: Optional[str] = None, model_ref_import: Optional[str] = None,
+                     **data_kwargs) -> "ModelCard":
+    """A filled `ModelCard`. `config`: the model's `XLSTMFlaxConfig` (architecture table); `params` or
+    `num_parameters`: the size; `data_kwargs`: `model_card_data` arguments (license, base_model, datasets, tags,
+    perplexity, eval_dataset, ...). `remote_code`: the repo carries the model code (the `hub` export).
+    `model_ref`: the Python expression the usage snippets load from (default: the quoted `repo_id`, else the
+    quoted `model_name`), with `model_ref_import` the import line it needs, if any: a card whose folder is not on
+    the Hub must name where it is, or its snippet fails."""
+    from huggingface_hub import ModelCard
+
+    from .configuration_xlstm_flax import package_data_dir
+
+    data = model_card_data(model_name=model_name, **data_kwargs)
+    fields = {k: ("?" if v is None else v) for k, v in _config_fields(config).items()}
+    if num_parameters is not None:
+        size = _format_count(int(num_parameters))
+    else:
+        size = _count(params) or "?"
+    evaluation = [
+        {"dataset": r.dataset_name, "split": r.dataset_split or "-", "metric": r.metric_name or r.metric_type,
+         "value": r.metric_value}
+        for r in (data.eval_results or [])
+    ]
+    datasets = data.datasets
+    card = ModelCard.from_template(
+        data,
+        template_path=str(template_path or package_data_dir("model_cards") / "model_card_template.md"),
+        model_title=model_name,
+        model_description=description or f"`{model_name}`: an xLSTM causal language model in Flax/JAX.",
+        repo_id=repo_id or model_name,
+        model_ref=model_ref or '"' + (repo_id or model_name) + '"',
+        model_ref_import=model_ref_import,
+        num_parameters=size,
+        tokenizer_description=tokenizer_description,
+        transformers_requirement=">=4.57",
+        example_prompt=example_prompt.replace('"', '\\"'),
+        evaluation=evaluation,
+        datasets=[datasets] if isinstance(datasets, str) else datasets,
+        base_model=data.base_model if isinstance(data.base_model, str) else None,
+        training_details=training_details or "Not documented.",
+        limitations=limitations or DEFAULT_LIMITATIONS,
+        remote_code=remote_code,
+        **fields,
+    )
+    return card
+
+
+def save_model_card(save_directory: Union[str, Path], config=None, **kwargs) -> Path:
+    """Write `README.md` (a `build_model_card` card, checked with `check_model_card`) into `save_directory`."""
+    card = build_model_card(config, **kwargs)
+    check_model_card(card)
+    path = Path(save_directory) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    card.save(str(path))
+    return path
+
+
+_UNRENDERED = re.compile(r"{{|}}|{%|%}")
+
+
+def check_model_card(card: Union[ModelCard, str, Path]) -> "ModelCard":
+    """Offline checks of a card (the Hub's own `ModelCard.validate` posts it to the Hub): it parses with
+    huggingface_hub (strict metadata: model-index and eval results must be well formed), has license,
+    library_name, pipeline_tag and tags, well-formed repo ids in base_model/datasets, and no unrendered template.
+    Returns the parsed card; raises ValueError naming the problem."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if isinstance(card, ModelCard):
+        text = str(card)
+    elif isinstance(card, Path) or (isinstance(card, str) and "\n" not in card and Path(card).is_file()):
+        text = Path(card).read_text(encoding="utf-8")
+    else:
+        text = str(card)
+    if not text.startswith("---\n"):
+        raise ValueError("model card has no YAML metadata block at the top")
+    parsed = ModelCard(text, ignore_metadata_errors=False)  # raises on malformed metadata / model-index
+    data = parsed.data
+    for field in ("license", "library_name", "pipeline_tag", "tags"):
+        if not getattr(data, field, None):
+            raise ValueError(f"model card metadata lacks {field!r}")
+    for field in ("base_model", "datasets"):
+        values = getattr(data, field, None)
+        for value in [values] if isinstance(values, str) else (values or []):
+            try:
+                validate_repo_id(value)
+            except HFValidationError as e:
+                raise ValueError(f"model card {field} {value!r} is not a valid Hub repo id: {e}") from e
+    if data.eval_results:
+        for r in data.eval_results:
+            if not isinstance(r.metric_value, (int, float)):
+                raise ValueError(f"eval result {r.metric_type} has a non-numeric value {r.metric_value!r}")
+    if _UNRENDERED.search(parsed.text):
+        raise ValueError("model card text has unrendered template markers")
+    return parsed
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -149,7 +406,7 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
                       overwrite: bool = False, **card_kwargs) -> Path:
     """Write a self-contained Hub repo folder for `model` (a `FlaxXLSTMForCausalLM`, or the path of a model
     directory). `tokenizer`: a tokenizer or a path (default: the model directory's, when `model` is a path).
-    `card`: a ready `ModelCard`; otherwise one is built with `model_cards.build_model_card(model.config,
+    `card`: a ready `ModelCard`; otherwise one is built with `build_model_card(model.config,
     model_name=..., repo_id=..., **card_kwargs)` (license, base_model, datasets, perplexity, eval_dataset, ...).
     Returns the folder."""
     from .safe_output import MODEL_FILES, TOKENIZER_FILES as WRITTEN_TOKENIZER_FILES, atomic_output_dir, \
@@ -166,8 +423,6 @@ def export_hub_folder(model, save_directory: Union[str, Path], tokenizer=None, *
 
 def _export_into(tmp: Path, folder: Path, model, tokenizer, params, model_name, repo_id, card, card_kwargs) -> None:
     """The export's files, written into the empty folder `tmp` (which becomes `folder`)."""
-    from .model_card import build_model_card, card_facts_from_folder, check_model_card
-
     source_dir = None
     if isinstance(model, (str, Path)):
         source_dir = str(model)
@@ -300,7 +555,8 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    from .cli import UsageError, check_output_location, resolve_model_source
+    from .cli import UsageError, check_output_location
+    from .checkpoint_io import resolve_model_source
 
     args = build_parser().parse_args(argv)
     card_kwargs = dict(license=args.license, base_model=args.base_model, datasets=args.dataset,

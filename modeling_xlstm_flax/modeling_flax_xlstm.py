@@ -39,17 +39,6 @@ from .xlstm_layers import (  # noqa: F401  (the module classes are part of this 
     FlaxXLSTMForCausalLMModule, FlaxXLSTMModule, stack_block_params, unstack_block_params,
 )
 
-# transformers' remote-code loader (the Hub export, `hub.py`) copies only the modules this file names in `from .x
-# import` lines, not the ones those import in turn: they are named here too (`hub.code_files` checks the list).
-from .config_checks import validate_config  # noqa: E402,F401  (the config's field checks)
-from .config_translation import round_to_multiple  # noqa: E402,F401
-from .logits_processors import check_generation_config  # noqa: E402,F401  (the loop's settings and processors)
-from .layer_parts import conv_taps  # noqa: E402,F401  (the layers' building blocks and mask/border rule)
-from .mlstm_kernels import chunkwise  # noqa: E402,F401  (the layers' mLSTM kernels)
-from .library_params import library_config_fields  # noqa: E402,F401  (library_checkpoint's)
-from .library_checkpoint import params_from_library  # noqa: E402,F401  (loading's, imported lazily)
-from .param_table import LM_HEAD  # noqa: E402,F401  (loading's)
-
 logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- HF wrappers

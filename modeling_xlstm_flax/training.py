@@ -27,11 +27,9 @@ import argparse
 import functools
 import json
 import math
-import os
 import shutil
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +38,12 @@ from . import data as data_lib
 from .cli import UsageError, add_set_option
 from .safe_output import TOKENIZER_FILES, atomic_output_dir
 from .training_resume import (
-    FINAL_FILES, RUN_DIR, _one_line, check_output_dir, check_same_architecture, merge_resumed_args, save_run_files,
+    FINAL_FILES, RUN_DIR, NonFiniteLossError, _last_checkpoint, _one_line, check_output_dir, check_same_architecture,
+    checkpoint_manager, import_orbax, merge_resumed_args, restore_newest_readable, save_checkpoint, save_run_files,
 )
 
 # jax, optax, flax and the sharded steps are imported inside the functions that use them, so that building the
 # parser (`xlstm-flax train --help`) imports none of them.
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradients stopped being finite: the run stops before anything of that step is saved."""
 
 
 # ----------------------------------------------------------------------------------------------- optimizer
@@ -103,91 +98,6 @@ def evaluate(forward, params, windows: np.ndarray, batch_size: int) -> float:
         chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - n, axis=0)])
         total += float(_first_rows_loss()(forward(params, chunk), chunk, n)) * n
     return math.exp(total / len(windows))
-
-
-# ----------------------------------------------------------------------------------------------- checkpoints
-def import_orbax():
-    """`orbax.checkpoint`, or a `UsageError` saying how to install it."""
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError as exc:
-        raise UsageError(f"the training checkpoints need orbax-checkpoint ({exc}): pip install orbax-checkpoint, "
-                         "or, in this repository, pip install '.[train]'") from None
-    return ocp
-
-
-def checkpoint_manager(directory: Path, keep: int | None = None, create: bool = False):
-    """orbax `CheckpointManager` of directory/step_N (keeps the newest `keep`; removes unfinished temp folders
-    when `create`)."""
-    ocp = import_orbax()
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, step_prefix="step", create=create,
-                                           cleanup_tmp_directories=create)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
-
-
-# (not a norm: the squares of huge but finite params overflow)
-@functools.lru_cache(maxsize=None)
-def _all_finite():
-    """The compiled "every leaf of the tree is finite" (made on first use, when jax is imported)."""
-    import jax
-    import jax.numpy as jnp
-
-    return jax.jit(lambda tree: jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
-
-
-def _last_checkpoint(manager) -> str:
-    last = manager.latest_step()
-    return f"; the last checkpoint is {manager.directory}/step_{last}" if last else ""
-
-
-def save_checkpoint(manager, params, opt_state, state: dict) -> None:
-    """Params, optimizer state (with their shardings) and the JSON state as checkpoint step_N (written in the
-    background after the device-to-host copy; `manager.close()` waits for it). Non-finite params (a step with finite
-    loss and gradients can still overflow them) are never saved: `NonFiniteLossError` instead."""
-    ocp = import_orbax()
-    if not bool(_all_finite()(params)):
-        raise NonFiniteLossError(f"step {state['step']}: the parameters are no longer finite; stopping without "
-                                 f"saving{_last_checkpoint(manager)}. Try a lower --lr or --grad-clip.")
-    manager.save(state["step"], force=True, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-        state=ocp.args.JsonSave(json.loads(json.dumps(state)))))  # a copy: written in the background
-
-
-def restore_checkpoint(manager, params, opt_state, step=None):
-    """(params, opt_state, state) of checkpoint `step` (default: the newest), placed with the shardings of the given
-    live trees."""
-    import jax
-
-    ocp = import_orbax()
-    like = partial(jax.tree_util.tree_map, lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding))
-    got = manager.restore(manager.latest_step() if step is None else step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(like(params)), opt_state=ocp.args.StandardRestore(like(opt_state)),
-        state=ocp.args.JsonRestore()))
-    return got.params, got.opt_state, got.state
-
-
-def restore_newest_readable(directory: Path, params, opt_state):
-    """(params, opt_state, state) of the newest checkpoint under `directory` that restores; a truncated or corrupt
-    newer one is reported, moved to ../corrupt_checkpoints/ (so the run can write that step again) and the one
-    before it is used. `UsageError` when none restores."""
-    errors, result = [], None
-    with checkpoint_manager(directory) as manager:
-        for step in sorted(manager.all_steps(), reverse=True):
-            try:
-                result = restore_checkpoint(manager, params, opt_state, step)
-                break
-            except Exception as exc:  # orbax/tensorstore raise many kinds for a damaged checkpoint
-                errors.append((step, _one_line(exc)))
-                print(f"warning: checkpoint {directory}/step_{step} cannot be read ({_one_line(exc)}); trying the "
-                      "previous one", file=sys.stderr)
-    if result is None:
-        listed = "; ".join(f"step_{s}: {e}" for s, e in errors) or "none found"
-        raise UsageError(f"--resume: no readable checkpoint in {directory} ({listed})")
-    aside = directory.parent / "corrupt_checkpoints"
-    for step, _ in errors:
-        aside.mkdir(exist_ok=True)
-        os.rename(directory / f"step_{step}", aside / f"step_{step}-{int(time.time())}")
-    return result
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -521,7 +431,8 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    from .cli import check_output_location, resolve_model_source
+    from .cli import check_output_location
+    from .checkpoint_io import resolve_model_source
     from .safe_output import check_output_path
 
     args = build_parser().parse_args(argv)

@@ -13,8 +13,8 @@ import transformers
 
 from modeling_xlstm_flax import FlaxAutoModel, FlaxAutoModelForCausalLM, FlaxXLSTMForCausalLM, FlaxXLSTMModel
 from modeling_xlstm_flax.configuration_xlstm_flax import from_transformers_config
-from modeling_xlstm_flax.convert_flax_to_pytorch import convert_flax_to_pytorch
-from modeling_xlstm_flax.generate import bundled_model_path
+from modeling_xlstm_flax.convert_common import convert_flax_to_pytorch
+from modeling_xlstm_flax import bundled_model_path
 
 IS_V4 = int(transformers.__version__.split(".")[0]) < 5
 
@@ -75,7 +75,7 @@ def test_other_model_type_refused_by_name(tmp_path):
 _STOCK_PIPELINE_SCRIPT = """
 import json, sys
 from modeling_xlstm_flax import FlaxAutoModelForCausalLM
-from modeling_xlstm_flax.generate import bundled_model_path
+from modeling_xlstm_flax import bundled_model_path
 from modeling_xlstm_flax.pipeline import FlaxTextGenerationPipeline
 from transformers import AutoTokenizer, pipeline
 from transformers.utils import is_torch_available

@@ -175,10 +175,10 @@ def test_traced_out_of_range_ids_are_clamped(model):
 
 # ---------------------------------------------------------------------------------------------- commands
 def _commands():
-    from modeling_xlstm_flax import generate, hub, training
+    from modeling_xlstm_flax import cli, hub, training
 
     return {
-        "xlstm-flax generate": lambda model, out: generate.main(["--model", model]),
+        "xlstm-flax generate": lambda model, out: cli.generate_main(["--model", model]),
         "xlstm-flax train": lambda model, out: training.main(["--model", model, "--output-dir", out]),
         "xlstm-flax export-hub": lambda model, out: hub.main(["--model", model, "--output", out]),
     }
@@ -212,7 +212,7 @@ def test_commands_name_a_bad_model_in_one_line(tmp_path, capsys, command, kind):
 
 @pytest.mark.parametrize("command", ["xlstm-flax train", "xlstm-flax export-hub"])
 def test_commands_refuse_an_unwritable_output(tmp_path, capsys, command):
-    from modeling_xlstm_flax.generate import bundled_model_path
+    from modeling_xlstm_flax import bundled_model_path
 
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -224,7 +224,7 @@ def test_commands_refuse_an_unwritable_output(tmp_path, capsys, command):
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_parent(tmp_path, capsys):
     from modeling_xlstm_flax import hub
-    from modeling_xlstm_flax.generate import bundled_model_path
+    from modeling_xlstm_flax import bundled_model_path
 
     parent = tmp_path / "ro"
     parent.mkdir()
@@ -247,7 +247,7 @@ def test_read_only_output_parent(tmp_path, capsys):
     ],
 )
 def test_generate_command_options(capsys, args, message):
-    from modeling_xlstm_flax.generate import main
+    from modeling_xlstm_flax.cli import generate_main as main
 
     assert main(args) == 1
     err = capsys.readouterr().err

@@ -1,6 +1,8 @@
 """The benchmark entry point (benchmarks/run.py) on a tiny config for a few steps, so it cannot rot.
 
-Checks that the JSON result has every field and the plots exist; never a speed (CI machines vary).
+Checks what must hold on any machine, never a speed (CI machines vary): every field is there, the numbers agree
+with each other (rates = work / median seconds, speedups = ratio of rates, min <= median <= max, a target's "met" is
+its comparison), and ours computes what the reference library computes (logits within 1e-3, the same greedy tokens).
 """
 
 import json
@@ -33,6 +35,17 @@ RATE_FIELDS = SUMMARY_FIELDS + ["tokens_per_s", "tokens_per_s_min", "tokens_per_
 def _has(d, fields, where):
     missing = [f for f in fields if f not in d]
     assert not missing, f"{where} lacks {missing}"
+
+
+def _consistent(summary, work, where, unit="tokens_per_s"):
+    """A summary's numbers agree with its runs: min <= median <= max over `runs` timings, rate = work / median."""
+    seconds = summary["seconds_all"]
+    assert len(seconds) == summary["runs"] >= 1, where
+    assert summary["seconds_min"] == min(seconds) <= summary["seconds_median"] <= max(seconds) == \
+        summary["seconds_max"], where
+    assert summary["seconds_min"] > 0, where
+    assert summary[unit] == pytest.approx(work / summary["seconds_median"], rel=1e-9), where
+    assert summary[unit + "_min"] <= summary[unit] <= summary[unit + "_max"], where
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +95,13 @@ def test_prefill(results):
         _has(e["ours"], RATE_FIELDS + ["compile_s", "xla_memory", "logits"], "prefill ours")
         want = {"chunkwise_fixed", "native_sequence"} if e["batch"] == 1 else {"chunkwise_fixed"}
         assert set(e["reference"]) == want  # the native loop runs at batch 1 only
-        for ref in e["reference"].values():
+        _consistent(e["ours"], e["tokens"], "prefill ours")
+        assert e["tokens"] == e["batch"] * e["seq_len"]
+        for kernel, ref in e["reference"].items():
             _has(ref, RATE_FIELDS + ["max_abs_logit_diff_vs_ours"], "prefill reference")
             assert ref["max_abs_logit_diff_vs_ours"] < 1e-3  # same weights, same function
+            _consistent(ref, e["tokens"], f"prefill reference {kernel}")
+            assert e["speedup"][kernel] == pytest.approx(e["ours"]["tokens_per_s"] / ref["tokens_per_s"])
 
 
 def test_decode_and_generate(results):
@@ -95,11 +112,15 @@ def test_decode_and_generate(results):
         _has(e, ["ours", "reference", "speedup", "greedy_tokens_equal_fraction", "ours_fraction_of_bandwidth",
                  "ours_time_ratio_vs_shortest", "reference_time_ratio_vs_shortest"], "decode entry")
         _has(e["ours"], RATE_FIELDS + ["ms_per_token"], "decode ours")
+        assert e["greedy_tokens_equal_fraction"] == 1.0, e["context"]  # the reference library's tokens
+        assert e["speedup"] == pytest.approx(e["ours"]["tokens_per_s"] / e["reference"]["tokens_per_s"])
     (gen,) = results["generate"]
     _has(gen, ["batch", "prompt_len", "new_tokens", "ours", "reference", "speedup",
                "greedy_tokens_equal_fraction", "ours_fraction_of_bandwidth"], "generate")
     _has(gen["ours"], RATE_FIELDS + ["compile_s", "first_call_s"], "generate ours")
     _has(gen["reference"], RATE_FIELDS + ["first_call_s"], "generate reference")
+    assert gen["greedy_tokens_equal_fraction"] == 1.0  # model.generate's tokens are the reference library's
+    assert gen["speedup"] == pytest.approx(gen["ours"]["tokens_per_s"] / gen["reference"]["tokens_per_s"])
     comp = results["compile"]
     _has(comp, ["forward", "generate", "reference_forward_first_call_s"], "compile")
     _has(comp["generate"], ["compile_s", "first_call_s"], "compile generate")
@@ -110,6 +131,10 @@ def test_targets_and_plots(results):
     assert len(names) == 10, names
     for t in results["targets"]:
         _has(t, ["name", "value", "target", "op", "met"], "target")
+        if t["value"] is None:
+            assert t["met"] is None, t
+        else:
+            assert t["met"] == (t["value"] >= t["target"] if t["op"] == ">=" else t["value"] <= t["target"]), t
     assert len(results["plots"]) == 3
     for path in results["plots"]:
         assert Path(path).is_file() and Path(path).stat().st_size > 1000

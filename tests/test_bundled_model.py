@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 
 from conftest import assert_params_identical, causal_lm_loader
 from modeling_xlstm_flax import data as data_lib
-from modeling_xlstm_flax.generate import bundled_model_path
+from modeling_xlstm_flax import bundled_model_path
 from modeling_xlstm_flax.sharded_steps import sharded_forward
 from modeling_xlstm_flax.sharding import make_mesh
 from modeling_xlstm_flax.training import evaluate

@@ -51,11 +51,11 @@ def _load(directory):
     return model.config, params
 
 
-def _convert(module: str, *argv) -> None:
-    import importlib
+def _convert(conversion: str, *argv) -> None:
+    from modeling_xlstm_flax.convert_common import main
 
-    status = importlib.import_module(f"modeling_xlstm_flax.convert_{module}").main([str(a) for a in argv] + ["-q"])
-    assert status == 0, f"{module} {argv} exited {status}"
+    status = main(conversion, [str(a) for a in argv] + ["-q"])
+    assert status == 0, f"{conversion} {argv} exited {status}"
 
 
 def _pt_config():
@@ -100,7 +100,7 @@ def _way_in(name: str, tmp):
         config, params, _, _ = load_fixture("v1", compute_dtype="float32")
         return config, jax.tree_util.tree_map(np.asarray, params)
     if name == "orbax":
-        _convert("orbax_to_hf", FIXTURES / "v1_orbax", tmp / name)
+        _convert("from-orbax", FIXTURES / "v1_orbax", tmp / name)
         return _load(tmp / name)
     source_config = _pt_config()
     model = FlaxXLSTMForCausalLM(source_config, seed=4)
@@ -131,10 +131,10 @@ def _way_out(name: str, config, params, tmp):
         export_hub_folder(model, tmp / name)
         return _load(tmp / name)
     model.save_pretrained(tmp / "flax", params=params)
-    _convert("flax_to_pytorch", tmp / "flax", tmp / "pytorch")
+    _convert("to-pytorch", tmp / "flax", tmp / "pytorch")
     if name == "to_pytorch":
         return _load(tmp / "pytorch")
-    _convert("pytorch_to_flax", tmp / "pytorch", tmp / "flax_again")
+    _convert("from-pytorch", tmp / "pytorch", tmp / "flax_again")
     return _load(tmp / "flax_again")
 
 
@@ -326,7 +326,7 @@ def test_orbax_run_with_repr_backend_converts_and_generates_without_eos(tmp_path
         pytest.skip("fixture metadata stores the cell as a string")
     cell["backend"] = {"name": "parallel_stabilized", "kwargs": "mLSTMBackendParallelConfig(context_length=64)"}
     checkpoint.write_text(json.dumps(metadata))
-    _convert("orbax_to_hf", run, tmp_path / "out")
+    _convert("from-orbax", run, tmp_path / "out")
     model = FlaxXLSTMForCausalLM.from_pretrained(tmp_path / "out")
     assert model.config.eos_token_id is None and model.config.pad_token_id is None
     out = model.generate(IDS[:1, :4], max_new_tokens=5)
@@ -334,40 +334,46 @@ def test_orbax_run_with_repr_backend_converts_and_generates_without_eos(tmp_path
 
 
 def test_conversion_commands_turn_unexpected_errors_into_one_line(tmp_path, capsys, monkeypatch):
-    from modeling_xlstm_flax import convert_common as common, convert_pytorch_to_flax as pytorch_to_flax
+    from modeling_xlstm_flax import convert_common as common
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(pytorch_to_flax, "convert_pytorch_to_flax", boom)
-    assert pytorch_to_flax.main([str(tmp_path / "a"), str(tmp_path / "b")]) == common.EXIT_BAD_INPUT
+    def main(argv):
+        return common.main("from-pytorch", argv)
+
+    monkeypatch.setattr(common, "convert_pytorch_to_flax", boom)
+    assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == common.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.strip().splitlines() == ["xlstm-flax convert from-pytorch: error: disk on fire"]
 
     def surprise(*args, **kwargs):
         raise KeyError("weights")
 
-    monkeypatch.setattr(pytorch_to_flax, "convert_pytorch_to_flax", surprise)
-    assert pytorch_to_flax.main([str(tmp_path / "a"), str(tmp_path / "b")]) == common.EXIT_BAD_INPUT
+    monkeypatch.setattr(common, "convert_pytorch_to_flax", surprise)
+    assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == common.EXIT_BAD_INPUT
     assert capsys.readouterr().err.strip().splitlines() == [
         "xlstm-flax convert from-pytorch: error: KeyError: 'weights' (--debug shows the traceback)"]
     monkeypatch.setenv("XLSTM_FLAX_DEBUG", "1")  # what `xlstm-flax --debug` sets: the traceback instead
     with pytest.raises(KeyError):
-        pytorch_to_flax.main([str(tmp_path / "a"), str(tmp_path / "b")])
+        main([str(tmp_path / "a"), str(tmp_path / "b")])
 
 
 def test_conversion_command_options_and_pytorch_limits(tmp_path, capsys):
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM
-    from modeling_xlstm_flax import convert_flax_to_pytorch as flax_to_pytorch
+    from modeling_xlstm_flax.convert_common import main
+
+    def flax_to_pytorch_main(argv):
+        return main("to-pytorch", argv)
 
     config = _pt_config()  # hidden 64 x qk_dim_factor 0.5 = 32: transformers' kernels need a multiple of 64
     FlaxXLSTMForCausalLM(config, seed=0).save_pretrained(tmp_path / "flax")
-    assert flax_to_pytorch.main([str(tmp_path / "flax"), str(tmp_path / "pt"), "--verify", "-q"]) == 1
+    assert flax_to_pytorch_main([str(tmp_path / "flax"), str(tmp_path / "pt"), "--verify", "-q"]) == 1
     assert "is not a multiple of 64" in capsys.readouterr().err and not (tmp_path / "pt").exists()
     for bad in (["--tolerance", "nan"], ["--tolerance", "-1"], ["--verify-length", "0"]):
         with pytest.raises(SystemExit) as exit_info:
-            flax_to_pytorch.main([str(tmp_path / "flax"), str(tmp_path / "pt"), *bad])
+            flax_to_pytorch_main([str(tmp_path / "flax"), str(tmp_path / "pt"), *bad])
         assert exit_info.value.code == 2
         assert bad[0] in capsys.readouterr().err
-    assert flax_to_pytorch.main([str(tmp_path / "missing"), str(tmp_path / "pt"), "-q"]) == 1
+    assert flax_to_pytorch_main([str(tmp_path / "missing"), str(tmp_path / "pt"), "-q"]) == 1
     assert "missing" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from modeling_xlstm_flax import cli
 
 HELP_ARGS = [["--help"], ["generate", "--help"], ["train", "--help"], ["convert", "--help"],
              ["convert", "from-orbax", "--help"], ["convert", "from-pytorch", "--help"],
-             ["convert", "to-pytorch", "--help"], ["export-hub", "--help"]]
+             ["convert", "to-pytorch", "--help"], ["convert", "from-library", "--help"], ["export-hub", "--help"]]
 
 
 def _command(*args):
@@ -70,13 +70,14 @@ def test_failures_are_one_line_exit_1(capsys, tmp_path):
 
 
 def test_one_set_option_everywhere():
-    from modeling_xlstm_flax import convert_flax_to_pytorch, convert_orbax_to_hf, convert_pytorch_to_flax, training
+    from modeling_xlstm_flax import training
+    from modeling_xlstm_flax.convert_common import build_parser
 
-    for module in (convert_orbax_to_hf, convert_pytorch_to_flax, convert_flax_to_pytorch):
-        args = module.build_parser().parse_args(["in", "out", "--set", "scan_blocks=true", "--set", "eps=1e-6"])
+    for name in ("from-orbax", "from-pytorch", "to-pytorch"):
+        args = build_parser(name).parse_args(["in", "out", "--set", "scan_blocks=true", "--set", "eps=1e-6"])
         assert args.set == ["scan_blocks=true", "eps=1e-6"]
         with pytest.raises(SystemExit):
-            module.build_parser().parse_args(["in", "out", "--override", "scan_blocks=true"])
+            build_parser(name).parse_args(["in", "out", "--override", "scan_blocks=true"])
     args = training.build_parser().parse_args(["--output-dir", "o", "--set", "num_blocks=1"])
     assert args.set == ["num_blocks=1"]
 
@@ -89,10 +90,26 @@ def test_one_tokenizer_file_list():
             "merges.txt"} <= set(cli.TOKENIZER_FILES)
 
 
-def test_max_shard_size_help_does_not_contradict_itself():
-    from modeling_xlstm_flax import convert_flax_to_pytorch
+def test_conversions_offer_exactly_what_their_function_takes(capsys):
+    """One skeleton: each conversion's options are its convert function's keywords, so none is accepted and then
+    ignored; the library conversion (no streaming writer, no --verify) refuses those options by name."""
+    from modeling_xlstm_flax.convert_common import CONVERSIONS, _OPTIONS, build_parser, converter
 
-    text = " ".join(convert_flax_to_pytorch.build_parser().format_help().split())
+    for name in CONVERSIONS:
+        function, keywords = converter(name)
+        flags = {o for a in build_parser(name)._actions for o in a.option_strings} - {"-h", "--help"}
+        wanted = {f for k in keywords for f in (_OPTIONS[k][0] or ("--set",))}
+        assert flags == wanted, name
+    for option in ("--verify", "--max-shard-size", "-q"):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["convert", "from-library", "in", "out", option, *(["1GB"] if option == "--max-shard-size" else [])])
+        assert info.value.code == 2 and f"unrecognized arguments: {option}" in capsys.readouterr().err
+
+
+def test_max_shard_size_help_does_not_contradict_itself():
+    from modeling_xlstm_flax.convert_common import build_parser
+
+    text = " ".join(build_parser("to-pytorch").format_help().split())
     assert "at most SIZE" not in text and "a tensor larger than SIZE gets a shard of its own" in text
 
 

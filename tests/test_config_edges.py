@@ -239,7 +239,7 @@ def test_dtype_keyword_and_zero_sizes_refused_by_name():
 
 
 def test_duplicate_keys_refused_in_a_pytorch_config_to_convert(tmp_path):
-    from modeling_xlstm_flax.convert_pytorch_to_flax import read_json_config
+    from modeling_xlstm_flax.convert_common import read_json_config
 
     (tmp_path / "config.json").write_text('{"model_type": "xlstm", "vocab_size": 97, "vocab_size": 50}')
     with pytest.raises(ValueError, match=r"duplicate key 'vocab_size' in the JSON \(values 97 and 50\)"):

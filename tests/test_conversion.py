@@ -27,10 +27,11 @@ ORBAX = FIXTURES / "v1_orbax"
 PT_KW = dict(vocab_size=101, hidden_size=128, num_hidden_layers=2, num_heads=2, qk_dim_factor=0.5, chunk_size=128)
 
 
-def _run(module: str, *argv) -> int:
-    import importlib
+def _run(conversion: str, *argv) -> int:
+    """`xlstm-flax convert CONVERSION ARGV -q` (its exit status)."""
+    from modeling_xlstm_flax.convert_common import main
 
-    return importlib.import_module(f"modeling_xlstm_flax.convert_{module}").main([str(a) for a in argv] + ["-q"])
+    return main(conversion, [str(a) for a in argv] + ["-q"])
 
 
 def _no_leftovers(out) -> bool:
@@ -104,7 +105,7 @@ def test_orbax_fixture_converts_and_reproduces_upstream_logits(tmp_path):
     (tokenizer / "tokenizer.json").write_text('{"model": "stand-in"}')
     (tokenizer / "tokenizer_config.json").write_text("{}")
     out = tmp_path / "hf"
-    assert _run("orbax_to_hf", ORBAX, out, "--tokenizer", tokenizer) == 0
+    assert _run("from-orbax", ORBAX, out, "--tokenizer", tokenizer) == 0
 
     assert json.loads((out / "config.json").read_text())["model_type"] == "xlstm_flax"
     assert (out / "tokenizer.json").read_text() == '{"model": "stand-in"}' and (out / "tokenizer_config.json").is_file()
@@ -117,7 +118,7 @@ def test_orbax_verify_and_bfloat16_output(tmp_path, capfd):
     from safetensors import safe_open
 
     out = tmp_path / "hf"
-    assert _run("orbax_to_hf", ORBAX / "checkpoints" / "checkpoint_1", out, "--dtype", "bfloat16", "--verify") == 0
+    assert _run("from-orbax", ORBAX / "checkpoints" / "checkpoint_1", out, "--dtype", "bfloat16", "--verify") == 0
     assert "max |logits diff| = 0 " in capfd.readouterr().err  # same rounded weights on both sides
     with safe_open(str(out / "model.safetensors"), "numpy") as f:
         assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
@@ -156,7 +157,7 @@ def test_orbax_scanned_upstream_checkpoint(tmp_path):
     from modeling_xlstm_flax.convert_common import load_flax_params
 
     run = _orbax_from_fixture("v1_scan", tmp_path / "run")
-    assert _run("orbax_to_hf", run, tmp_path / "scanned") == 0
+    assert _run("from-orbax", run, tmp_path / "scanned") == 0
     assert json.loads((tmp_path / "scanned" / "config.json").read_text())["scan_blocks"] is True
     params = flatten_dict(unstack_block_params(load_flax_params(tmp_path / "scanned"), 2))
     reference = flatten_dict(load_fixture("v1")[1])
@@ -164,7 +165,7 @@ def test_orbax_scanned_upstream_checkpoint(tmp_path):
     for key in reference:
         np.testing.assert_array_equal(params[key], np.asarray(reference[key]), err_msg=str(key))
 
-    assert _run("orbax_to_hf", run, tmp_path / "unrolled", "--set", "scan_blocks=false") == 0
+    assert _run("from-orbax", run, tmp_path / "unrolled", "--set", "scan_blocks=false") == 0
     inputs, expected = np.load(FIXTURES / "v1_scan" / "inputs.npy"), np.load(FIXTURES / "v1_scan" / "logits.npy")
     assert max_abs_diff(_flax_logits(tmp_path / "unrolled", inputs), expected) <= TOL
 
@@ -186,14 +187,14 @@ def test_orbax_picks_highest_step_or_the_named_one(tmp_path):
 def test_pytorch_to_flax_sharded_input_matches_transformers(tmp_path, pt_dir, ids, pt_reference):
     assert (pt_dir / "model.safetensors.index.json").is_file()
     out = tmp_path / "flax"
-    assert _run("pytorch_to_flax", pt_dir, out) == 0
+    assert _run("from-pytorch", pt_dir, out) == 0
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert max_abs_diff(_flax_logits(out, ids), pt_reference) <= TOL
 
 
 def test_pytorch_to_flax_sharded_scanned_output_loads_with_from_pretrained(tmp_path, pt_dir, ids, pt_reference):
     out = tmp_path / "flax"
-    assert _run("pytorch_to_flax", pt_dir, out, "--max-shard-size", "150KB", "--set", "scan_blocks=true",
+    assert _run("from-pytorch", pt_dir, out, "--max-shard-size", "150KB", "--set", "scan_blocks=true",
                 "--flax-shard-format", "msgpack") == 0
     index = json.loads((out / "flax_model.msgpack.index.json").read_text())
     shards = sorted(p.name for p in out.glob("flax_model-*.msgpack"))
@@ -207,7 +208,7 @@ def test_pytorch_to_flax_sharded_safetensors_output(tmp_path, pt_dir, ids, pt_re
     from modeling_xlstm_flax.convert_common import flax_logits, load_flax_params
 
     out = tmp_path / "flax"
-    assert _run("pytorch_to_flax", pt_dir, out, "--max-shard-size", "150KB", "--flax-shard-format", "safetensors") == 0
+    assert _run("from-pytorch", pt_dir, out, "--max-shard-size", "150KB", "--flax-shard-format", "safetensors") == 0
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(p.name for p in out.glob("model-*.safetensors"))
     assert len(shards) > 1 and set(index["weight_map"].values()) == set(shards)
@@ -226,7 +227,7 @@ def test_flax_to_pytorch_sharded_matches_and_round_trips(tmp_path, ids, tie, sca
     model = _flax_model(tie=tie, scan=scan)
     model.save_pretrained(tmp_path / "flax")
     out = tmp_path / "pt"
-    assert _run("flax_to_pytorch", tmp_path / "flax", out, "--max-shard-size", "100KB") == 0
+    assert _run("to-pytorch", tmp_path / "flax", out, "--max-shard-size", "100KB") == 0
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     assert ("lm_head.weight" in index["weight_map"]) == (not tie)
@@ -235,7 +236,7 @@ def test_flax_to_pytorch_sharded_matches_and_round_trips(tmp_path, ids, tie, sca
     assert max_abs_diff(_pt_logits(out, ids), flax_logits) <= TOL
 
     back = tmp_path / "flax_again"
-    assert _run("pytorch_to_flax", out, back, "--set", f"scan_blocks={str(scan).lower()}") == 0
+    assert _run("from-pytorch", out, back, "--set", f"scan_blocks={str(scan).lower()}") == 0
     loaded = FlaxXLSTMForCausalLM.from_pretrained(back)
     a, b = flatten_dict(model.params), flatten_dict(loaded.params)
     assert set(a) == set(b)
@@ -250,7 +251,7 @@ def test_flax_to_pytorch_bfloat16_with_verify(tmp_path, capfd):
 
     _flax_model().save_pretrained(tmp_path / "flax")
     out = tmp_path / "pt"
-    assert _run("flax_to_pytorch", tmp_path / "flax", out, "--dtype", "bfloat16", "--verify") == 0
+    assert _run("to-pytorch", tmp_path / "flax", out, "--dtype", "bfloat16", "--verify") == 0
     err = capfd.readouterr().err
     diff = float(err.split("max |logits diff| = ")[1].split()[0])
     assert diff <= TOL
@@ -286,7 +287,7 @@ def test_missing_key_is_an_error(tmp_path, pt_dir, capsys):
     bad = _pt_copy(pt_dir, tmp_path)
     _rewrite_shard(bad, lambda t: t.pop("backbone.blocks.1.mlstm_layer.q.weight"))
     out = tmp_path / "out"
-    assert _run("pytorch_to_flax", bad, out) == 1
+    assert _run("from-pytorch", bad, out) == 1
     err = capsys.readouterr().err
     assert "1 missing tensors" in err and "backbone.blocks.1.mlstm_layer.q.weight (64, 128)" in err
     assert _no_leftovers(out)
@@ -296,7 +297,7 @@ def test_unexpected_key_is_an_error(tmp_path, pt_dir, capsys):
     bad = _pt_copy(pt_dir, tmp_path)
     _rewrite_shard(bad, lambda t: t.update({"backbone.blocks.1.mlstm_layer.mystery.weight": np.zeros((3, 5), "f4")}))
     out = tmp_path / "out"
-    assert _run("pytorch_to_flax", bad, out) == 1
+    assert _run("from-pytorch", bad, out) == 1
     err = capsys.readouterr().err
     assert "1 unexpected tensors" in err and "backbone.blocks.1.mlstm_layer.mystery.weight (3, 5)" in err
     assert _no_leftovers(out)
@@ -307,7 +308,7 @@ def test_shape_mismatch_is_an_error(tmp_path, pt_dir, capsys):
     config = json.loads((bad / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps(dict(config, vocab_size=99)))
     out = tmp_path / "out"
-    assert _run("pytorch_to_flax", bad, out) == 1
+    assert _run("from-pytorch", bad, out) == 1
     err = capsys.readouterr().err
     assert "2 shape mismatches" in err
     assert "backbone.embeddings.weight: has (101, 128), the config needs (99, 128)" in err
@@ -321,7 +322,7 @@ def test_untranslatable_config_is_an_error(tmp_path, capsys):
     src = tmp_path / "flax_mlstm"
     tiny_config("mlstm").save_pretrained(src)  # the `mlstm` layer: transformers' xLSTM has none
     out = tmp_path / "out"
-    assert _run("flax_to_pytorch", src, out) == 1
+    assert _run("to-pytorch", src, out) == 1
     assert "cannot be expressed as transformers' xLSTMConfig: layer_type='mlstm'" in capsys.readouterr().err
     assert _no_leftovers(out)
 
@@ -331,7 +332,7 @@ def test_untranslatable_config_is_an_error(tmp_path, capsys):
     meta = json.loads(meta_path.read_text())
     meta["model"]["model_config"]["slstm_at"] = [1]
     meta_path.write_text(json.dumps(meta))
-    assert _run("orbax_to_hf", run, out) == 1
+    assert _run("from-orbax", run, out) == 1
     err = capsys.readouterr().err
     assert "metadata/metadata: the model config cannot be translated" in err and "sLSTM" in err
     assert _no_leftovers(out)
@@ -342,7 +343,7 @@ def test_truncated_safetensors_is_an_error_naming_the_file(tmp_path, pt_dir, cap
     shard = bad / "model-00003-of-00014.safetensors"
     shard.write_bytes(shard.read_bytes()[:-100])
     out = tmp_path / "out"
-    assert _run("pytorch_to_flax", bad, out) == 1
+    assert _run("from-pytorch", bad, out) == 1
     err = capsys.readouterr().err
     assert f"{shard}: not a valid safetensors file" in err
     assert _no_leftovers(out)
@@ -356,7 +357,7 @@ def test_corrupt_orbax_file_is_an_error_and_removes_the_partial_output(tmp_path,
     for p in data_files:
         p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     out = tmp_path / "out"
-    assert _run("orbax_to_hf", run, out) == 1
+    assert _run("from-orbax", run, out) == 1
     err = capsys.readouterr().err
     assert f"orbax checkpoint {params}: cannot read" in err
     assert _no_leftovers(out)  # the failure came mid-write: the temporary folder was removed
@@ -368,14 +369,14 @@ def test_verify_failure_and_existing_output_leave_nothing(tmp_path, capsys, monk
     real = orbax_to_hf.flax_dir_logits
     monkeypatch.setattr(orbax_to_hf, "flax_dir_logits", lambda *a, **k: real(*a, **k) + 1e-3)  # a broken output
     out = tmp_path / "out"
-    assert _run("orbax_to_hf", ORBAX, out, "--verify") == 3
+    assert _run("from-orbax", ORBAX, out, "--verify") == 3
     monkeypatch.undo()
     assert "verification failed" in capsys.readouterr().err
     assert _no_leftovers(out)
 
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert _run("orbax_to_hf", ORBAX, out) == 1
+    assert _run("from-orbax", ORBAX, out) == 1
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
@@ -384,18 +385,18 @@ def test_python_m_entry_point_reports_bad_input(tmp_path):
     """`python -m` (run outside the repo, so the installed package is imported) exits 1 with a clear message."""
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "modeling_xlstm_flax.convert_pytorch_to_flax", str(tmp_path / "nowhere"), str(out)],
+        [sys.executable, "-m", "modeling_xlstm_flax.cli", "convert", "from-pytorch", str(tmp_path / "nowhere"), str(out)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     assert f"error: {tmp_path / 'nowhere'}: no such directory" in result.stderr
     assert _no_leftovers(out)
 
 
-@pytest.mark.parametrize("module", ["orbax_to_hf", "pytorch_to_flax", "flax_to_pytorch"])
-def test_help_explains_every_option(module):
-    import importlib
+@pytest.mark.parametrize("name", ["from-orbax", "from-pytorch", "to-pytorch"])
+def test_help_explains_every_option(name):
+    from modeling_xlstm_flax.convert_common import build_parser
 
-    parser = importlib.import_module(f"modeling_xlstm_flax.convert_{module}").build_parser()
+    parser = build_parser(name)
     for action in parser._actions:
         assert action.help and len(action.help) > 10, action.dest
     help_text = parser.format_help()

@@ -5,7 +5,6 @@ dead runs are cleaned (live ones kept), SIGINT/SIGTERM stop a command before it 
 interrupt is swallowed where it lands)."""
 
 import hashlib
-import importlib
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ import pytest
 from conftest import REPO, assert_params_identical, tiny_config
 
 BUNDLED = REPO / "modeling_xlstm_flax" / "bundled_model"
-CONVERTERS = ("convert_orbax_to_hf", "convert_pytorch_to_flax", "convert_flax_to_pytorch")
+CONVERTERS = ("from-orbax", "from-pytorch", "to-pytorch")  # `convert_common.main(NAME, argv)`
 
 
 def _tree_digest(folder: Path) -> dict:
@@ -68,6 +67,7 @@ def test_empty_output_path_is_refused_everywhere(two_models, tmp_path, monkeypat
     """`--output ""` (or `$OUT` unset), `save_pretrained("")`, `--output-dir ""`: one clear error, the current
     folder untouched."""
     from modeling_xlstm_flax import hub, training
+    from modeling_xlstm_flax.convert_common import main as convert_main
     from modeling_xlstm_flax.safe_output import OutputPathError
 
     monkeypatch.chdir(tmp_path)
@@ -76,7 +76,7 @@ def test_empty_output_path_is_refused_everywhere(two_models, tmp_path, monkeypat
     with pytest.raises(OutputPathError, match="empty"):
         two_models[0].save_pretrained("")
     for module in CONVERTERS:
-        assert importlib.import_module(f"modeling_xlstm_flax.{module}").main([str(BUNDLED), "", "-q"]) == 1
+        assert convert_main(module, [str(BUNDLED), "", "-q"]) == 1
         assert "output is empty" in capsys.readouterr().err
     assert hub.main(["--model", str(BUNDLED), "--output", "", "--overwrite"]) == 1
     assert "--output is empty" in capsys.readouterr().err
@@ -93,6 +93,7 @@ def test_output_overlapping_an_input_is_refused(tmp_path, capsys, where):
     """The output is, lies inside, or holds the input (also through a symlink): refused by every command, the
     input untouched."""
     from modeling_xlstm_flax import hub
+    from modeling_xlstm_flax.convert_common import main as convert_main
 
     model = tmp_path / "work" / "model"
     shutil.copytree(BUNDLED, model)
@@ -103,7 +104,7 @@ def test_output_overlapping_an_input_is_refused(tmp_path, capsys, where):
               "symlink": tmp_path / "link"}[where]
     for module in CONVERTERS:
         argv = [str(model), str(output), "--overwrite", "-q"]
-        assert importlib.import_module(f"modeling_xlstm_flax.{module}").main(argv) == 1, module
+        assert convert_main(module, argv) == 1, module
         err = capsys.readouterr().err
         assert "the input would be replaced" in err and len(err.strip().splitlines()) == 1, err
     assert hub.main(["--model", str(model), "--output", str(output), "--overwrite"]) == 1
@@ -513,13 +514,13 @@ def test_training_rerun_resume_and_overwrite(tmp_path, capsys, corpus):
 def test_model_folder_without_tokenizer_is_one_line(tmp_path, capsys, two_models):
     """xlstm-flax generate and text_generation_pipeline on a model folder without tokenizer files: one line
     naming the folder and what is missing (xlstm-flax train: test_training_data_and_tokenizer_problems_are_one_line)."""
-    from modeling_xlstm_flax import generate
+    from modeling_xlstm_flax import cli
     from modeling_xlstm_flax.pipeline import text_generation_pipeline
 
     model = tmp_path / "model"
     two_models[0].save_pretrained(model)
     with pytest.raises(ValueError, match="the folder has no tokenizer files"):
         text_generation_pipeline(str(model))
-    assert generate.main(["--model", str(model), "--prompt", "hi"]) == 1
+    assert cli.generate_main(["--model", str(model), "--prompt", "hi"]) == 1
     err = capsys.readouterr().err.strip()
     assert "has no tokenizer files" in err and str(model) in err and len(err.splitlines()) == 1, err

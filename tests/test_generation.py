@@ -1,11 +1,31 @@
 """The recurrent cache and transformers' Flax generation loop (greedy, sampling, beam search)."""
 
+import contextlib
+
 import jax
 import numpy as np
 import pytest
 
 from conftest import FIXTURES, left_padded, load_fixture, max_abs_diff, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
+
+
+@contextlib.contextmanager
+def compiles():
+    """The XLA programs built inside the block, by function name (jax.monitoring's backend-compile event: once per
+    new program, a hit of the persistent compilation cache included; a program reused from a jit's cache builds
+    nothing)."""
+    built = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            built.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield built
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def no_eos_config(layer_type="mlstm_v1", **overrides):
@@ -133,7 +153,6 @@ def test_generate_is_compiled_once_and_equals_transformers_loop():
     own (eager) `generate` (transformers 4.x; 5.x has no Flax loop), one compiled program for repeated calls of one
     shape, a new one per argument set; inside a trace it runs as is, with the same tokens."""
     from flax_oracle import flax_oracle
-    from modeling_xlstm_flax.flax_base import _COMPILED as _COMPILED_GENERATE
 
     model = FlaxXLSTMForCausalLM(no_eos_config(), seed=8)
     prompt = np.random.RandomState(8).randint(3, 97, (2, 5))
@@ -142,27 +161,27 @@ def test_generate_is_compiled_once_and_equals_transformers_loop():
     for kwargs in ({"max_new_tokens": 6}, {"max_new_tokens": 6, "attention_mask": mask},
                    {"max_new_tokens": 6, "do_sample": True, "top_k": 5, "prng_key": jax.random.PRNGKey(4)},
                    {"max_new_tokens": 6, "num_beams": 3, "attention_mask": mask}):
-        ours = model.generate(prompt, pad_token_id=1, **kwargs)
+        with compiles() as built:
+            ours = model.generate(prompt, pad_token_id=1, **kwargs)
+        assert built, f"{kwargs}: a new argument set builds its program"
+        with compiles() as built:
+            again = model.generate(prompt, pad_token_id=1, **kwargs)
+        assert built == [], f"{kwargs}: the same call again is compiled once only, built {built}"
+        np.testing.assert_array_equal(np.asarray(again.sequences), np.asarray(ours.sequences), err_msg=str(kwargs))
         oracle = flax_oracle(model)  # transformers 4.x's Flax loop on the same model (None under 5.x)
         if oracle is not None:
             theirs = oracle.generate(prompt, pad_token_id=1, **flax_no_eos(model), **kwargs)
             np.testing.assert_array_equal(np.asarray(ours.sequences), np.asarray(theirs.sequences),
                                           err_msg=str(kwargs))
-    assert len(_COMPILED_GENERATE[model]["generate"]) == 4
-    model.generate(prompt, max_new_tokens=6, pad_token_id=1)
-    compiled = _COMPILED_GENERATE[model]["generate"]
-    (first,) = [fn for key, fn in compiled.items() if "do_sample" not in key[2] and not key[3]]
-    assert len(_COMPILED_GENERATE[model]["generate"]) == 4 and first._cache_size() == 1  # reused, not recompiled
-    model.generate(prompt[:, 1:], max_new_tokens=6, pad_token_id=1)
-    assert first._cache_size() == 2  # a new prompt length: a new program in the same jit
+    with compiles() as built:
+        model.generate(prompt[:, 1:], max_new_tokens=6, pad_token_id=1)
+    assert built  # a new prompt length: a new program
     traced = jax.jit(lambda p, ids: model.generate(ids, params=p, max_new_tokens=6, pad_token_id=1).sequences)
     np.testing.assert_array_equal(np.asarray(traced(model.params, prompt)),
                                   np.asarray(model.generate(prompt, max_new_tokens=6, pad_token_id=1).sequences))
 
 
 def test_pad_to_multiple_of_shares_one_program_and_changes_nothing():
-    from modeling_xlstm_flax.flax_base import _COMPILED as _COMPILED_GENERATE
-
     model = FlaxXLSTMForCausalLM(no_eos_config("mlstm", chunk_size=4), seed=9)
     rng = np.random.RandomState(9)
     # greedy over three prompt lengths (one program); max_length, beams and sampling at one unaligned length
@@ -173,11 +192,9 @@ def test_pad_to_multiple_of_shares_one_program_and_changes_nothing():
             plain = np.asarray(model.generate(prompt, pad_token_id=1, **kwargs).sequences)
             padded = np.asarray(model.generate(prompt, pad_token_id=1, pad_to_multiple_of=8, **kwargs).sequences)
             np.testing.assert_array_equal(padded, plain, err_msg=f"{kwargs} length {length}")
-    # the config has no eos: generate's key may hold its stand-in eos id (vocab_size) or none
-    (greedy,) = [fn for key, fn in _COMPILED_GENERATE[model]["generate"].items()
-                 if key[3] and key[2] in ("[('max_new_tokens', 5), ('pad_token_id', 1)]",
-                                          "[('eos_token_id', 97), ('max_new_tokens', 5), ('pad_token_id', 1)]")]
-    assert greedy._cache_size() == 1  # prompts of 5, 7 and 8 tokens: one program
+    with compiles() as built:  # greedy prompts of 5, 7 and 8 tokens ran above: one program serves a new 6
+        padded = model.generate(rng.randint(3, 97, (2, 6)), pad_token_id=1, pad_to_multiple_of=8, max_new_tokens=5)
+    assert built == [] and padded.sequences.shape == (2, 11), built
     with pytest.raises(ValueError, match="pad_to_multiple_of"):
         model.generate(prompt, max_new_tokens=2, pad_to_multiple_of=0)
 

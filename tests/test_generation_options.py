@@ -117,7 +117,7 @@ def test_unclear_crashes_are_one_clear_line(model):
 
 
 def test_generate_command_refuses_an_empty_prompt_for_a_preset(capsys):
-    from modeling_xlstm_flax.generate import main
+    from modeling_xlstm_flax.cli import generate_main as main
 
     assert main(["--preset", "tiny-mlstm-v1", "--prompt", ""]) == 1
     assert "--prompt is empty" in capsys.readouterr().err

@@ -123,18 +123,14 @@ def test_call_keywords_position_ids_attentions_use_cache():
 # ---------------------------------------------------------------------------------------------- class names
 def test_module_class_names_follow_transformers_convention():
     """transformers' naming test: `Flax<X>Model` -> module `Flax<X>Module`, `Flax<X>ForCausalLM` ->
-    `Flax<X>ForCausalLMModule`, in the model's own module. The old names stay as aliases."""
+    `Flax<X>ForCausalLMModule`, in the model's own module."""
     import importlib
-
-    from modeling_xlstm_flax import xlstm_layers as mod
 
     for model_class in (FlaxXLSTMModel, FlaxXLSTMForCausalLM):
         name = model_class.__name__
         module_name = name[:-5] + "Module" if name.endswith("Model") else name + "Module"
         module_cls = getattr(importlib.import_module(model_class.__module__), module_name)
         assert model_class.module_class is module_cls and module_cls.__name__ == module_name
-    assert mod.XLSTMModule is mod.FlaxXLSTMModule and mod.XLSTMForCausalLMModule is mod.FlaxXLSTMForCausalLMModule
-    assert mod.XLSTMBlock is mod.FlaxXLSTMBlock and mod.XLSTMBlockCollection is mod.FlaxXLSTMBlockCollection
 
 
 # ---------------------------------------------------------------------------------------------- gradient checkpointing

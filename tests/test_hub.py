@@ -4,6 +4,7 @@ The fresh environment is a new venv with this environment's installed distributi
 (`remote_code_venv`).
 """
 
+import ast
 import hashlib
 import importlib.util
 import json
@@ -22,7 +23,7 @@ import pytest
 from conftest import REPO, causal_lm_loader, max_abs_diff, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
 from modeling_xlstm_flax.hub import AUTO_MAP, code_files, export_hub_folder, main, push_to_hub
-from modeling_xlstm_flax.model_card import build_model_card, check_model_card, save_model_card
+from modeling_xlstm_flax.hub import build_model_card, check_model_card, save_model_card
 from test_pipeline import build_tokenizer
 
 CARD_KWARGS = dict(perplexity=12.34, eval_dataset="pydoc_data.topics", base_model="NX-AI/xLSTM-7b",
@@ -76,40 +77,66 @@ def exported(models, tokenizer, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------- export
-def test_export_folder_is_self_contained(exported, tokenizer, tmp_path):
+def _relative_imports(path: Path) -> set:
+    """The package modules a file imports relatively, at any depth (module level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+    return found
+
+
+def test_export_ships_exactly_the_import_closure(exported, tokenizer, tmp_path):
+    """The folder's modules are exactly what the auto classes' modules import, followed to the end (walked here
+    independently of `hub`); no command code among them; each file as in the package, except that each root names
+    the rest of its closure for transformers 4's local-folder loader (read with transformers' own function)."""
+    from transformers.dynamic_module_utils import get_relative_imports
+
+    from modeling_xlstm_flax.hub import COMMAND_MODULES, ROOT_MODULES
+
+    package = REPO / "modeling_xlstm_flax"
+
+    def closure(roots):
+        seen, todo = set(), list(roots)
+        while todo:
+            module = todo.pop()
+            if module not in seen:
+                seen.add(module)
+                todo += _relative_imports(package / f"{module}.py")
+        return seen
+
     folder = exported["mlstm_v1"]
     names = {p.name for p in folder.iterdir()}
-    code = set(code_files())
-    assert code >= {"modeling_flax_xlstm.py", "configuration_xlstm_flax.py", "config_translation.py",
-                    "mlstm_kernels.py", "xlstm_layers.py", "input_checks.py", "generation.py"}
+    shipped = {n[:-3] for n in names if n.endswith(".py")}
+    assert shipped == closure(ROOT_MODULES) == {n[:-3] for n in code_files()}
+    assert not shipped & set(COMMAND_MODULES) and "cli" not in shipped
+    assert {"mlstm_kernels", "xlstm_layers", "input_checks", "generation", "checkpoint_io", "loading"} <= shipped
     # the tokenizer's own files: transformers 4 also writes special_tokens_map.json, transformers 5 does not
     tokenizer_files = {Path(f).name for f in tokenizer.save_pretrained(tmp_path / "tok") if Path(f).is_file()}
     assert {"tokenizer.json", "tokenizer_config.json"} <= tokenizer_files
-    assert names >= code | tokenizer_files | {"config.json", "model.safetensors", "generation_config.json",
-                                              "README.md"}
+    assert names >= tokenizer_files | {"config.json", "model.safetensors", "generation_config.json", "README.md"}
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP and config["model_type"] == "xlstm_flax"
     assert config["architectures"] == ["FlaxXLSTMForCausalLM"]
-    for name in code:  # the package's files, copied as they are; every relative import is a module of the folder
-        text = (folder / name).read_text()
-        assert text == (REPO / "modeling_xlstm_flax" / name).read_text(), name
-        for line in text.splitlines():
-            stripped = line.strip()
-            if stripped.startswith("from ."):
-                target = stripped.split()[1][1:]
-                assert target == "" or f"{target}.py" in names, (name, line)
-            assert not stripped.startswith(("import modeling_xlstm_flax", "from modeling_xlstm_flax")), (name, line)
+    for module in shipped:
+        text, source = (folder / f"{module}.py").read_text(), (package / f"{module}.py").read_text()
+        if module in ROOT_MODULES:
+            assert text.startswith(source.rstrip("\n")), module
+            assert set(get_relative_imports(folder / f"{module}.py")) == closure([module]) - {module}, module
+        else:
+            assert text == source, module
+        assert not any(line.strip().startswith(("import modeling_xlstm_flax", "from modeling_xlstm_flax"))
+                       for line in text.splitlines()), module
 
 
-def test_code_files_refuse_a_root_that_does_not_name_its_needs(monkeypatch):
-    """transformers' loader copies only what a root module names itself: a module needed only indirectly is a
-    packaging error found at export time, not by a user."""
-    from modeling_xlstm_flax import hub
+def test_no_model_module_imports_command_code():
+    """The model core (everything but the commands) never imports command code, lazily or not."""
+    from modeling_xlstm_flax.hub import COMMAND_MODULES
 
-    real = hub._loader_imports
-    monkeypatch.setattr(hub, "_loader_imports", lambda m: real(m) - {"mlstm_kernels"})
-    with pytest.raises(ValueError, match="mlstm_kernels"):
-        hub.code_files()
+    package = REPO / "modeling_xlstm_flax"
+    for path in sorted(package.glob("*.py")):
+        if path.stem not in COMMAND_MODULES:
+            assert not _relative_imports(path) & set(COMMAND_MODULES), path.name
 
 
 def test_export_refuses_non_empty_folder(models, tmp_path):
@@ -355,7 +382,7 @@ def test_export_of_the_bundled_model_carries_what_its_folder_knows(tmp_path):
     """The export's card takes the model name from the folder's card and the perplexity and training run from its
     training_log.json (it said "Not evaluated", "Not documented" and `model_name: bundled_model`); its usage snippet
     names the exported folder, not a Hub repo that does not exist."""
-    from modeling_xlstm_flax.generate import bundled_model_path
+    from modeling_xlstm_flax import bundled_model_path
 
     log = json.loads((bundled_model_path() / "training_log.json").read_text())
     out = export_hub_folder(str(bundled_model_path()), tmp_path / "export")

@@ -62,7 +62,7 @@ def _pt_config():
 def _write_layout(layout: str, model, folder: Path) -> None:
     """`model` saved in `layout`: ours (save_pretrained) or transformers' PyTorch layout (our converter, which
     writes what transformers' xLSTMForCausalLM.save_pretrained writes: tests/test_checkpoint_matrix.py)."""
-    from modeling_xlstm_flax.convert_flax_to_pytorch import convert_flax_to_pytorch
+    from modeling_xlstm_flax.convert_common import convert_flax_to_pytorch
 
     sharded = {"max_shard_size": "40KB"} if layout.endswith("sharded") else {}
     if layout.startswith("flax"):

@@ -139,29 +139,37 @@ def test_compiled_programs_shared_per_model_and_never_keep_it_alive():
     import optax
 
     from modeling_xlstm_flax import sharding as sh
-    from modeling_xlstm_flax.flax_base import _COMPILED
     from modeling_xlstm_flax.sharded_steps import (
         init_sharded_optimizer_state, sharded_forward, sharded_generate, sharded_train_step,
     )
+    from test_generation import compiles
 
     model = FlaxXLSTMForCausalLM(tiny_config(), seed=0)
     mesh = sh.make_mesh(devices=jax.devices()[:1])
     ids = np.random.RandomState(0).randint(3, 97, (2, 8))
     first, second = sharded_forward(model, mesh), sharded_forward(model, mesh)
     assert max_abs_diff(first(model.params, ids), model(ids).logits) <= 1e-5
-    assert max_abs_diff(second(model.params, ids), model(ids).logits) <= 1e-5
-    assert len(_COMPILED[model]["sharded_forward"]) == 1
+    with compiles() as built:
+        assert max_abs_diff(second(model.params, ids), model(ids).logits) <= 1e-5
+    assert built == []  # the second function reuses the first one's program
     optimizer = optax.sgd(0.1)
-    step = sharded_train_step(model, mesh, optimizer, donate=False)
     params = jax.tree_util.tree_map(jnp.asarray, model.params)
-    new_params, _, loss = step(params, init_sharded_optimizer_state(optimizer, params, model.config, mesh), ids)
-    assert np.isfinite(float(loss)) and max_abs_diff(new_params["lm_head"]["kernel"],
-                                                     params["lm_head"]["kernel"]) > 0
-    sharded_generate(model, mesh, max_new_tokens=2, pad_token_id=1)(model.params, ids)
-    model.generate(ids, max_new_tokens=2, pad_token_id=1)
-    assert {"forward", "generate", "sharded_forward", "sharded_train_step", "sharded_generate"} <= set(
-        _COMPILED[model])
+    opt_state = init_sharded_optimizer_state(optimizer, params, model.config, mesh)
+
+    def every_program():
+        step = sharded_train_step(model, mesh, optimizer, donate=False)
+        new_params, _, loss = step(params, opt_state, ids)
+        assert np.isfinite(float(loss)) and max_abs_diff(new_params["lm_head"]["kernel"],
+                                                         params["lm_head"]["kernel"]) > 0
+        sharded_generate(model, mesh, max_new_tokens=2, pad_token_id=1)(model.params, ids)
+        model.generate(ids, max_new_tokens=2, pad_token_id=1)
+        return step
+
+    every_program()
+    with compiles() as built:  # new step/generate functions of the same model: the kept programs
+        step = every_program()
+    assert built == []
     ref = weakref.ref(model)
-    del model, first, second, step
+    del model, first, second, step, every_program
     gc.collect()
     assert ref() is None

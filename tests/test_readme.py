@@ -95,7 +95,7 @@ import os
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 import numpy as np
 from modeling_xlstm_flax import sharded_steps as steps, sharding as sh
-from modeling_xlstm_flax.generate import bundled_model_path
+from modeling_xlstm_flax import bundled_model_path
 mesh = sh.make_mesh(data=2, fsdp=2, tensor=2)
 model, params = sh.from_pretrained_sharded(str(bundled_model_path()), mesh, param_dtype="bfloat16")
 ids = np.zeros((8, 16), np.int32)

@@ -360,21 +360,21 @@ def test_slstm_blocks_follow_the_mask_and_border_rule():
 
 
 def test_convert_command_writes_our_layout_with_the_tokenizer(tmp_path, capsys):
-    from modeling_xlstm_flax.convert_library_to_flax import main
+    from modeling_xlstm_flax.convert_common import main
 
     _, _, arrays = load("lm_mixed")
     folder = distil_folder(tmp_path, "lm_mixed")
     (folder / "tokenizer.json").write_text("{}")
     out = tmp_path / "flax"
-    assert main([str(folder), str(out), "-q"]) == 0
+    assert main("from-library", [str(folder), str(out)]) == 0
     assert (out / "tokenizer.json").is_file() and json.loads((out / "config.json").read_text())["slstm_at"] == [1]
     model = FlaxXLSTMForCausalLM.from_pretrained(out)
     assert max_diff(model(arrays["idx"]).logits, arrays["logits"]) <= TOL
-    assert main([str(folder), str(out), "-q"]) == 1  # exists, no --overwrite: refused, old output kept
+    assert main("from-library", [str(folder), str(out)]) == 1  # exists, no --overwrite: refused, old output kept
     assert "already exists" in capsys.readouterr().err and (out / "model.safetensors").is_file()
-    assert main([str(folder), str(folder / "sub"), "-q"]) == 1
+    assert main("from-library", [str(folder), str(folder / "sub")]) == 1
     assert "lies inside the input" in capsys.readouterr().err
-    assert main([str(out), str(tmp_path / "x"), "-q"]) == 1  # our own layout is not a library folder
+    assert main("from-library", [str(out), str(tmp_path / "x")]) == 1  # our own layout is not a library folder
     assert "no xlstm library config" in capsys.readouterr().err
 
 

@@ -41,7 +41,9 @@ def make_pt_model(tmp_path, tie=False, seed=0):
 def test_from_pt_logits_match(tmp_path, tie):
     from transformers import FlaxAutoModelForCausalLM
 
-    import modeling_xlstm_flax  # noqa: F401  (registers the auto classes)
+    import modeling_xlstm_flax
+
+    modeling_xlstm_flax.register_auto_classes()  # our classes in transformers' auto classes
 
     pt = make_pt_model(tmp_path, tie=tie)
     flax_model = FlaxAutoModelForCausalLM.from_pretrained(tmp_path, from_pt=True)
@@ -62,6 +64,7 @@ def test_from_pt_works_without_torch_in_model_path(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any torch import now fails
         "import modeling_xlstm_flax, numpy as np\n"
+        "modeling_xlstm_flax.register_auto_classes()\n"
         "from transformers import FlaxAutoModelForCausalLM\n"
         f"m = FlaxAutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, from_pt=True)\n"
         "print(m(np.ones((1, 4), 'i4')).logits.shape)\n"
@@ -142,7 +145,9 @@ def test_sharded_pytorch_checkpoint_loads(tmp_path):
     them (PyTorch layout, with or without from_pt=True)."""
     from transformers import FlaxAutoModelForCausalLM, xLSTMConfig, xLSTMForCausalLM
 
-    import modeling_xlstm_flax  # noqa: F401
+    import modeling_xlstm_flax
+
+    modeling_xlstm_flax.register_auto_classes()
 
     torch.manual_seed(3)
     config = xLSTMConfig(vocab_size=101, hidden_size=128, num_hidden_layers=2, num_heads=2, chunk_size=128,
