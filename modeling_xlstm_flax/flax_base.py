@@ -164,6 +164,15 @@ class FlaxPreTrainedModel(PushToHubMixin):
         raise NotImplementedError(f"init_weights is not implemented for {type(self).__name__}")
 
     @classmethod
+    def register_for_auto_class(cls, auto_class="FlaxAutoModel") -> None:
+        """Record the auto class (a name or a class) a remote-code model is loaded with, as transformers does:
+        its Auto classes call this on a `trust_remote_code` load (the class keeps the name in `_auto_class`)."""
+        name = auto_class if isinstance(auto_class, str) else getattr(auto_class, "__name__", None)
+        if not name:
+            raise ValueError(f"register_for_auto_class: {auto_class!r} is not an auto class or its name")
+        cls._auto_class = name
+
+    @classmethod
     def can_generate(cls) -> bool:
         """True: both wrapper classes define the generation hooks (as under transformers 4.x)."""
         return True
