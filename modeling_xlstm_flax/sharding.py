@@ -351,6 +351,7 @@ def activation_sharding(mesh: Mesh):
     parallelism all-reduces once after out_proj and proj_down - the Megatron/FSDP schedule. Numerics are the same
     either way. The embedding lookup runs on the table with its fsdp dim gathered (see `embed`). The sharded entry
     points below use it."""
+    from .slstm_layers import SLSTMBlock
     from .xlstm_layers import XLSTMBlock
 
     def constrain(x):
@@ -371,7 +372,7 @@ def activation_sharding(mesh: Mesh):
             return next_fun(*args, **kwargs)
         if type(context.module) is nn.Embed and not kwargs:
             return embed(context.module, args[0])
-        if not isinstance(context.module, XLSTMBlock):
+        if not isinstance(context.module, (XLSTMBlock, SLSTMBlock)):  # every block kind
             return next_fun(*args, **kwargs)
         x, state = next_fun(constrain(args[0]), *args[1:], **kwargs)
         return constrain(x), state
@@ -389,17 +390,24 @@ def load_sharded_params(model_dir: str, model, mesh: Mesh, dtype: Any = None,
 
     Each param becomes a global array with `jax.make_array_from_callback`: every device's window is read from the
     file (safetensors `get_slice`, only that window) and put on that device, so neither one device nor the host
-    ever holds the full model (a replicated param is read once per device). Multi-host: each process reads only
-    its own devices' windows (the files must be visible to every host). `model`: a `FlaxXLSTMPreTrainedModel`
-    (e.g. built with `_do_init=False`) whose config decides the target layout. `dtype`: cast on load (default
-    float32). `on_read(name, index, nbytes)` is called for every read (diagnostics)."""
+    ever holds the full model (a replicated param is read once per device); a checkpoint folder of NX-AI's `xlstm`
+    library (`library_checkpoint`) is translated whole on the host first, then placed the same way. Multi-host: each
+    process reads only its own devices' windows (the files must be visible to every host). `model`: a
+    `FlaxXLSTMPreTrainedModel` (e.g. built with `_do_init=False`) whose config decides the target layout. `dtype`:
+    cast on load (default float32). `on_read(name, index, nbytes)` is called for every read (diagnostics)."""
     from . import checkpoint_io
     from . import param_table
+    from .library_checkpoint import load_library_folder, read_library_config
 
     config = model.config
     plan = {"/".join(k): tuple(v.shape) for k, v in flatten_dict(_model_param_shapes(model)).items()}
     expected = param_table.unrolled_plan(plan)
-    source = checkpoint_io.open_checkpoint(model_dir, expected, config.num_blocks)
+    library = read_library_config(model_dir)
+    if library is not None:  # NX-AI `xlstm` library folder: translated whole on the host (per-block layouts)
+        source = checkpoint_io.params_source(load_library_folder(model_dir, library)[1],
+                                             f"{model_dir} (xlstm library checkpoint)")
+    else:
+        source = checkpoint_io.open_checkpoint(model_dir, expected, config.num_blocks)
     optional = {k for k in source.tensors if k.startswith(param_table.LM_HEAD + "/")}
     checkpoint_io.check_source(source, expected, optional=optional)
     shardings = flatten_dict(param_shardings(unflatten_dict({tuple(k.split("/")): jax.ShapeDtypeStruct(s, jnp.float32)
@@ -411,14 +419,20 @@ def load_sharded_params(model_dir: str, model, mesh: Mesh, dtype: Any = None,
 
 def from_pretrained_sharded(model_dir: str, mesh: Mesh, dtype: Any = None, param_dtype: Any = None,
                             fsdp_min_weight_size: int = DEFAULT_FSDP_MIN_WEIGHT_SIZE, **config_overrides):
-    """(model, params): the model class from the dir's config.json (ours or transformers' `xLSTMConfig`) built
-    with `_do_init=False` (no params allocated) and its params loaded into the mesh (`load_sharded_params`).
+    """(model, params): the model class from the dir's config (ours, transformers' `xLSTMConfig`, or an NX-AI
+    `xlstm` library folder's) built with `_do_init=False` (no params allocated) and its params loaded into the mesh
+    (`load_sharded_params`).
     `dtype`: compute dtype (None: the config's); `param_dtype`: storage dtype of the params (None: float32)."""
     from transformers import AutoConfig
 
+    from .library_checkpoint import config_from_library, read_library_config
     from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir, **config_overrides)
+    library = read_library_config(model_dir)  # first: a Distil-xLSTM config.json says model_type "xlstm" too
+    if library is not None:
+        config = config_from_library(library, **config_overrides)[0]
+    else:
+        config = AutoConfig.from_pretrained(model_dir, **config_overrides)
     model = FlaxXLSTMForCausalLM(config, dtype=dtype, _do_init=False)
     params = load_sharded_params(model_dir, model, mesh, dtype=param_dtype, fsdp_min_weight_size=fsdp_min_weight_size)
     return model, params
