@@ -150,10 +150,15 @@ def library_config(config: XLSTMFlaxConfig, backend: str = "vanilla") -> dict:
 
 
 def library_state_dict(params: Mapping, config: XLSTMFlaxConfig, backend: str = "vanilla") -> dict[str, np.ndarray]:
-    """Our unrolled causal-LM params -> the library's `xLSTMLMModel` state dict (float32 numpy, `backend`'s sLSTM
-    storage layout). With tied embeddings only `token_embedding.weight` is written."""
+    """Our causal-LM params -> the library's `xLSTMLMModel` state dict (float32 numpy, `backend`'s sLSTM
+    storage layout). With tied embeddings only `token_embedding.weight` is written. Scanned params (`scan_blocks`)
+    are unstacked first: the library has one module per block."""
     library_config(config, backend)  # refuses what the library cannot express
     backbone = params["backbone"]
+    if "scanned" in backbone["blocks"]:
+        from .xlstm_layers import unstack_block_params
+
+        backbone = unstack_block_params({"backbone": backbone}, config.num_blocks)["backbone"]
     sd = {EMBEDDING: np.asarray(backbone["embeddings"]["embedding"], np.float32)}
     if not config.tie_word_embeddings:
         sd[HEAD] = np.ascontiguousarray(np.asarray(params["lm_head"]["kernel"], np.float32).T)

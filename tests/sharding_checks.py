@@ -34,7 +34,7 @@ from conftest import max_abs_diff, tiny_config  # noqa: E402
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM  # noqa: E402
 from modeling_xlstm_flax import sharded_steps as steps, sharding as sh  # noqa: E402
 
-MESHES = {"8x1x1": (8, 1, 1), "2x2x2": (2, 2, 2), "1x1x8": (1, 1, 8), "1x4x2": (1, 4, 2)}
+MESHES = {"8x1x1": (8, 1, 1), "2x2x2": (2, 2, 2), "1x1x8": (1, 1, 8), "1x4x2": (1, 4, 2), "1x2x4": (1, 2, 4)}
 B, S = 8, 12
 PROMPT, NEW_TOKENS = 6, 6
 
@@ -86,15 +86,20 @@ class timed:
         TIMES[self.name] = TIMES.get(self.name, 0.0) + time.process_time() - self.t
 
 
-def run_case(name, layer_type, scan, plan, results, num_heads=8, fsdp_min=0):
+def run_case(name, layer_type, scan, plan, results, num_heads=8, fsdp_min=0, model_and_params=None):
     """One config; `plan`: {mesh name: set of checks among "grad", "generate", "cache"} (forward always).
+    `model_and_params`: a ready (model, host params) instead of the tiny config of `layer_type`.
 
     Single-device references are computed once (jit on the default device), then each mesh's sharded entry
     points are compared with them."""
-    # prefill_segment_size 4: the 6-token prompts and cached prefills run the segmented (lax.scan) prefill
-    config = tiny_config(layer_type, num_heads=num_heads, scan_blocks=scan, chunk_size=4, prefill_segment_size=4)
+    if model_and_params is None:
+        # prefill_segment_size 4: the 6-token prompts and cached prefills run the segmented (lax.scan) prefill
+        config = tiny_config(layer_type, num_heads=num_heads, scan_blocks=scan, chunk_size=4, prefill_segment_size=4)
+        model, params = tiny_model(config, 0)
+    else:
+        model, params = model_and_params
+        config = model.config
     config.eos_token_id = None  # no eos: generation runs to max_new_tokens
-    model, params = tiny_model(config, 0)
     rs = np.random.RandomState(0)
     ids = rs.randint(3, config.vocab_size, (B, S)).astype(np.int32)
     mask = np.ones((B, S), np.int32)
@@ -310,6 +315,59 @@ def run_loading(results, tmp):
     results["loading"] = out
 
 
+def run_slstm(results, tmp):
+    """A mixed [mLSTM, sLSTM] model of NX-AI's `xlstm` library (the frozen fixture lm_mixed: 4 heads in both kinds,
+    D 32) as a Distil-xLSTM folder, loaded into meshes with `from_pretrained_sharded`: params equal to the host
+    `from_pretrained` and sharded by the rules; then forward / generate / cache on 2x2x2 (2 heads per tensor shard)
+    and forward on 1x2x4 (one head per shard) as `run_case`; plus the sLSTM-only fixture (tied) into a scan_blocks
+    model. Returns nothing; results under "slstm_loading" and "slstm_mixed/<mesh>"."""
+    from conftest import load_slstm_fixture
+    from safetensors.numpy import save_file
+
+    out = {}
+    folders = {}
+    for name in ("lm_mixed", "lm_slstm"):
+        library_config, sd, arrays = load_slstm_fixture(name)
+        folder = os.path.join(tmp, f"library-{name}")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump({"model_type": "xlstm", "xlstm_cfg": library_config}, f)
+        save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, os.path.join(folder, "model.safetensors"))
+        folders[name] = (folder, arrays)
+    folder, arrays = folders["lm_mixed"]
+    host = FlaxXLSTMForCausalLM.from_pretrained(folder)
+    host_params = jax.device_get(host.params)
+    for mesh_name in ("2x2x2", "1x2x4"):
+        mesh = sh.make_mesh(*MESHES[mesh_name])
+        model, loaded = sh.from_pretrained_sharded(folder, mesh, fsdp_min_weight_size=0)
+        mismatches, table = sharding_report(loaded, model.config, mesh, 0)
+        cache = sh.init_sharded_cache(model, B, mesh)
+        out[f"mixed/{mesh_name}"] = {
+            "slstm_at": model.config.slstm_block_indices,
+            "diff": tree_diff(jax.device_get(loaded), host_params),
+            "sharding_mismatches": mismatches,
+            "table": {k: v for k, v in table.items() if "/1/" in k},
+            "slstm_cache": {k: {"spec": str(v.sharding.spec), "shard": list(v.addressable_shards[0].data.shape)}
+                            for k, v in cache[1].items()},
+            "slstm_cache_bad_specs": cache_report(cache, model.config, mesh)[0],
+        }
+        if mesh_name == "2x2x2":  # the library's own logits (S = context_length), one compile
+            out[f"mixed/{mesh_name}"]["library_logits_diff"] = max_abs_diff(
+                steps.sharded_forward(model, mesh, 0)(loaded, arrays["idx"]), arrays["logits"])
+    folder, arrays = folders["lm_slstm"]
+    mesh = sh.make_mesh(*MESHES["2x2x2"])
+    scanned, loaded = sh.from_pretrained_sharded(folder, mesh, fsdp_min_weight_size=0, scan_blocks=True)
+    reference = FlaxXLSTMForCausalLM.from_pretrained(folder, scan_blocks=True)
+    out["slstm_scan/2x2x2"] = {
+        "scan_blocks": bool(scanned.config.scan_blocks),
+        "diff": tree_diff(jax.device_get(loaded), jax.device_get(reference.params)),
+        "sharding_mismatches": sharding_report(loaded, scanned.config, mesh, 0)[0],
+    }
+    results["slstm_loading"] = out
+    run_case("slstm_mixed", None, False, {"2x2x2": {"generate", "cache"}, "1x2x4": set()}, results,
+             model_and_params=(host, host_params))
+
+
 def main():
     out_path = sys.argv[1]
     tmp = sys.argv[2] if len(sys.argv) > 2 else "/tmp"
@@ -321,6 +379,8 @@ def main():
     run_case("mlstm_v1_scan", "mlstm_v1", True, {"1x4x2": set()}, results)
     # 2 heads on a tensor axis of 8: the layer is replicated on tensor (rules' fallback), feedforward/vocab not
     run_case("mlstm_2heads", "mlstm", False, {"1x1x8": set()}, results, num_heads=2)
+    with timed("slstm"):
+        run_slstm(results, tmp)
     with timed("collectives"):
         run_collectives(results)
     with timed("train_step"):

@@ -245,6 +245,9 @@ CASES = {  # case/mesh -> checks beyond forward (must match sharding_checks.main
     "mlstm_scan/1x1x8": {"generate", "cache"},
     "mlstm_v1_scan/1x4x2": set(),
     "mlstm_2heads/1x1x8": set(),
+    # NX-AI library mixed [mLSTM, sLSTM] model, 4 heads: 2 per tensor shard, then one per shard
+    "slstm_mixed/2x2x2": {"generate", "cache"},
+    "slstm_mixed/1x2x4": set(),
 }
 
 
@@ -308,6 +311,28 @@ def test_shard_shapes_are_what_the_rules_mean(multi):
     two = multi["mlstm_2heads/1x1x8"]["table"]
     assert two["backbone/blocks/0/mlstm_layer/q_proj/kernel"]["shard"] == [32, 4, 4]  # not head-parallel
     assert two["backbone/embeddings/embedding"]["shard"] == [97, 8]
+
+
+def test_library_folder_with_slstm_blocks_loads_into_mesh(multi):
+    """`from_pretrained_sharded` of an NX-AI `xlstm` library folder (Distil-xLSTM layout, vanilla storage): the same
+    params as the host `from_pretrained`, each sharded by the rules, the library's logits on the mesh; the sLSTM
+    heads (4) on the tensor axis: shard shapes written out by hand; the sLSTM cache batch x heads sharded."""
+    r = multi["slstm_loading"]
+    for mesh, heads in (("2x2x2", 2), ("1x2x4", 1)):
+        m = r[f"mixed/{mesh}"]
+        assert m["slstm_at"] == [1] and m["diff"] == 0.0 and m["sharding_mismatches"] == [], mesh
+        layer = "backbone/blocks/1/slstm_layer/"
+        assert m["table"][layer + "recurrent_kernel"]["shard"] == [heads, 8, 32], mesh  # (NH 4, DH 8, 4 DH)
+        assert m["table"][layer + "igate/kernel"]["shard"] == [heads, 8, 8], mesh
+        assert m["table"][layer + "bias"]["shard"] == [heads, 4, 8], mesh
+        assert m["table"][layer + "group_norm/scale"]["shard"] == [heads * 8], mesh
+        assert m["slstm_cache_bad_specs"] == [], mesh
+        batch = 2 if mesh == "2x2x2" else 4  # B 8 over data x fsdp = 4 (2x2x2) or 2 (1x2x4)
+        for leaf in "ycnm":
+            assert m["slstm_cache"][leaf]["shard"] == [batch, heads, 8], (mesh, leaf)
+    assert r["mixed/2x2x2"]["library_logits_diff"] <= TOL
+    scan = r["slstm_scan/2x2x2"]  # the sLSTM-only fixture (tied) into a scan_blocks model
+    assert scan["scan_blocks"] and scan["diff"] == 0.0 and scan["sharding_mismatches"] == []
 
 
 def test_sharded_train_step(multi):

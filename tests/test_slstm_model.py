@@ -378,50 +378,6 @@ def test_convert_command_writes_our_layout_with_the_tokenizer(tmp_path, capsys):
     assert "no xlstm library config" in capsys.readouterr().err
 
 
-REMOTE_MIXED_SCRIPT = """
-import importlib.util, json, sys
-import numpy as np
-from transformers import AutoConfig
-
-assert importlib.util.find_spec("modeling_xlstm_flax") is None, "the package must not be installed here"
-folder, ids_path, out_path = sys.argv[1:]
-config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-try:  # transformers 4.x
-    from transformers import FlaxAutoModelForCausalLM
-    model = FlaxAutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
-except ImportError:  # transformers 5: no Flax auto classes
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-    model = get_class_from_dynamic_module(config.auto_map["FlaxAutoModelForCausalLM"], folder).from_pretrained(folder)
-np.save(out_path, np.asarray(model(np.load(ids_path)).logits))
-print("MODEL " + type(model).__module__)
-"""
-
-
-@pytest.mark.slow
-def test_hub_export_of_a_mixed_model_loads_without_the_package(tmp_path, mixed):
-    """The exported Hub folder of an mLSTM/sLSTM model runs through transformers' remote code in a venv without
-    this package, with the library's logits."""
-    import os
-    import subprocess
-
-    from modeling_xlstm_flax.hub import export_hub_folder
-    from test_hub import remote_code_venv
-
-    _, _, arrays = load("lm_mixed")
-    folder = export_hub_folder(mixed, tmp_path / "hub", repo_id="someone/mixed")
-    python = remote_code_venv(tmp_path)
-    np.save(tmp_path / "ids.npy", arrays["idx"])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), JAX_PLATFORMS="cpu",
-               PYTHONNOUSERSITE="1")
-    proc = subprocess.run([str(python), "-c", REMOTE_MIXED_SCRIPT, str(folder), str(tmp_path / "ids.npy"),
-                           str(tmp_path / "logits.npy")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    assert "MODEL transformers_modules." in proc.stdout
-    assert max_diff(np.load(tmp_path / "logits.npy"), arrays["logits"]) <= TOL
-
-
 def test_scanned_slstm_only_stack_matches_library_and_unrolled(tmp_path):
     """scan_blocks with a homogeneous sLSTM stack: library logits (sequence and cached steps), the unrolled params
     stacked, a save -> load round trip, and a fresh init with each block's depth-dependent forget bias."""
