@@ -39,7 +39,7 @@ import numpy as np
 from modeling_xlstm_flax import load_preset
 from modeling_xlstm_flax.checkpoint_writer import OutTensor, write_checkpoint
 from modeling_xlstm_flax.configuration_xlstm_flax import to_transformers_config
-from modeling_xlstm_flax.convert_common import model_plan
+from modeling_xlstm_flax.loading import model_plan
 from modeling_xlstm_flax import param_table
 
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ def tensor(name, shape):
             yield (rng.standard_normal((min(step, rows - start),) + tuple(shape[1:]), dtype=np.float32) * 0.02)
     pt = param_table.flax_to_pytorch_name(name)
     return OutTensor(tuple(pt.split(".")), param_table.flax_to_pytorch_shape(name, shape), np.dtype(np.float32), parts)
-tensors = [tensor(n, s) for n, s in model_plan(config).items()]
+tensors = [tensor(n, s) for n, s in model_plan(config, scanned=False).items()]
 total = sum(t.nbytes for t in tensors)
 write_checkpoint(out, tensors, metadata_format="pt", max_shard_size=total // 6 + (1 << 20))
 print(total)

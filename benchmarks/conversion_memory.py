@@ -41,14 +41,14 @@ from flax.traverse_util import unflatten_dict
 from modeling_xlstm_flax import load_preset
 from modeling_xlstm_flax.configuration_xlstm_flax import to_upstream_config
 from modeling_xlstm_flax.param_table import flax_to_upstream
-from modeling_xlstm_flax.convert_common import model_plan as flax_plan
+from modeling_xlstm_flax.loading import model_plan as flax_plan
 
 out, blocks = Path(sys.argv[1]), int(sys.argv[2])
 config = load_preset("tiny-mlstm-v1", embedding_dim=2048, num_heads=4, num_blocks=blocks, vocab_size=50304,
                      context_length=4096, cell_norm_type_v1="layernorm", chunk_size=128)
 rng = np.random.default_rng(0)
 params = unflatten_dict({tuple(k.split("/")): (rng.standard_normal(s, dtype=np.float32) * 0.02)
-                         for k, s in flax_plan(config).items()})
+                         for k, s in flax_plan(config, scanned=False).items()})
 upstream = flax_to_upstream(params, config)
 del params
 tree = {}

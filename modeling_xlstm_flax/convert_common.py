@@ -207,7 +207,8 @@ def load_flax_params(directory, config=None) -> dict:
 
     from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
-    _, params = FlaxXLSTMForCausalLM.from_pretrained(directory, dtype=jnp.float32, config=config, _do_init=False)
+    _, params = FlaxXLSTMForCausalLM.from_pretrained(directory, dtype=jnp.float32, param_dtype=jnp.float32,
+                                                     config=config, _do_init=False)
     return params
 
 

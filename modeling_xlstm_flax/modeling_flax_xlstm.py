@@ -157,8 +157,9 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
         * `dtype=None` (default) uses the config's `compute_dtype`;
         * the params keep each tensor's stored float dtype (a float16 or bfloat16 checkpoint stays so, as in
           transformers; float64 becomes float32 unless JAX runs 64-bit) unless `param_dtype` (float32, bfloat16,
-          float16, or float64 with `jax_enable_x64`) or else `dtype` asks for another: a stored value beyond its
-          range is then an error naming the tensor (never an inf); a library checkpoint is translated in float32;
+          float16, or float64 with `jax_enable_x64`) asks for another: a stored value beyond its range is then an
+          error naming the tensor (never an inf). `dtype` is the compute dtype only, as in transformers' Flax
+          models (bfloat16 compute keeps float32 params float32); a library checkpoint is translated in float32;
         * a backbone checkpoint (`FlaxXLSTMModel`) loads into `FlaxXLSTMForCausalLM` with the LM head initialised
           and a warning naming it, as transformers does; any other missing param is an error naming it unless
           `allow_missing_keys=True` (then initialised with a warning). With `_do_init=False` missing params are
@@ -200,7 +201,7 @@ class FlaxXLSTMPreTrainedModel(FlaxPreTrainedModel):
             model.generation_config = generation_config
         may_be_missing = "all" if allow_missing_keys or not do_init else "head"
         params, missing = load_checkpoint(directory, config, lm_head=model.has_lm_head,
-                                          dtype=param_dtype if param_dtype is not None else dtype,
+                                          dtype=param_dtype,
                                           check_finite=check_finite, may_be_missing=may_be_missing)
         model._missing_keys = {tuple(name.split("/")) for name in missing}
         if missing and not do_init:

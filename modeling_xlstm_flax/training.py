@@ -136,7 +136,8 @@ def build_model_and_tokenizer(args, train_texts):
         raise UsageError("the tokenizer has no eos token; documents are joined with it")
     if args.model:
         # our class reads our config and transformers' xLSTMConfig folders alike, under both transformers majors
-        model, params = xf.FlaxXLSTMForCausalLM.from_pretrained(args.model, dtype=dtype, _do_init=False)
+        model, params = xf.FlaxXLSTMForCausalLM.from_pretrained(args.model, dtype=dtype, param_dtype=jnp.float32,
+                                                                _do_init=False)
         if len(tokenizer) > model.config.vocab_size:
             raise UsageError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
                              f"{model.config.vocab_size}")

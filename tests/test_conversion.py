@@ -413,7 +413,8 @@ def test_xlstm_7b_shapes_match_the_converter_plan_in_both_layouts():
 
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM, load_preset
     from modeling_xlstm_flax import param_table
-    from modeling_xlstm_flax.convert_common import Source, SourceTensor, model_plan, output_tensors
+    from modeling_xlstm_flax.convert_common import output_tensors
+    from modeling_xlstm_flax.loading import Source, SourceTensor, model_plan
 
     config = load_preset("xlstm-7b")
     assert (config.vocab_size, config.embedding_dim, config.num_blocks, config.num_heads) == (50304, 4096, 32, 8)

@@ -2,8 +2,9 @@
 
 Classes: the plan every user checks against is one computation (from_pretrained's checks, the models' shape trees,
 the sharded loader, the converters), equal to an independent trace of `init_weights`, for a mixed mLSTM/sLSTM
-config and the 7B preset; a float16 / bfloat16 checkpoint keeps its dtype unless `param_dtype` / `dtype` asks
-otherwise (transformers' behaviour), through `from_pretrained` and the sharded loader alike; `_do_init=False` with
+config and the 7B preset; a float16 / bfloat16 checkpoint keeps its dtype unless `param_dtype` asks otherwise
+(`dtype` is the compute dtype only, as in transformers' Flax models), through `from_pretrained` and the sharded
+loader alike; `_do_init=False` with
 params missing from the checkpoint (a warning naming them, `model._missing_keys`, `init_weights` completes them)
 while `_do_init=True` refuses them; a checkpoint folder of NX-AI's `xlstm` library gives our config through
 `XLSTMFlaxConfig.from_pretrained`, and transformers' AutoConfig's reading of a Distil-xLSTM config.json is
@@ -93,10 +94,16 @@ def test_half_precision_checkpoint_keeps_its_dtype_unless_asked(tmp_path, half):
     assert dtypes(params) == {np.dtype(half)}
     assert dtypes(sharding.load_sharded_params(tmp_path, loaded, sharding.make_mesh())) == {np.dtype(half)}
     widened = jax.tree_util.tree_map(lambda p: np.asarray(p).astype(np.float32), stored)
-    for kwargs in ({"param_dtype": jnp.float32}, {"dtype": jnp.float32}, {"param_dtype": "float32", "dtype": half}):
+    for kwargs in ({"param_dtype": jnp.float32}, {"param_dtype": "float32", "dtype": half}):
         again = FlaxXLSTMForCausalLM.from_pretrained(tmp_path, **kwargs)
         assert dtypes(again.params) == {np.dtype("float32")}, kwargs
         assert_params_identical(again.params, widened)
+    # `dtype` is the compute dtype only (transformers' Flax models): the params keep the stored dtype
+    computed = FlaxXLSTMForCausalLM.from_pretrained(tmp_path, dtype=jnp.float32)
+    assert computed.dtype == jnp.float32 and dtypes(computed.params) == {np.dtype(half)}
+    model.save_pretrained(tmp_path / "f32")  # and a float32 checkpoint with half compute stays float32
+    mixed = FlaxXLSTMForCausalLM.from_pretrained(tmp_path / "f32", dtype=half)
+    assert mixed.dtype == jnp.dtype(half) and dtypes(mixed.params) == {np.dtype("float32")}
     other = "bfloat16" if half == "float16" else "float16"
     assert dtypes(FlaxXLSTMForCausalLM.from_pretrained(tmp_path, param_dtype=other).params) == {np.dtype(other)}
 
