@@ -59,7 +59,7 @@ def test_adamw_gradients_finite_and_same_as_default_flags(tmp_path):
     for key, grad in ours.items():
         assert np.all(np.isfinite(grad)), key
     env = {**os.environ, "XLA_FLAGS": "", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "USE_TORCH": "0", "USE_TF": "0"}
     target = tmp_path / "default_flags.npz"
     subprocess.run([sys.executable, __file__, str(target)], env=env, check=True, timeout=600)
     default = np.load(target)

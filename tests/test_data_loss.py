@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_params_identical, tiny_config
+from conftest import NO_TORCH, REPO, assert_params_identical, tiny_config
 
 BUNDLED = REPO / "modeling_xlstm_flax" / "bundled_model"
 CONVERTERS = ("convert_orbax_to_hf", "convert_pytorch_to_flax", "convert_flax_to_pytorch")
@@ -351,7 +351,7 @@ def _export_with_signal(tmp_path: Path, pause: str, sig: int):
     """export-hub --overwrite over an existing export, in a subprocess paused at `pause` (safe_output's test hook),
     where it receives `sig`. Returns (exit status, stderr, the output's files before, after)."""
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", **NO_TORCH)
     cmd = [sys.executable, "-m", "modeling_xlstm_flax.hub", "--model", str(BUNDLED), "--output", str(out)]
     if not out.exists():
         from modeling_xlstm_flax import hub
@@ -465,7 +465,7 @@ def _train_subprocess(argv) -> subprocess.CompletedProcess:
     """The command in a subprocess compiled at XLA:CPU optimisation level 1, as tests/training_runs.py does (at the
     suite's level 0 the compiled train step's gradients turn NaN, the issue's part 3)."""
     flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", **NO_TORCH,
                XLA_FLAGS=flags + " --xla_backend_optimization_level=1")
     return subprocess.run([sys.executable, "-m", "modeling_xlstm_flax.training", "--no-progress"]
                           + [str(a) for a in argv], env=env, capture_output=True, text=True, timeout=900)
