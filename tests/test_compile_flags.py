@@ -19,6 +19,10 @@ import pytest
 CASES = [("mlstm_v1", "parallel_stabilized"), ("mlstm_v1", "chunkwise"), ("mlstm_v1", "recurrent"),
          ("mlstm", "chunkwise")]
 STEPS = 3  # the NaN of LLVM -O0 under jaxlib 0.10 showed from the second step on
+# One block (the presets have two): the -O0 NaN shows with one block as well (jaxlib 0.10.2, XLA_FLAGS=
+# --xla_backend_optimization_level=0: non-finite gradient entries at steps 1 and 2 of both parallel_stabilized and
+# chunkwise), at about 2/3 of the compile time
+NUM_BLOCKS = 1
 
 
 def adamw_gradients() -> dict:
@@ -33,7 +37,8 @@ def adamw_gradients() -> dict:
     out = {}
     for layer_type, form in CASES:
         preset = "tiny-mlstm-v1" if layer_type == "mlstm_v1" else "tiny-mlstm"
-        model = FlaxXLSTMForCausalLM(load_preset(preset, sequence_kernel=form, chunk_size=8), seed=0)
+        model = FlaxXLSTMForCausalLM(load_preset(preset, sequence_kernel=form, chunk_size=8, num_blocks=NUM_BLOCKS),
+                                     seed=0)
 
         def loss_fn(params):
             logits = model(ids[:, :-1], params=params).logits
@@ -51,7 +56,7 @@ def adamw_gradients() -> dict:
     return out
 
 
-@pytest.mark.slow  # ~75 s of CPU: two processes compile four gradients
+@pytest.mark.slow  # ~52 s of CPU: two processes compile four gradients
 def test_adamw_gradients_finite_and_same_as_default_flags(tmp_path):
     """Finite under the suite's flags, and equal (1e-4 abs; gradients up to ~0.5, observed ~1e-5) to a subprocess
     with XLA_FLAGS empty and its own compilation cache."""
@@ -59,7 +64,7 @@ def test_adamw_gradients_finite_and_same_as_default_flags(tmp_path):
     for key, grad in ours.items():
         assert np.all(np.isfinite(grad)), key
     env = {**os.environ, "XLA_FLAGS": "", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "USE_TORCH": "0", "USE_TF": "0"}
     target = tmp_path / "default_flags.npz"
     subprocess.run([sys.executable, __file__, str(target)], env=env, check=True, timeout=600)
     default = np.load(target)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from transformers import GenerationConfig
 
-from conftest import FAST_XLA_FLAGS, tiny_config
+from conftest import FAST_XLA_FLAGS, NO_TORCH, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM, FlaxXLSTMModel
 from modeling_xlstm_flax.logits_processors import (
     HANDLED_FIELDS, NO_EFFECT_FIELDS, REFUSED_FIELDS, check_generation_config, logits_processor, logits_warper,
@@ -268,7 +268,7 @@ def test_sharded_generate_pins_the_cache(tmp_path):
     prefill's fresh cache, and the cache each step starts from: the prefill's, then each step's) has the pinned
     sharding (`sharding.cache_shardings`), greedy and beam search; the tokens are the single-device ones. Without
     the loop applying the constraint the prefill's cache is replicated (checked when this test was written)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **NO_TORCH,
                XLA_FLAGS=" ".join(["--xla_force_host_platform_device_count=8", *FAST_XLA_FLAGS]))
     out = tmp_path / "cache.json"
     proc = subprocess.run([sys.executable, str(HERE / "sharded_generate_cache.py"), str(out)], env=env,

@@ -18,7 +18,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 from jax.sharding import PartitionSpec as P
 
-from conftest import FAST_XLA_FLAGS, tiny_config
+from conftest import FAST_XLA_FLAGS, NO_TORCH, tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
 from modeling_xlstm_flax import sharding as sh
 
@@ -217,6 +217,7 @@ def multi(tmp_path_factory):
     env["XLA_FLAGS"] = " ".join(["--xla_force_host_platform_device_count=8", *FAST_XLA_FLAGS,
                                  "--xla_llvm_disable_expensive_passes=true"])
     env["JAX_PLATFORMS"] = "cpu"
+    env.update(NO_TORCH)
     hosts_dir = tmp / "multihost"
     hosts = subprocess.Popen([sys.executable, str(HERE / "sharding_multihost.py"), str(hosts_dir), str(free_port())],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
