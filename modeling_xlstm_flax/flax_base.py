@@ -3,7 +3,8 @@ transformers' `FlaxPreTrainedModel` and Flax outputs; under 4.x ours are used to
 
 The base class has the part of transformers 4.x's `FlaxPreTrainedModel` API the port uses: construction (random
 init or a shape-only model with `_do_init=False`), `params` / `params_shape_tree` / `required_params`,
-`generation_config`, `can_generate`, `to_bf16` / `to_fp16` / `to_fp32`, and the Hub upload helpers (transformers'
+`generation_config`, `can_generate`, `to_bf16` / `to_fp16` / `to_fp32`, `register_for_auto_class` (which
+transformers 4.x's auto classes call on a remote-code model), and the Hub upload helpers (transformers'
 `PushToHubMixin`, in both majors). Its name is transformers' (`FlaxPreTrainedModel`), which is how transformers'
 pipelines tell a Flax model (`infer_framework`). Loading and saving are the port's own (`checkpoint_io`,
 `checkpoint_writer`).
@@ -137,6 +138,7 @@ class FlaxPreTrainedModel(PushToHubMixin):
     base_model_prefix = ""
     main_input_name = "input_ids"
     framework = "flax"
+    _auto_class = None
 
     def __init__(self, config, module, input_shape=(1, 1), seed: int = 0, dtype: Any = jnp.float32,
                  _do_init: bool = True):

@@ -58,7 +58,7 @@ import copy
 import inspect
 import json
 import weakref
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax
 import jax

@@ -32,7 +32,7 @@ from . import mlstm_kernels
 from .cache import MLSTMCache, from_scan_layout, to_scan_layout
 from .configuration_xlstm_flax import XLSTMFlaxConfig
 from .flax_base import FlaxBaseModelOutput, FlaxCausalLMOutput
-from .layer_parts import (  # noqa: F401  (the shared building blocks, re-read here by the layers below)
+from .layer_parts import (
     CausalConv1d, HeadwiseLinear, XLSTMNorm, check_borders_allowed, gate_bias_init, mask_gate_preacts, output_init,
     small_init,
 )

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from modeling_xlstm_flax.cache import MLSTMCache
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM, XLSTMFlaxConfig, load_preset
 from modeling_xlstm_flax.configuration_xlstm_flax import from_transformers_config, parse_field_overrides
 
@@ -141,14 +142,15 @@ def _cache(config_overrides=None, batch=1):
 @pytest.mark.parametrize(
     "make_cache,message",
     [
-        (lambda: _cache(batch=2), r"past_key_values\[0\]\['c'\] has shape \(2, 2, 16, 32\) \(float32\), expected "
+        (lambda: _cache(batch=2), r"past_key_values\[0\]\.c has shape \(2, 2, 16, 32\) \(float32\), expected "
                                   r"\(1, 2, 16, 32\) \(float32\)"),
-        (lambda: _cache(dict(num_heads=4)), r"past_key_values\[0\]\['c'\] has shape \(1, 4, 8, 16\)"),
-        (lambda: _cache(dict(num_blocks=3)), r"must be a list of 2 per-block states .*got a list of 3"),
+        (lambda: _cache(dict(num_heads=4)), r"past_key_values\[0\]\.c has shape \(1, 4, 8, 16\)"),
+        (lambda: _cache(dict(num_blocks=3)), r"must be a list of 2 per-block caches .*got a list of 3"),
         (lambda: jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), _cache()), r"\(bfloat16\), expected"),
         (lambda: {"foo": 1}, r"past_key_values must be a list of 2 .*got a dict with keys \['foo'\]"),
-        (lambda: [1, 2], r"past_key_values\[0\] must be a dict with keys \['c', 'm', 'n'\], got int"),
-        (lambda: [dict(c="x", n=0, m=0), {}], r"past_key_values\[0\]\['c'\] must be an array of shape"),
+        (lambda: [1, 2], r"past_key_values\[0\] must be an MLSTMCache with fields \['c', 'n', 'm'\] .*got int"),
+        (lambda: [dict(c=0, n=0, m=0), {}], r"past_key_values\[0\] must be an MLSTMCache .*got a dict with keys"),
+        (lambda: [MLSTMCache(c="x", n=0, m=0), {}], r"past_key_values\[0\]\.c must be an array of shape"),
         (lambda: jax.tree_util.tree_map(lambda x: x * np.nan, _cache()), "past_key_values holds NaN"),
     ],
 )

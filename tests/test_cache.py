@@ -128,6 +128,12 @@ def test_models_are_not_transformers_flax_classes():
         assert issubclass(cls, FlaxPreTrainedModel)
         if TransformersFlaxModel is not None:
             assert not issubclass(cls, TransformersFlaxModel)
+    # what transformers 4.x's auto classes call on a remote-code model class before its from_pretrained
+    class Remote(FlaxXLSTMForCausalLM):
+        pass
+
+    Remote.register_for_auto_class(type("FlaxAutoModelForCausalLM", (), {}))
+    assert Remote._auto_class == "FlaxAutoModelForCausalLM" and FlaxXLSTMForCausalLM._auto_class is None
     import modeling_xlstm_flax
 
     assert not hasattr(modeling_xlstm_flax, "hf_compat")
