@@ -119,7 +119,7 @@ def block_cache(config, index: int, batch_size: int, dtype=jnp.float32) -> Block
 
 def init_cache(config, batch_size: int, dtype=jnp.float32) -> Cache:
     """The recurrent state of every block at the start of a sequence, in the one layout (module docstring)."""
-    from .input_checks import check_batch_size
+    from .checks import check_batch_size
 
     check_batch_size(batch_size)
     if config.scan_blocks:  # a homogeneous stack (the config refuses a scanned mixed one): block 0's kind, stacked

@@ -42,7 +42,7 @@ from . import bundled_model_path  # noqa: E402  (the package's own; standard lib
 from .safe_output import TOKENIZER_FILES  # noqa: E402  (the one list; standard library only)
 
 # Starts of transformers log messages that never concern a user of these commands (the `trust_remote_code` note is
-# the model's own filter, `input_checks`, active wherever the model loads).
+# the model's own filter, `checks`, active wherever the model loads).
 TRANSFORMERS_NOISE = (
     "TensorFlow and JAX classes are deprecated",
     "Device set to use",

@@ -23,7 +23,7 @@ from .config_translation import (  # noqa: F401  (to_* re-exported: one import f
     round_to_multiple, slstm_block_config as _slstm_block_config, slstm_block_indices as _slstm_block_indices,
     to_transformers_config, to_upstream_config, transformers_config_fields, upstream_config_fields,
 )
-from .config_checks import (  # noqa: F401  (the field choices, re-exported)
+from .checks import (  # noqa: F401  (the field choices, re-exported)
     ACT_FNS, ALIASES, DTYPES, FF_TYPES, GATE_INPUTS, INIT_DISTRIBUTIONS, LAYER_TYPES, NORM_TYPES, OUTPUT_INIT_FNS,
     SEQUENCE_KERNELS, STEP_KERNELS, TOKEN_ID_FIELDS, TRANSFORMERS_BOOL_FIELDS, canonical_fields, check_torch_dtype,
     read_config_json, validate_config,
@@ -112,7 +112,7 @@ FIELD_DOCS = {
 
 def _resolve_aliases(init):
     """Wraps `XLSTMFlaxConfig.__init__`: alias names given (`hidden_size`, `tie_weights`, ...) become their fields,
-    and an alias given beside its field with another value is a ValueError naming both (`config_checks`)."""
+    and an alias given beside its field with another value is a ValueError naming both (`checks`)."""
     signature = inspect.signature(init)
 
     @functools.wraps(init)
@@ -419,7 +419,7 @@ class XLSTMFlaxConfig(PretrainedConfig):
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise `ValueError` naming the first invalid field, its value and what is allowed (`config_checks`)."""
+        """Raise `ValueError` naming the first invalid field, its value and what is allowed (`checks`)."""
         validate_config(self)
 
     def to_dict(self) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from .checkpoint_io import CheckpointFileError, is_float_dtype  # noqa: F401  (r
 from .loading import Source, SourceTensor, compare_to_plan, model_plan  # noqa: F401  (re-exported for the commands)
 from .checkpoint_writer import OutTensor, parse_size, write_checkpoint  # noqa: F401
 from .cli import add_set_option, run_command
-from .config_checks import refuse_duplicate_keys
+from .checks import refuse_duplicate_keys
 from .safe_output import MODEL_FILES, TOKENIZER_FILES, atomic_output_dir, check_output_path
 
 DTYPES = checkpoint_io.LazyTable(lambda: {"float32": np.dtype(np.float32), "bfloat16": checkpoint_io.bfloat16()})

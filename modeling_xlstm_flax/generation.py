@@ -67,7 +67,7 @@ import numpy as np
 from jax import lax
 
 from .flax_base import is_traced, jitted, model_key
-from .input_checks import check_generate_inputs
+from .checks import check_generate_inputs
 from .logits_processors import (  # noqa: F401  (the settings and processors are part of this module's API)
     HANDLED_FIELDS, NO_EFFECT_FIELDS, REFUSED_FIELDS, UNSET_DEFAULTS, LoopSettings, check_generation_config,
     logits_processor, logits_warper, with_unset_defaults,

@@ -31,7 +31,7 @@ from .safe_output import MODEL_FILES, atomic_output_dir, check_output_path
 from .configuration_xlstm_flax import XLSTMFlaxConfig, from_transformers_config
 from .cache import check_cache, init_cache
 from .flax_base import FlaxCausalLMOutput, FlaxPreTrainedModel, forget_compiled, is_traced, jitted, model_key
-from .input_checks import check_dropout_rng, check_inputs, check_not_donated
+from .checks import check_dropout_rng, check_inputs, check_not_donated
 from .library_params import read_library_config
 from .loading import check_model_params, check_params_to_save, check_weight_files, load_checkpoint, param_plan, plan_tree
 from .slstm import powerlaw_bias_init

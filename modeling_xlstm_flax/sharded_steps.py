@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .flax_base import jitted, model_key
 from .generation import cache_constraint
-from .input_checks import check_input_ids, check_inputs, check_left_padding, check_not_donated
+from .checks import check_input_ids, check_inputs, check_left_padding, check_not_donated
 from .sharding import (
     BATCH_AXES, DEFAULT_FSDP_MIN_WEIGHT_SIZE, TENSOR, activation_sharding, batch_sharding, cache_shardings,
     constrain_cache, fit_spec, param_shardings,

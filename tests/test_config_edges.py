@@ -12,7 +12,7 @@ import pytest
 from transformers import xLSTMConfig
 
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM, XLSTMFlaxConfig, load_preset
-from modeling_xlstm_flax.config_checks import ALIASES, TOKEN_ID_FIELDS, TRANSFORMERS_BOOL_FIELDS
+from modeling_xlstm_flax.checks import ALIASES, TOKEN_ID_FIELDS, TRANSFORMERS_BOOL_FIELDS
 from modeling_xlstm_flax.configuration_xlstm_flax import (
     RUNTIME_FIELDS, _own_fields, from_transformers_config, known_field_names,
 )

@@ -110,7 +110,7 @@ def test_export_ships_exactly_the_import_closure(exported, tokenizer, tmp_path):
     shipped = {n[:-3] for n in names if n.endswith(".py")}
     assert shipped == closure(ROOT_MODULES) == {n[:-3] for n in code_files()}
     assert not shipped & set(COMMAND_MODULES) and "cli" not in shipped
-    assert {"mlstm_kernels", "xlstm_layers", "input_checks", "generation", "checkpoint_io", "loading"} <= shipped
+    assert {"mlstm_kernels", "xlstm_layers", "checks", "generation", "checkpoint_io", "loading"} <= shipped
     # the tokenizer's own files: transformers 4 also writes special_tokens_map.json, transformers 5 does not
     tokenizer_files = {Path(f).name for f in tokenizer.save_pretrained(tmp_path / "tok") if Path(f).is_file()}
     assert {"tokenizer.json", "tokenizer_config.json"} <= tokenizer_files
