@@ -274,17 +274,17 @@ def _generate(argv=None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- xlstm-flax
-# subcommand -> (module, its `main(argv)`, one-line summary); "convert" has its own subcommands
+# subcommand -> (module, its `main(argv)`, one-line summary); `convert_common.convert_command` chooses a conversion
 COMMANDS = {
     "generate": ("cli", "generate_main", "generate text with the bundled model or any saved model"),
     "train": ("training", "main", "train a model from scratch or fine-tune one (the 'train' extra)"),
-    "convert": (None, None, "convert checkpoints: " + ", ".join(
-        ("from-orbax", "from-pytorch", "to-pytorch", "from-library"))),
+    "convert": ("convert_common", "convert_command",
+                "convert checkpoints: from-orbax, from-pytorch, to-pytorch, from-library"),
     "export-hub": ("hub", "main", "write a self-contained Hugging Face Hub folder (and push it)"),
 }
 
 
-def _chooser(prog: str, choices: dict, description: str, top: bool) -> argparse.ArgumentParser:
+def command_chooser(prog: str, choices: dict, description: str, top: bool) -> argparse.ArgumentParser:
     listing = "\n".join(f"  {name:<14}{entry[-1]}" for name, entry in choices.items())
     parser = argparse.ArgumentParser(prog=prog, description=description, usage=f"{prog} [-h] "
                                      + ("[--version] [--debug] " if top else "") + "COMMAND ...",
@@ -299,7 +299,7 @@ def _chooser(prog: str, choices: dict, description: str, top: bool) -> argparse.
     return parser
 
 
-def _split(argv: list) -> tuple[list, list]:
+def split_command(argv: list) -> tuple[list, list]:
     """(this level's options and the command name, the rest)."""
     for i, arg in enumerate(argv):
         if not arg.startswith("-"):
@@ -311,20 +311,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """`xlstm-flax [--version] [--debug] COMMAND [SUBCOMMAND] ARGS...`: exit status 0 done, 1 failure, 2 usage (3: a
     conversion's --verify failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = _chooser(PROG, COMMANDS, "xLSTM language models in Flax/JAX, with transformers' model API.", top=True)
-    head, rest = _split(argv)
+    top = command_chooser(PROG, COMMANDS, "xLSTM language models in Flax/JAX, with transformers' model API.",
+                          top=True)
+    head, rest = split_command(argv)
     args = top.parse_args(head)
     if args.debug:
         os.environ[DEBUG_ENV] = "1"
     module, function, _ = COMMANDS[args.command]
-    if module is None:  # convert: the conversions' table lives with their one skeleton
-        from .convert_common import CONVERSIONS, main as run_conversion
-
-        sub = _chooser(f"{PROG} convert", {n: (c.summary,) for n, c in CONVERSIONS.items()},
-                       "Convert checkpoints; every conversion writes into a temporary folder beside OUTPUT and "
-                       "renames it when complete.", top=False)
-        head, rest = _split(rest)
-        return run_conversion(sub.parse_args(head).command, rest)
     return getattr(importlib.import_module(f".{module}", __package__), function)(rest)
 
 

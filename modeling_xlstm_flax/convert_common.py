@@ -1,18 +1,13 @@
-"""The conversions on one skeleton: `CONVERSIONS` (`xlstm-flax convert NAME`: help texts, the convert function
-whose keywords are its options), `build_parser(name)`, `main(name, argv)` (the commands' one runner), and the
-functions `convert_pytorch_to_flax`, `convert_flax_to_pytorch`, `convert_library_to_flax` (`convert_orbax_to_hf`
-reads orbax).
+"""The conversions on one skeleton: `CONVERSIONS` (`xlstm-flax convert NAME`; its options are its function's
+keywords), `build_parser(name)`, `main(name, argv)` (the commands' one runner) and the functions
+`convert_pytorch_to_flax`, `convert_flax_to_pytorch`, `convert_library_to_flax` (orbax: `convert_orbax_to_hf`).
 
-Every input is opened as a `loading.Source` (tensors under our unrolled names, read one at a time, checked
-against the config's plan before any data is read); `output_tensors` lays it out as
-* "flax": our names, `.`-joined in safetensors (what `save_pretrained` writes), stacked (NB, ...) under
-  `backbone/blocks/scanned/block/` when the config has `scan_blocks`;
-* "pytorch": transformers' `xLSTMForCausalLM` state-dict names and shapes (`param_table`),
-and `checkpoint_writer.write_checkpoint` writes it tensor by tensor into a temporary directory beside the target
-(`atomic_output_dir`), optionally verified (same random tokens through source and output, max |logits diff|), then
-renamed into place: a failed or interrupted conversion leaves no output and the old output stays until the new one
-is complete.
-
+Every input is a `loading.Source` (tensors under our unrolled names, read one at a time, checked against the
+config's plan before any data is read); `output_tensors` lays it out as "flax" (our names, `.`-joined; stacked
+(NB, ...) under `backbone/blocks/scanned/block/` with `scan_blocks`) or "pytorch" (transformers' `xLSTMForCausalLM`
+names and shapes, `param_table`); `write_weights` streams it into a temporary folder beside the target
+(`safe_output.atomic_output_dir`), optionally verified (the same random ids through input and output), then renamed
+into place: a failed or interrupted conversion leaves no output, and the old one stays until the new one is complete.
 Peak memory beyond the imports: ~1.3x the largest tensor for safetensors inputs (copied in 64 MB pieces), ~2x the
 largest orbax leaf (decoded whole), plus the largest file for msgpack (`benchmarks/conversion_memory.py`).
 """
@@ -114,11 +109,6 @@ def output_tensors(source: Source, config, layout: str, dtype: str = "keep") -> 
 
 
 # ---------------------------------------------------------------------------------------------- output directory
-def check_converter_output(output_dir, inputs) -> None:
-    """Before any work: `output_dir` not empty, not overlapping an input (`safe_output.check_output_path`)."""
-    check_output_path(output_dir, inputs, "output")
-
-
 def converter_output_dir(output_dir, overwrite: bool, inputs, prog: str):
     """`safe_output.atomic_output_dir` for a converter: it owns the model and tokenizer files; --overwrite refuses
     a folder holding anything else (and an output overlapping `inputs`)."""
@@ -299,7 +289,7 @@ def convert_pytorch_to_flax(input_dir, output_dir, *, dtype: str = "keep", max_s
                             verify_length: int = 16, seed: int = 0, overwrite: bool = False,
                             progress: bool = True) -> Path:
     """Convert; returns the output directory. Raises ConversionError / VerificationError."""
-    check_converter_output(output_dir, (input_dir, tokenizer))
+    check_output_path(output_dir, (input_dir, tokenizer), "output")
     from .configuration_xlstm_flax import from_transformers_config
 
     pt_config = read_json_config(input_dir)
@@ -329,7 +319,7 @@ def convert_flax_to_pytorch(input_dir, output_dir, *, dtype: str = "keep", max_s
                             tolerance: float = 1e-4, verify_length: int = 16, seed: int = 0, overwrite: bool = False,
                             progress: bool = True):
     """Convert; returns the output directory. Raises ConversionError / VerificationError."""
-    check_converter_output(output_dir, (input_dir, tokenizer))
+    check_output_path(output_dir, (input_dir, tokenizer), "output")
     from transformers import GenerationConfig
 
     from .configuration_xlstm_flax import XLSTMFlaxConfig, to_transformers_config
@@ -385,7 +375,7 @@ def convert_library_to_flax(input_dir, output_dir, *, dtype: str = "float32", to
     from .library_checkpoint import read_library_config
     from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
-    check_converter_output(output_dir, (input_dir, tokenizer))  # empty, or overlapping an input: refused before any work
+    check_output_path(output_dir, (input_dir, tokenizer), "output")  # empty or overlapping an input: refused first
     source, target = Path(input_dir).absolute(), Path(output_dir).absolute()
     if not source.is_dir():
         raise ConversionError(f"{input_dir}: no such directory")
@@ -556,6 +546,17 @@ def convert_kwargs(args: argparse.Namespace, name: str) -> dict:
     if "overrides" in keywords:
         kwargs["overrides"] = parse_overrides(args.set)
     return kwargs
+
+
+def convert_command(argv: Optional[list[str]] = None) -> int:
+    """`xlstm-flax convert NAME ARGS`: the conversion chosen by NAME, run by `main(NAME, ARGS)`."""
+    from .cli import command_chooser, split_command
+
+    head, rest = split_command(list(argv or []))
+    chooser = command_chooser("xlstm-flax convert", {n: (c.summary,) for n, c in CONVERSIONS.items()},
+                              "Convert checkpoints; every conversion writes into a temporary folder beside OUTPUT "
+                              "and renames it when complete.", top=False)
+    return main(chooser.parse_args(head).command, rest)
 
 
 def main(name: str, argv: Optional[list[str]] = None) -> int:

@@ -31,7 +31,6 @@ from .convert_common import (
     ConversionError,
     Source,
     SourceTensor,
-    check_converter_output,
     converter_output_dir,
     check_logits,
     compare_to_plan,
@@ -47,6 +46,7 @@ from .convert_common import (
     write_weights,
 )
 from .param_table import UPSTREAM_SCANNED_BLOCKS, upstream_array_to_flax, upstream_key_to_flax, upstream_to_flax
+from .safe_output import check_output_path
 
 _STEP_RE = re.compile(r"^checkpoint_(\d+)$")
 
@@ -209,7 +209,7 @@ def convert_orbax(input_path, output_dir, *, step: Optional[int] = None, dtype: 
                   overrides: Optional[dict] = None, verify: bool = False, tolerance: float = 1e-4,
                   verify_length: int = 16, seed: int = 0, overwrite: bool = False, progress: bool = True) -> Path:
     """Convert; returns the output directory. Raises ConversionError / VerificationError (see module doc)."""
-    check_converter_output(output_dir, (input_path, tokenizer))
+    check_output_path(output_dir, (input_path, tokenizer), "output")  # before any work
     from .configuration_xlstm_flax import from_upstream_config
 
     checkpoint = find_checkpoint(input_path, step)

@@ -16,7 +16,7 @@ training_log.json (history, validation perplexity, arguments), loss_curve.png (t
 together at the end: `safe_output.atomic_output_dir`), run/ (the run's arguments, config and tokenizer, written at
 its start) and checkpoints/step_N/{params,opt_state,state} by orbax-checkpoint's `CheckpointManager` (atomic: a
 temporary folder renamed when complete; the newest `--keep-checkpoints` kept). A non-empty output dir needs
-`--resume` or `--overwrite` (`training_resume`). `--resume` restores the newest readable checkpoint onto the current
+`--resume` or `--overwrite` (`training_io`). `--resume` restores the newest readable checkpoint onto the current
 mesh (any mesh) with the run's saved options. The JSON state holds step, seed (data order and dropout rng are
 functions of seed and step), history and arguments.
 """
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as data_lib
 from .cli import UsageError, add_set_option
 from .safe_output import TOKENIZER_FILES, atomic_output_dir
-from .training_resume import (
+from . import training_io
+from .training_io import (
     FINAL_FILES, RUN_DIR, NonFiniteLossError, _last_checkpoint, _one_line, check_output_dir, check_same_architecture,
     checkpoint_manager, import_orbax, merge_resumed_args, restore_newest_readable, save_checkpoint, save_run_files,
 )
@@ -131,7 +131,7 @@ def build_model_and_tokenizer(args, train_texts):
             option = "--tokenizer" if args.tokenizer else "--model"
             raise UsageError(f"{option} {tokenizer_source}: cannot load its tokenizer ({_one_line(exc)})") from None
     if tokenizer is None:
-        tokenizer = data_lib.train_bpe_tokenizer(train_texts, args.tokenizer_vocab_size)
+        tokenizer = training_io.train_bpe_tokenizer(train_texts, args.tokenizer_vocab_size)
     if tokenizer.eos_token_id is None:
         raise UsageError("the tokenizer has no eos token; documents are joined with it")
     if args.model:
@@ -194,7 +194,7 @@ def _train_loop(args, model, mesh, optimizer, schedule, forward, params, opt_sta
                disable=args.no_progress)
     t0 = time.perf_counter()
     for step in bar:
-        batch = data_lib.random_windows(train_stream, args.seq_len - 1, args.batch_size, step, seed)
+        batch = training_io.random_windows(train_stream, args.seq_len - 1, args.batch_size, step, seed)
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), step)
         params, opt_state, loss, grad_norm = train_step(params, opt_state, batch, dropout_rng=rng)
         loss, grad_norm = float(loss), float(grad_norm)
@@ -227,17 +227,17 @@ def train(args) -> dict:
     from .sharding import init_sharded_params, make_mesh, shard_params
 
     out = Path(args.output_dir)
-    documents = data_lib.load_documents(args.corpus, args.text_file)
-    train_docs, val_docs = data_lib.split_documents(documents, args.val_fraction)
+    documents = training_io.load_documents(args.corpus, args.text_file)
+    train_docs, val_docs = training_io.split_documents(documents, args.val_fraction)
     model, params, tokenizer = build_model_and_tokenizer(args, train_docs["text"])
     config = model.config
     if args.resume:
         check_same_architecture(out, config)
     # windows of seq_len tokens; validation windows overlap by one token, so every token but the first is a target
-    train_stream = data_lib.token_stream(train_docs, tokenizer)
-    val_stream = data_lib.token_stream(val_docs, tokenizer)
-    data_lib.check_window_length(args.seq_len, len(train_stream), len(val_stream), "--seq-len")
-    val_windows = data_lib.eval_windows(val_stream, args.seq_len - 1)
+    train_stream = training_io.token_stream(train_docs, tokenizer)
+    val_stream = training_io.token_stream(val_docs, tokenizer)
+    training_io.check_window_length(args.seq_len, len(train_stream), len(val_stream), "--seq-len")
+    val_windows = training_io.eval_windows(val_stream, args.seq_len - 1)
     out.mkdir(parents=True, exist_ok=True)
     if not args.resume:  # a new run (--overwrite: the previous run's checkpoints go; its model stays until the end)
         for name in ("checkpoints", "corrupt_checkpoints"):
@@ -390,7 +390,7 @@ def check_args(args) -> None:
         raise UsageError(f"--grad-clip must be a positive finite number, got {args.grad_clip}")
     if not (math.isfinite(args.val_fraction) and 0 < args.val_fraction < 1):
         raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    data_lib.check_text_files(args.text_file or [], "--text-file")
+    training_io.check_text_files(args.text_file or [], "--text-file")
     if args.resume:
         with checkpoint_manager(Path(args.output_dir) / "checkpoints") as manager:
             if manager.latest_step() is None:

@@ -12,7 +12,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from conftest import assert_params_identical, causal_lm_loader
-from modeling_xlstm_flax import data as data_lib
+from modeling_xlstm_flax import training_io as data_lib
 from modeling_xlstm_flax import bundled_model_path
 from modeling_xlstm_flax.sharded_steps import sharded_forward
 from modeling_xlstm_flax.sharding import make_mesh

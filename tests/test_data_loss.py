@@ -405,7 +405,7 @@ def _train(argv) -> int:
 
 @pytest.fixture
 def corpus(tmp_path) -> Path:
-    from modeling_xlstm_flax.data import pydoc_topics
+    from modeling_xlstm_flax.training_io import pydoc_topics
 
     path = tmp_path / "corpus.txt"
     path.write_text("\n\n".join(pydoc_topics()[:30]))

@@ -155,7 +155,7 @@ def test_non_finite_loss_stops_the_run_and_saves_nothing_non_finite(runs):
 def test_non_finite_params_are_never_saved(tmp_path):
     """A step with finite loss and gradients can still overflow the params (a huge --lr): save_checkpoint refuses
     them, naming the last good checkpoint, and writes nothing."""
-    from modeling_xlstm_flax.training_resume import NonFiniteLossError, checkpoint_manager, save_checkpoint
+    from modeling_xlstm_flax.training_io import NonFiniteLossError, checkpoint_manager, save_checkpoint
 
     good, bad = {"w": np.ones(3, np.float32)}, {"w": np.array([1, np.inf, 1], np.float32)}
     with checkpoint_manager(tmp_path / "checkpoints", keep=2, create=True) as manager:

@@ -76,7 +76,7 @@ def restored_shardings(folder: Path) -> dict:
     from modeling_xlstm_flax.sharded_steps import init_sharded_optimizer_state
     from modeling_xlstm_flax.sharding import make_mesh, shard_params
     from modeling_xlstm_flax.training import build_parser, make_optimizer
-    from modeling_xlstm_flax.training_resume import checkpoint_manager, restore_checkpoint
+    from modeling_xlstm_flax.training_io import checkpoint_manager, restore_checkpoint
 
     model, params = FlaxXLSTMForCausalLM.from_pretrained(folder, _do_init=False)
     mesh = make_mesh()
