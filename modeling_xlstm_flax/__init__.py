@@ -28,7 +28,7 @@ _EXPORTS = {
     "FlaxXLSTMPreTrainedModel": "modeling_flax_xlstm", "stack_block_params": "modeling_flax_xlstm",
     "unstack_block_params": "modeling_flax_xlstm",
     "FlaxAutoModel": "auto", "FlaxAutoModelForCausalLM": "auto",
-    "register_auto_classes": "auto",
+    "register_auto_classes": "auto", "FlaxTextGenerationPipeline": "auto", "text_generation_pipeline": "auto",
 }
 
 __all__ = sorted(_EXPORTS) + ["bundled_model_path"]

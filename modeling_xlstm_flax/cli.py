@@ -232,7 +232,7 @@ def _generate(argv=None) -> int:
     sample = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) if args.do_sample else {}
     if not args.preset:
         from .checkpoint_io import resolve_model_source
-        from .pipeline import text_generation_pipeline
+        from .auto import text_generation_pipeline
 
         source = resolve_model_source(args.model) if args.model else str(bundled_model_path())
         generator = text_generation_pipeline(source, model_kwargs={"dtype": dtype})

@@ -76,7 +76,7 @@ _STOCK_PIPELINE_SCRIPT = """
 import json, sys
 from modeling_xlstm_flax import FlaxAutoModelForCausalLM
 from modeling_xlstm_flax import bundled_model_path
-from modeling_xlstm_flax.pipeline import FlaxTextGenerationPipeline
+from modeling_xlstm_flax.auto import FlaxTextGenerationPipeline
 from transformers import AutoTokenizer, pipeline
 from transformers.utils import is_torch_available
 assert not is_torch_available()

@@ -512,7 +512,7 @@ def test_model_folder_without_tokenizer_is_one_line(tmp_path, capsys, two_models
     """xlstm-flax generate and text_generation_pipeline on a model folder without tokenizer files: one line
     naming the folder and what is missing (xlstm-flax train: test_training_data_and_tokenizer_problems_are_one_line)."""
     from modeling_xlstm_flax import cli
-    from modeling_xlstm_flax.pipeline import text_generation_pipeline
+    from modeling_xlstm_flax import text_generation_pipeline
 
     model = tmp_path / "model"
     two_models[0].save_pretrained(model)

@@ -1,4 +1,4 @@
-"""The Flax text-generation pipeline (modeling_xlstm_flax.pipeline) against model.generate + tokenizer.decode.
+"""The Flax text-generation pipeline (modeling_xlstm_flax.auto) against model.generate + tokenizer.decode.
 
 Every test runs under transformers 4.x and 5.x (the pipeline class is our own); only those that need torch in this
 process say so. Compiles are kept few: prompts are bucketed to BUCKET tokens (pipeline and references alike), so
@@ -16,7 +16,7 @@ import pytest
 
 from conftest import tiny_config
 from modeling_xlstm_flax import FlaxXLSTMForCausalLM
-from modeling_xlstm_flax.pipeline import TASK, FlaxTextGenerationPipeline, text_generation_pipeline
+from modeling_xlstm_flax.auto import TASK, FlaxTextGenerationPipeline, text_generation_pipeline
 
 PROMPTS = ["The object", "A list of things is made"]  # different token lengths: left padding
 NEW = 8
@@ -308,7 +308,7 @@ def test_works_without_torch(tmp_path, model, tokenizer, refs):
         import modeling_xlstm_flax
         from transformers import pipeline
         from transformers.utils import is_torch_available
-        from modeling_xlstm_flax.pipeline import TASK, FlaxTextGenerationPipeline, text_generation_pipeline
+        from modeling_xlstm_flax.auto import TASK, FlaxTextGenerationPipeline, text_generation_pipeline
         assert not is_torch_available()
         gen = text_generation_pipeline({str(tmp_path)!r}, pad_to_multiple_of={BUCKET})
         out = gen({PROMPTS[0]!r}, max_new_tokens={NEW}, do_sample=False, return_tensors=True)
