@@ -94,7 +94,8 @@ def test_left_padding_after_a_cache_equals_unpadded(layer_type, form):
     """(ii) A left-padded chunk continuing from a non-empty cache == the unpadded chunk from that cache: same
     logits at the real tokens, same next-token logits from the final cache."""
     model = _model(layer_type, form)
-    prefix, chunk, probe = _ids(7, 2), _ids(9, 3), _ids(1, 4)
+    # the prefix as long as the chunk: its call is the same compiled program as the unpadded chunk's
+    prefix, chunk, probe = _ids(9, 2), _ids(9, 3), _ids(1, 4)
     _, cache = _run(model, form, prefix, cache=model.init_cache(2))
     pad = 3
     padded = np.concatenate([np.full((2, pad), 1), chunk], axis=1)
@@ -117,7 +118,7 @@ def test_document_borders_equal_fresh_documents(layer_type, form):
     ids = np.concatenate(docs, axis=1)
     borders = np.zeros(ids.shape, bool)
     borders[:, np.cumsum([0] + lengths[:-1])] = True
-    _, cache = _run(model, form, _ids(5, 20), cache=model.init_cache(2))
+    _, cache = _run(model, form, _ids(9, 20), cache=model.init_cache(2))  # the program of test (ii)'s prefix
     for start in (None, cache):
         logits, _ = _run(model, form, ids, borders=borders, cache=start)
         at = 0
