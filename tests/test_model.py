@@ -67,15 +67,21 @@ def test_dropout_only_in_training():
     assert max_abs_diff(train, eval_a) > 1e-3
 
 
+@pytest.fixture(scope="module")
+def base_model():
+    """The preset's model, read only: one instance, so its forward is traced and compiled once for the module."""
+    return FlaxXLSTMForCausalLM(tiny_config(), seed=0)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [dict(tie_word_embeddings=True), dict(add_post_norm=True), dict(add_post_blocks_norm=False),
      dict(add_qk_norm=True), dict(bias=True), dict(ff_type="ffn", ff_act_fn="relu^2"), dict(logits_soft_cap=None),
      dict(lm_head_dtype="bfloat16")],
 )
-def test_fields_change_params_or_outputs(overrides):
+def test_fields_change_params_or_outputs(overrides, base_model):
     """Each field is honoured: it changes the param tree or the logits, and the model stays finite."""
-    base = FlaxXLSTMForCausalLM(tiny_config(), seed=0)
+    base = base_model
     model = FlaxXLSTMForCausalLM(tiny_config(**overrides), seed=0)
     ids = np.arange(10)[None] % 97
     out = model(ids).logits
