@@ -461,14 +461,12 @@ def test_training_data_and_tokenizer_problems_are_one_line(tmp_path, capsys, cor
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def _train_subprocess(argv) -> subprocess.CompletedProcess:
-    """The command in a subprocess compiled at XLA:CPU optimisation level 1, as tests/training_runs.py does (at the
-    suite's level 0 the compiled train step's gradients turn NaN, the issue's part 3)."""
-    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", **NO_TORCH,
-               XLA_FLAGS=flags + " --xla_backend_optimization_level=1")
-    return subprocess.run([sys.executable, "-m", "modeling_xlstm_flax.training", "--no-progress"]
-                          + [str(a) for a in argv], env=env, capture_output=True, text=True, timeout=900)
+def _train_captured(argv, capsys) -> tuple:
+    """(exit status, stderr) of the command run in this process (the suite compiles at XLA:CPU level 1, where the
+    train step's gradients are finite: tests/test_compile_flags.py; a subprocess per run cost ~4 s of start-up)."""
+    capsys.readouterr()
+    status = _train(argv)
+    return status, capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -480,11 +478,10 @@ def test_training_rerun_resume_and_overwrite(tmp_path, capsys, corpus):
     out = tmp_path / "out"
     common = ["--text-file", corpus, "--set", "num_blocks=1", "--seq-len", "16", "--batch-size", "2",
               "--tokenizer-vocab-size", "300", "--eval-every", "0"]
-    run = _train_subprocess(["--output-dir", out, "--steps", "3", "--save-every", "1", "--keep-checkpoints", "3"]
-                            + common)
-    assert run.returncode == 0, run.stderr[-3000:]
+    status, err = _train_captured(["--output-dir", out, "--steps", "3", "--save-every", "1", "--keep-checkpoints",
+                                   "3"] + common, capsys)
+    assert status == 0, err[-3000:]
     first = _tree_digest(out)
-    capsys.readouterr()
     for extra, message in ((["--steps", "3"] + common, "is not empty (holds a previous training run"),
                            (["--resume", "--lr", "0.1"], "--resume: --lr 0.1 differs from the run's 0.003"),
                            (["--resume", "--set", "num_blocks=2"], "the run's model has num_blocks=1, this command "
@@ -496,16 +493,16 @@ def test_training_rerun_resume_and_overwrite(tmp_path, capsys, corpus):
     data = max((p for p in (out / "checkpoints" / "step_3" / "params").rglob("*") if p.is_file()),
                key=lambda p: p.stat().st_size)
     os.truncate(data, data.stat().st_size // 4)
-    run = _train_subprocess(["--output-dir", out, "--resume", "--steps", "4"])
-    assert run.returncode == 0, run.stderr[-3000:]
-    err = run.stderr
+    status, err = _train_captured(["--output-dir", out, "--resume", "--steps", "4"], capsys)
+    assert status == 0, err[-3000:]
     assert "step_3 cannot be read" in err and "at step 2" in err, err
     log = __import__("json").loads((out / "training_log.json").read_text())
     assert log["steps"] == 4 and log["args"]["text_file"] == [str(corpus)] and log["args"]["seq_len"] == 16
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_3", "step_4"]
     assert [p.name.split("-")[0] for p in (out / "corrupt_checkpoints").iterdir()] == ["step_3"]
-    run = _train_subprocess(["--output-dir", out, "--overwrite", "--steps", "1", "--save-every", "0"] + common)
-    assert run.returncode == 0, run.stderr[-3000:]
+    status, err = _train_captured(["--output-dir", out, "--overwrite", "--steps", "1", "--save-every", "0"] + common,
+                                  capsys)
+    assert status == 0, err[-3000:]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
     assert not (out / "corrupt_checkpoints").exists() and _leftovers(tmp_path) == []
 
