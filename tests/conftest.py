@@ -143,11 +143,14 @@ def causal_lm_loader():
 # pytest-xdist hands out whole test files (`--dist loadfile`) in collection order (setup.cfg's
 # `--no-loadscope-reorder`; by default it orders files by their number of tests). The slowest files go first, so that
 # both workers stay busy to the end instead of one of them starting a long file last (longest-first scheduling).
-# Order by CPU seconds per file, measured on the 2-core machine; files not named here follow in alphabetical order.
+# Order: seconds per file of the suite's durations profile (2-core machine), heavy files with few tests included (one
+# module fixture or subprocess each: test_aot, test_compile_flags, test_readme); the rest follows alphabetically.
 SLOWEST_FILES_FIRST = (
-    "test_sharding.py", "test_masks_borders.py", "test_generation.py", "test_data_loss.py", "test_model.py",
-    "test_slstm_model.py", "test_generation_options.py", "test_generation_loop.py", "test_training.py",
-    "test_reliability.py", "test_conversion.py",
+    "test_sharding.py", "test_masks_borders.py", "test_generation.py", "test_data_loss.py", "test_aot.py",
+    "test_compile_flags.py", "test_model.py", "test_kernels.py", "test_slstm_model.py", "test_generation_options.py",
+    "test_generation_loop.py", "test_training.py", "test_readme.py", "test_reliability.py", "test_conversion.py",
+    "test_hub.py", "test_benchmark_smoke.py", "test_slstm.py", "test_checkpoint_matrix.py", "test_device_check.py",
+    "test_pipeline.py", "test_hub_cache.py",
 )
 
 
