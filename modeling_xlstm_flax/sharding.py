@@ -340,7 +340,7 @@ def activation_sharding(mesh: Mesh):
     either way. The embedding lookup runs on the table with its fsdp dim gathered (see `embed`). The sharded entry
     points below use it."""
     from .slstm import SLSTMBlock
-    from .xlstm_layers import XLSTMBlock
+    from .xlstm_layers import FlaxXLSTMBlock
 
     def constrain(x):
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, residual_spec(x.shape, mesh)))
@@ -360,7 +360,7 @@ def activation_sharding(mesh: Mesh):
             return next_fun(*args, **kwargs)
         if type(context.module) is nn.Embed and not kwargs:
             return embed(context.module, args[0])
-        if not isinstance(context.module, (XLSTMBlock, SLSTMBlock)):  # every block kind
+        if not isinstance(context.module, (FlaxXLSTMBlock, SLSTMBlock)):  # every block kind
             return next_fun(*args, **kwargs)
         x, state = next_fun(constrain(args[0]), *args[1:], **kwargs)
         return constrain(x), state
