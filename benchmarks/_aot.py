@@ -479,6 +479,8 @@ def loop_flops(hlo_text: str, module=None, trips_hint: Optional[int] = None) -> 
 
 def hlo_figures(hlo_text: str, trips_hint: Optional[int] = None, module=None) -> dict[str, Any]:
     """The figures read from the optimised HLO itself: HBM traffic (`hbm_traffic`), flops with loop bodies times
-    their trip counts (`loop_flops`), how many loops had no known trip count (`trips_hint` used for them)."""
+    their trip counts (`loop_flops`), how many loops had no known trip count (`trips_hint` used for them), the
+    loops' trip counts."""
     flops, unknown = loop_flops(hlo_text, module, trips_hint)
-    return {"hbm_bytes": hbm_traffic(hlo_text, trips_hint), "loop_flops": flops, "loops_without_trip_count": unknown}
+    return {"hbm_bytes": hbm_traffic(hlo_text, trips_hint), "loop_flops": flops, "loops_without_trip_count": unknown,
+            "while_trip_counts": while_loops(hlo_text)}
