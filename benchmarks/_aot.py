@@ -313,11 +313,10 @@ def hbm_traffic(hlo_text: str, trips_hint: Optional[int] = None) -> Optional[flo
     """Device-memory (HBM) bytes read and written by one run of an optimised HLO module, per device: the operands
     and results of the entry computation's ops that live in device memory (memory space 0), fusions at their
     boundaries; a `while` counts its body times its known trip count (`trips_hint`, else once, when XLA records
-    none); an async
-    slice or copy into another memory space (TPU's VMEM prefetch) counts the bytes it moves, once; a slice, or a
-    fusion operand that is only sliced inside, counts the slice. Inside loop bodies it still over-counts (a carried
-    array that an op updates in place or reads partly counts whole), so for programs with loops it is an upper
-    bound; for a decode step (no loop) it is the traffic of the compiled program.
+    none); an async slice or copy into another memory space (TPU's VMEM prefetch) counts the bytes it moves,
+    once; a slice, or a fusion operand that is only sliced inside, counts the slice. Inside loop bodies it still
+    over-counts (a carried array that an op updates in place or reads partly counts whole), so for programs with
+    loops it is an upper bound; for a decode step (no loop) it is the traffic of the compiled program.
 
     Why not `cost_analysis()['bytes accessed']`: on TPU, memory-space assignment prefetches each weight into VMEM
     as k async slices, and XLA's cost model charges every `slice-start` the whole source array (k-fold the weight)

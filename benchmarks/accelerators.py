@@ -114,7 +114,8 @@ def _fmt(x, spec=".2f", none="-"):
 
 
 def markdown(entries: list[dict]) -> str:
-    lines = ["| preset | target | workload | dtype | memory/device GiB (args + temp + out) | fits | flops/ideal (XLA's count) | "
+    lines = ["| preset | target | workload | dtype | memory/device GiB (args + temp + out) | fits | "
+             "flops/ideal (XLA's count) | "
              "HBM bytes/ideal (cost-model bytes/ideal) | bound | roofline tokens/s (ideal) | collectives | "
              "compile s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(entries, key=lambda e: (e["preset"], e["target"], e["workload"], e.get("dtype", ""))):

@@ -5,8 +5,8 @@ temp memory does not grow with the prompt (4x the tokens within 1.5x the temp). 
 figures are XLA's accounting of the compiled programs (`benchmarks/_aot.py`). Fast CPU-only tests: XLA's cost model
 counts a loop body once, `_aot.loop_flops` counts it times its trip count (scanned vs unrolled programs).
 
-The TPU / GPU compiles run in a subprocess: the CUDA plugin registers only when JAX_PLATFORMS=cpu is set before jax starts, and the test
-session's jax is already started.
+The TPU / GPU compiles run in a subprocess: the CUDA plugin registers only when JAX_PLATFORMS=cpu is set before jax
+starts, and the test session's jax is already started.
 """
 
 import json
