@@ -256,7 +256,9 @@ def _trip_count(while_line: str, comps: dict) -> Optional[int]:
     """A `while` op's trip count: XLA's `known_trip_count` where recorded (GPU, CPU), else read from its condition
     and body (TPU): `counter < N` against the one integer constant of the condition, the counter (tuple element k)
     stepped in the body by an integer constant s (jax's scan / fori_loop: 1; SPMD's windowed matmul loops, u32
-    counters: 1 or 2), counting from 0: ceil(N / s) trips."""
+    counters: 1 or 2), starting from the constant c the while's operand holds there: ceil((N - c) / s) trips
+    (None when any of these cannot be read; a loop that may also stop early, like generate's at eos, gets its
+    largest count)."""
     known = re.search(r'known_trip_count"?\s*[:=]\s*\{\s*"?n"?\s*[:=]\s*"?(\d+)', while_line)
     if known:
         return int(known.group(1))
@@ -268,7 +270,34 @@ def _trip_count(while_line: str, comps: dict) -> Optional[int]:
         return None
     index = [m.group(1) for line in lines for m in [re.search(r"get-tuple-element\(.*index=(\d+)", line)] if m]
     body = re.search(r"body=(%[\w.\-]+)", while_line)
-    return -(-constants[0] // _counter_step(comps.get(body.group(1), []) if body else [], index))
+    start = _counter_init(while_line, comps, index)
+    if start is None:
+        return None
+    return max(-(-(constants[0] - start) // _counter_step(comps.get(body.group(1), []) if body else [], index)), 0)
+
+
+def _counter_init(while_line: str, comps: dict, index: list) -> Optional[int]:
+    """The constant the loop's counter (tuple element `index[0]` of the while's operand) starts from, through
+    copies; None when it is not a constant there."""
+    operand = re.search(r"\swhile\((%[\w.\-]+)\)", while_line)
+    if len(index) != 1 or not operand:
+        return None
+    defs = {m.group(1): line for lines in comps.values() for line in lines for m in [_INSTR.match(line)] if m}
+    tuple_line = defs.get(operand.group(1), "")
+    if " tuple(" not in tuple_line:
+        return None
+    elements = re.findall(r"(%[\w.\-]+)", tuple_line.split(" tuple(", 1)[1])
+    k = int(index[0])
+    line = defs.get(elements[k], "") if k < len(elements) else ""
+    for _ in range(8):  # through copies (TPU copies the constant into the loop's buffer)
+        const = re.search(r"\sconstant\((-?\d+)\)", line)
+        if const:
+            return int(const.group(1))
+        source = re.search(r"\s(?:copy|bitcast|convert)\((%[\w.\-]+)\)", line)
+        if not source:
+            return None
+        line = defs.get(source.group(1), "")
+    return None
 
 
 def _counter_step(body: list, index: list) -> int:
