@@ -254,16 +254,70 @@ def _parse(hlo_text: str):
 
 def _trip_count(while_line: str, comps: dict) -> Optional[int]:
     """A `while` op's trip count: XLA's `known_trip_count` where recorded (GPU, CPU), else read from its condition
-    (TPU): `counter < N` against the one integer constant there (jax's scan / fori_loop count from 0 by 1)."""
+    and body (TPU): `counter < N` against the one integer constant of the condition, the counter (tuple element k)
+    stepped in the body by an integer constant s (jax's scan / fori_loop: 1; SPMD's windowed matmul loops, u32
+    counters: 1 or 2), starting from the constant c the while's operand holds there: ceil((N - c) / s) trips
+    (None when any of these cannot be read; a loop that may also stop early, like generate's at eos, gets its
+    largest count)."""
     known = re.search(r'known_trip_count"?\s*[:=]\s*\{\s*"?n"?\s*[:=]\s*"?(\d+)', while_line)
     if known:
         return int(known.group(1))
     cond = re.search(r"condition=(%[\w.\-]+)", while_line)
     lines = comps.get(cond.group(1), []) if cond else []
-    constants = [int(m.group(1)) for line in lines for m in [re.search(r"s32\[\]\S*\s+constant\((\d+)\)", line)] if m]
-    if len(constants) == 1 and any("direction=LT" in line for line in lines):
-        return constants[0]
+    constants = [int(m.group(1)) for line in lines
+                 for m in [re.search(r"[su](?:32|64)\[\]\S*\s+constant\((\d+)\)", line)] if m]
+    if len(constants) != 1 or not any("direction=LT" in line for line in lines):
+        return None
+    index = [m.group(1) for line in lines for m in [re.search(r"get-tuple-element\(.*index=(\d+)", line)] if m]
+    body = re.search(r"body=(%[\w.\-]+)", while_line)
+    start = _counter_init(while_line, comps, index)
+    if start is None:
+        return None
+    return max(-(-(constants[0] - start) // _counter_step(comps.get(body.group(1), []) if body else [], index)), 0)
+
+
+def _counter_init(while_line: str, comps: dict, index: list) -> Optional[int]:
+    """The constant the loop's counter (tuple element `index[0]` of the while's operand) starts from, through
+    copies; None when it is not a constant there."""
+    operand = re.search(r"\swhile\((%[\w.\-]+)\)", while_line)
+    if len(index) != 1 or not operand:
+        return None
+    defs = {m.group(1): line for lines in comps.values() for line in lines for m in [_INSTR.match(line)] if m}
+    tuple_line = defs.get(operand.group(1), "")
+    if " tuple(" not in tuple_line:
+        return None
+    elements = re.findall(r"(%[\w.\-]+)", tuple_line.split(" tuple(", 1)[1])
+    k = int(index[0])
+    line = defs.get(elements[k], "") if k < len(elements) else ""
+    for _ in range(8):  # through copies (TPU copies the constant into the loop's buffer)
+        const = re.search(r"\sconstant\((-?\d+)\)", line)
+        if const:
+            return int(const.group(1))
+        source = re.search(r"\s(?:copy|bitcast|convert)\((%[\w.\-]+)\)", line)
+        if not source:
+            return None
+        line = defs.get(source.group(1), "")
     return None
+
+
+def _counter_step(body: list, index: list) -> int:
+    """The integer constant the body adds to tuple element `index[0]` (1 when it cannot be read)."""
+    if len(index) != 1:
+        return 1
+    defs = {m.group(1): line for line in body for m in [_INSTR.match(line)] if m}
+    root = next((line for line in body if line.lstrip().startswith("ROOT") and " tuple(" in line), None)
+    if root is None:
+        return 1
+    operands = re.findall(r"(%[\w.\-]+)", root.split(" tuple(", 1)[1])
+    k = int(index[0])
+    step_line = defs.get(operands[k], "") if k < len(operands) else ""
+    if not re.search(r"\sadd\(", step_line):
+        return 1
+    for name in re.findall(r"(%[\w.\-]+)", step_line.split(" add(", 1)[1].split(")")[0]):
+        const = re.search(r"constant\((\d+)\)", defs.get(name, ""))
+        if const:
+            return max(int(const.group(1)), 1)
+    return 1
 
 
 def _fusion_reads(line: str, comps: dict, read: list) -> list:
@@ -284,14 +338,14 @@ def _fusion_reads(line: str, comps: dict, read: list) -> list:
     return out
 
 
-def hbm_traffic(hlo_text: str) -> Optional[float]:
+def hbm_traffic(hlo_text: str, trips_hint: Optional[int] = None) -> Optional[float]:
     """Device-memory (HBM) bytes read and written by one run of an optimised HLO module, per device: the operands
     and results of the entry computation's ops that live in device memory (memory space 0), fusions at their
-    boundaries; a `while` counts its body times its known trip count (once when XLA records none); an async
-    slice or copy into another memory space (TPU's VMEM prefetch) counts the bytes it moves, once; a slice, or a
-    fusion operand that is only sliced inside, counts the slice. Inside loop bodies it still over-counts (a carried
-    array that an op updates in place or reads partly counts whole), so for programs with loops it is an upper
-    bound; for a decode step (no loop) it is the traffic of the compiled program.
+    boundaries; a `while` counts its body times its known trip count (`trips_hint`, else once, when XLA records
+    none); an async slice or copy into another memory space (TPU's VMEM prefetch) counts the bytes it moves,
+    once; a slice, or a fusion operand that is only sliced inside, counts the slice. Inside loop bodies it still
+    over-counts (a carried array that an op updates in place or reads partly counts whole), so for programs with
+    loops it is an upper bound; for a decode step (no loop) it is the traffic of the compiled program.
 
     Why not `cost_analysis()['bytes accessed']`: on TPU, memory-space assignment prefetches each weight into VMEM
     as k async slices, and XLA's cost model charges every `slice-start` the whole source array (k-fold the weight)
@@ -314,7 +368,7 @@ def hbm_traffic(hlo_text: str) -> Optional[float]:
             operands = re.findall(r"(%[\w.\-]+)", rest.split(")")[0])
             if op == "while":
                 body = re.search(r"body=(%[\w.\-]+)", line)
-                trips = _trip_count(line, comps) or 1
+                trips = _trip_count(line, comps) or trips_hint or 1
                 total += trips * (computation_bytes(body.group(1)) if body else 0)
                 continue
             if op in ("call", "conditional"):
@@ -347,3 +401,114 @@ def hbm_traffic(hlo_text: str) -> Optional[float]:
         return total
 
     return computation_bytes(entry)
+
+
+# ------------------------------------------------------------------------------- flops with loops counted whole
+def _dims(shape: str) -> list[int]:
+    """Dimensions of the first array in an HLO shape string."""
+    found = _ARRAY.search(shape)
+    return [int(d) for d in found.group(2).split(",") if d] if found else []
+
+
+def _gemm_call_flops(name: str, comps: dict, shapes: dict, seen=None) -> float:
+    """Flops of the cuBLAS gemm custom calls of a computation and the computations it calls (a `while` body once,
+    as XLA's cost model counts it): 2 x output elements x contracted elements (dimension numbers from the call's
+    backend_config). XLA's cost model counts these custom calls as 0 flops."""
+    seen = set() if seen is None else seen
+    total = 0.0
+    for line in comps.get(name, []):
+        _, shape, op, rest = _INSTR.match(line).groups()
+        if op == "custom-call" and re.search(r'custom_call_target="__cublas\$(lt\$matmul|gemm)', line):
+            lhs_name = re.findall(r"(%[\w.\-]+)", rest.split(")")[0])[:1]
+            lhs = _dims(shapes.get(lhs_name[0], "")) if lhs_name else []
+            found = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', line)
+            k = math.prod(lhs[int(d)] for d in re.findall(r"\d+", found.group(1)) if int(d) < len(lhs)) \
+                if found and lhs else 0
+            total += 2.0 * math.prod(_dims(shape)) * k
+        for callee in re.findall(r"\b(?:calls|to_apply|body|condition)=(%[\w.\-]+)", line):
+            if callee not in seen:
+                seen.add(callee)
+                total += _gemm_call_flops(callee, comps, shapes, seen)
+    return total
+
+
+def _module_with_entry(hlo_text: str, comps: dict, entry: str, new_entry: str) -> str:
+    """The module's text with `new_entry` (a loop body) as its entry computation (header attributes dropped: the
+    entry layout would not match)."""
+    out = ["HloModule loop_body"]
+    for line in hlo_text.splitlines()[1:]:
+        head = re.match(r"^(ENTRY\s+)?(%[\w.\-]+)(\s.*\{\s*)$", line)
+        if head and not _INSTR.match(line) and head.group(2) in comps:
+            line = ("ENTRY " if head.group(2) == new_entry else "") + head.group(2) + head.group(3)
+        out.append(line)
+    return "\n".join(out)
+
+
+def loop_flops(hlo_text: str, module=None, trips_hint: Optional[int] = None) -> tuple[Optional[float], int]:
+    """(flops of one run of an optimised HLO module per device with every `while` body counted times its trip
+    count, number of loops whose trip count the HLO does not record).
+
+    XLA's cost model (`cost_analysis()`, `hlo_module_cost_analysis`) counts a loop body once, whatever its trip
+    count: a scanned program (the blocks under `scan_blocks`, the chunkwise kernel's chunk scan, prefill
+    segments, generate's decode loop, SPMD's windowed matmul loops) shows a fraction of its flops. Here XLA's own
+    cost model is run on each loop body as the entry of a module of its own, and
+        flops(C) = xla(C) - sum over loops w in C of xla(body_w) + trips_w x flops(body_w)
+    (nested loops recursively; a trip count from `_trip_count`, else `trips_hint`, else 1). cuBLAS gemm custom
+    calls, 0 flops to XLA's GPU cost model, are added (`_gemm_call_flops`). `module`: the HloModule the text
+    is of (saves parsing it once more). None when XLA's cost model or its text parser is unavailable here."""
+    try:
+        import jax
+        from jax._src.lib import _jax
+        from jaxlib import _hlo
+
+        client = jax.devices("cpu")[0].client
+
+        def xla(text_or_module) -> float:
+            mod = _hlo.hlo_module_from_text(text_or_module) if isinstance(text_or_module, str) else text_or_module
+            return float(dict(_jax.hlo_module_cost_analysis(client, mod)).get("flops", 0.0))
+
+        comps, shapes, entry = _parse(hlo_text)
+        if entry is None:
+            return None, 0
+        unknown = [0]
+        memo: dict[str, float] = {}
+
+        def whiles(name: str, seen: set):  # the while ops of a computation, looking through call / conditional
+            for line in comps.get(name, []):
+                op = _INSTR.match(line).group(3)
+                if op == "while":
+                    yield line
+                elif op in ("call", "conditional"):
+                    for callee in re.findall(r"(?:to_apply|branch_computations=\{[^}]*|true_computation|"
+                                             r"false_computation)=?(%[\w.\-]+)", line):
+                        if callee not in seen:
+                            seen.add(callee)
+                            yield from whiles(callee, seen)
+
+        def flops(name: str, once: float) -> float:
+            total = once + _gemm_call_flops(name, comps, shapes)
+            for line in whiles(name, set()):
+                body = re.search(r"body=(%[\w.\-]+)", line).group(1)
+                trips = _trip_count(line, comps)
+                if trips is None:
+                    unknown[0] += 1
+                    trips = trips_hint or 1
+                if body not in memo:
+                    memo[body] = (xla(_module_with_entry(hlo_text, comps, entry, body)), 0.0)
+                    memo[body] = (memo[body][0], flops(body, memo[body][0]))
+                once_body, whole_body = memo[body]
+                total += trips * whole_body - once_body - _gemm_call_flops(body, comps, shapes)
+            return total
+
+        return flops(entry, xla(module if module is not None else hlo_text)), unknown[0]
+    except Exception:  # noqa: BLE001  (a private jax API, or a module its text parser refuses)
+        return None, 0
+
+
+def hlo_figures(hlo_text: str, trips_hint: Optional[int] = None, module=None) -> dict[str, Any]:
+    """The figures read from the optimised HLO itself: HBM traffic (`hbm_traffic`), flops with loop bodies times
+    their trip counts (`loop_flops`), how many loops had no known trip count (`trips_hint` used for them), the
+    loops' trip counts."""
+    flops, unknown = loop_flops(hlo_text, module, trips_hint)
+    return {"hbm_bytes": hbm_traffic(hlo_text, trips_hint), "loop_flops": flops, "loops_without_trip_count": unknown,
+            "while_trip_counts": while_loops(hlo_text)}

@@ -38,6 +38,7 @@ class Program:
     tokens: int = 0  # tokens processed per call (all sequences)
     ideal_flops: float = 0.0  # per device
     ideal_bytes: float = 0.0  # per device
+    loop_trips_hint: Optional[int] = None  # trips of a while loop whose count the HLO does not record (generate's)
     notes: list = field(default_factory=list)
 
 
@@ -178,6 +179,7 @@ def generate(model, shapes, mesh, batch: int, prompt: int, new_tokens: int) -> P
     pre = prefill(model, shapes, mesh, batch, prompt)
     dec = decode_step(model, shapes, mesh, batch)
     return Program(fn, (params, ids), (p_sh, b_sh), out_shardings=b_sh, tokens=batch * new_tokens,
+                   loop_trips_hint=new_tokens - 1,  # the decode loop (stops early only at eos: at most this)
                    ideal_flops=pre.ideal_flops + (new_tokens - 1) * dec.ideal_flops,
                    ideal_bytes=pre.ideal_bytes + (new_tokens - 1) * dec.ideal_bytes,
                    notes=["ideal: prefill + (new_tokens - 1) decode steps; the loop bodies are counted once by "

@@ -14,6 +14,7 @@ once the new one is complete, and entries of other (target, workload, preset) tr
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -24,10 +25,11 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before jax starts: the CUDA plugin registers only so on a CPU host
 
-from _aot import TARGETS, AotUnavailable, analyse, compile_only, hbm_traffic, target_devices  # noqa: E402
+from _aot import TARGETS, AotUnavailable, analyse, compile_only, hlo_figures, target_devices  # noqa: E402
 
 GIB = 2**30
 DEFAULT_OUT = HERE / "results" / "accelerators"
+DEFAULT_HLO_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xlstm-flax-aot-hlo"
 
 
 def _pick(text: str, allowed, what: str) -> list[str]:
@@ -38,9 +40,11 @@ def _pick(text: str, allowed, what: str) -> list[str]:
     return chosen
 
 
-def run_one(target_name: str, workload_name: str, preset: str, dtype: str = "bfloat16") -> dict:
+def run_one(target_name: str, workload_name: str, preset: str, dtype: str = "bfloat16",
+            hlo_dir: Path | None = None) -> dict:
     """Compile one (target, workload, preset) with params and compute in `dtype` (a training step keeps float32
-    params) and return its entry (figures per device)."""
+    params) and return its entry (figures per device). With `hlo_dir`, the optimised HLO is saved there (gzip), so
+    that `--redraw` can recount it without compiling again."""
     import jax.numpy as jnp
 
     from _aot_workloads import PRESETS, build_model, inference_mesh, workload
@@ -59,9 +63,19 @@ def run_one(target_name: str, workload_name: str, preset: str, dtype: str = "bfl
     entry = {"target": target_name, "workload": workload_name, "preset": preset, "dtype": dtype,
              "mesh": dict(mesh.shape), "devices": len(devices), "hosts": target.hosts,
              "compile_seconds": round(seconds, 1), "tokens": prog.tokens, **analyse(compiled)}
-    entry["hbm_bytes"] = hbm_traffic(compiled.as_text())
+    text = compiled.as_text()
     entry["ideal_flops"], entry["ideal_bytes"] = prog.ideal_flops, prog.ideal_bytes
+    entry["loop_trips_hint"] = prog.loop_trips_hint
     entry["notes"] = prog.notes
+    entry.update(hlo_figures(text, prog.loop_trips_hint))
+    if hlo_dir is not None:
+        hlo_dir.mkdir(parents=True, exist_ok=True)
+        name = hlo_dir / f"{preset}_{target_name}_{workload_name}_{dtype}.hlo.gz"
+        tmp = name.with_suffix(".tmp")
+        with gzip.open(tmp, "wt") as fh:
+            fh.write(text)
+        os.replace(tmp, name)
+        entry["hlo_file"] = name.name
     entry.update(derived(entry, target))
     return entry
 
@@ -74,9 +88,10 @@ def derived(e: dict, target) -> dict:
     mem = e.get("argument_bytes", 0) + e.get("output_bytes", 0) - e.get("alias_bytes", 0) + e.get("temp_bytes", 0)
     out["memory_bytes"] = mem
     out["fits"] = mem <= target.memory
-    flops = e.get("flops")
+    flops = e.get("loop_flops") or e.get("flops")  # loop bodies times trips; XLA's own counts them once
     moved = e.get("hbm_bytes") or e.get("bytes_accessed")
     out["flops_ratio"] = flops / e["ideal_flops"] if flops and e["ideal_flops"] else None
+    out["xla_flops_ratio"] = e["flops"] / e["ideal_flops"] if e.get("flops") and e["ideal_flops"] else None
     out["bytes_ratio"] = moved / e["ideal_bytes"] if moved and e["ideal_bytes"] else None
     out["cost_bytes_ratio"] = (e["bytes_accessed"] / e["ideal_bytes"]) if e.get("bytes_accessed") else None
     ideal_s = max(e["ideal_flops"] / target.peak_flops, e["ideal_bytes"] / target.bandwidth)
@@ -99,7 +114,8 @@ def _fmt(x, spec=".2f", none="-"):
 
 
 def markdown(entries: list[dict]) -> str:
-    lines = ["| preset | target | workload | dtype | memory/device GiB (args + temp + out) | fits | flops/ideal | "
+    lines = ["| preset | target | workload | dtype | memory/device GiB (args + temp + out) | fits | "
+             "flops/ideal (XLA's count) | "
              "HBM bytes/ideal (cost-model bytes/ideal) | bound | roofline tokens/s (ideal) | collectives | "
              "compile s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(entries, key=lambda e: (e["preset"], e["target"], e["workload"], e.get("dtype", ""))):
@@ -112,7 +128,10 @@ def markdown(entries: list[dict]) -> str:
                f"{(e['output_bytes'] - e['alias_bytes']) / GIB:.2f})")
         coll = ", ".join(f"{k} {v}" for k, v in e["collectives"].items()) or "none"
         loops = e.get("while_trip_counts") or []
-        flops = _fmt(e.get("flops_ratio")) + ("*" if loops else "")
+        whole = e.get("loop_flops") is not None or not loops
+        flops = _fmt(e.get("flops_ratio")) + ("" if whole else "*")
+        if e.get("loop_flops") is not None and loops:
+            flops += f" ({_fmt(e.get('xla_flops_ratio'))})"
         lines.append(
             f"| {e['preset']} | {e['target']} | {e['workload']} | {dtype} | {mem} | "
             f"{'yes' if e['fits'] else '**no**'} | "
@@ -120,9 +139,11 @@ def markdown(entries: list[dict]) -> str:
             f"{_fmt(e.get('roofline_tokens_per_s'), ',.0f')} ({_fmt(e.get('ideal_tokens_per_s'), ',.0f')}) | "
             f"{coll} | {e['compile_seconds']} |")
     lines.append("")
-    lines.append("\\* the program has `while` loops (segments, decode steps, chunks): XLA's cost model counts a loop "
-                 "body once, so counted flops are below the real ones; HBM bytes multiply bodies by their trip count "
-                 "and over-count inside them (an upper bound).")
+    lines.append("flops: XLA's cost model with every `while` body counted times its trip count (`_aot.loop_flops`); "
+                 "in brackets XLA's own count, which counts a loop body once. \\* an entry compiled before "
+                 "`loop_flops` existed, with loops (segments, decode steps, chunks, scanned blocks): XLA's count only, "
+                 "below the real flops. HBM bytes multiply loop bodies by their trip count and over-count inside them "
+                 "(an upper bound) for programs with loops.")
     return "\n".join(lines) + "\n"
 
 
@@ -153,6 +174,43 @@ def plot(entries: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _key(e: dict) -> tuple:
+    return e["preset"], e["target"], e["workload"], e.get("dtype", "bfloat16")
+
+
+def _read(json_path: Path) -> list[dict]:
+    return json.loads(json_path.read_text()).get("entries", []) if json_path.is_file() else []
+
+
+def save(out: Path, new: list[dict], replace_all: bool = False) -> list[dict]:
+    """Merge `new` into the report at <out>.json (re-read now: another run may have added entries meanwhile; an
+    entry of the same (preset, target, workload, dtype) is replaced) and rewrite .json and .md, each complete
+    before it replaces the old file. Returns all entries."""
+    json_path = out.with_suffix(".json")
+    done = {_key(e) for e in new}
+    entries = list(new) + ([] if replace_all else [e for e in _read(json_path) if _key(e) not in done])
+    report = {"what": "compile-only figures per device (XLA's accounting of the compiled program, not measured)",
+              "targets": {name: vars(t) for name, t in TARGETS.items()}, "entries": entries}
+    for path, text in ((json_path, json.dumps(report, indent=1, default=str)),
+                       (out.with_suffix(".md"), markdown(entries))):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return entries
+
+
+def redraw(e: dict, hlo_dir: Path) -> dict:
+    """Recount an entry's HLO figures from its saved HLO (when there) and recompute the derived ones."""
+    if "error" in e:
+        return e
+    hlo = hlo_dir / e.get("hlo_file", "-")
+    if e.get("hlo_file") and hlo.is_file():
+        with gzip.open(hlo, "rt") as fh:
+            e.update(hlo_figures(fh.read(), e.get("loop_trips_hint")))
+    e.update(derived(e, TARGETS[e["target"]]))
+    return e
+
+
 def main(argv=None) -> int:
     from _aot_workloads import PRESETS, WORKLOADS
 
@@ -165,8 +223,15 @@ def main(argv=None) -> int:
                              "v5p-64, ~7 min alone on 2 cores); '' for none")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                         help="params and compute dtype of the inference workloads (default bfloat16)")
+    parser.add_argument("--force", action="store_true",
+                        help="compile again the (preset, target, workload, dtype) entries the report already has "
+                             "(default: keep them; a failed one is always tried again)")
     parser.add_argument("--redraw", action="store_true",
-                        help="compile nothing: recompute the derived figures of <out>.json, rewrite .md and .png")
+                        help="compile nothing: recount <out>.json's entries from their saved HLO (--hlo-dir), "
+                             "recompute the derived figures, rewrite .md and .png")
+    parser.add_argument("--hlo-dir", default=str(DEFAULT_HLO_DIR),
+                        help=f"where each compiled program's optimised HLO is saved, gzipped (default {DEFAULT_HLO_DIR}"
+                             "; not committed: the 7B's are tens of MB)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output path without suffix (.json, .md, .png)")
     args = parser.parse_args(argv)
     targets = _pick(args.targets, list(TARGETS), "target")
@@ -177,43 +242,38 @@ def main(argv=None) -> int:
     if out.is_dir() or not out.name:
         raise SystemExit(f"accelerators.py: --out {out} is a folder; give a path without suffix")
     out.parent.mkdir(parents=True, exist_ok=True)
-    json_path = out.with_suffix(".json")
-    kept = []
-    if json_path.is_file():
-        kept = json.loads(json_path.read_text()).get("entries", [])
+    hlo_dir = Path(args.hlo_dir)
     if args.redraw:
-        for e in kept:
-            if "error" not in e:
-                e.update(derived(e, TARGETS[e["target"]]))
-        targets = workloads = presets = []
+        entries = save(out, [redraw(e, hlo_dir) for e in _read(out.with_suffix(".json"))], replace_all=True)
+        plot(entries, out.with_suffix(".png"))
+        print(markdown(entries))
+        return 0
+    have = {_key(e) for e in _read(out.with_suffix(".json")) if "error" not in e}
     entries = []
     for preset in presets:
         for target in targets:
             for name in workloads:
                 if f"{preset}/{target}/{name}" in skip:
                     continue
+                if not args.force and (preset, target, name, args.dtype) in have:
+                    print(f"{preset} {target} {name}: in the report already (--force to compile again)",
+                          file=sys.stderr)
+                    continue
                 print(f"{preset} {target} {name} ...", file=sys.stderr, flush=True)
                 try:
-                    entries.append(run_one(target, name, preset, args.dtype))
+                    entry = run_one(target, name, preset, args.dtype, hlo_dir)
                 except AotUnavailable as err:
                     raise SystemExit(f"accelerators.py: {err}")
                 except Exception as err:  # noqa: BLE001  (a compile that fails, e.g. out of memory, is a result)
-                    entries.append({"target": target, "workload": name, "preset": preset, "dtype": args.dtype,
-                                    "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
-                print(json.dumps({k: v for k, v in entries[-1].items() if k != "notes"}, default=str),
+                    entry = {"target": target, "workload": name, "preset": preset, "dtype": args.dtype,
+                             "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+                print(json.dumps({k: v for k, v in entry.items() if k != "notes"}, default=str),
                       file=sys.stderr, flush=True)
-    key = lambda e: (e["preset"], e["target"], e["workload"], e.get("dtype", "bfloat16"))  # noqa: E731
-    done = {key(e) for e in entries}
-    entries += [e for e in kept if key(e) not in done]
-    report = {"what": "compile-only figures per device (XLA's accounting of the compiled program, not measured)",
-              "targets": {name: vars(t) for name, t in TARGETS.items()}, "entries": entries}
-    for path, text in ((json_path, json.dumps(report, indent=1, default=str)),
-                       (out.with_suffix(".md"), markdown(entries))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    plot(entries, out.with_suffix(".png"))
-    print(markdown(entries))
+                entries.append(entry)
+                all_entries = save(out, [entry])  # after each compile: a stopped run keeps what it finished
+    if entries:
+        plot(all_entries, out.with_suffix(".png"))
+    print(markdown(_read(out.with_suffix(".json"))))
     return 0
 
 
