@@ -5,7 +5,7 @@
 
 Generates (in a child process) a random xLSTM (`mlstm_v1`, PyTorch-expressible: hidden 2048, 4 heads, vocab
 50304, `--blocks` blocks, float32) as an xlstm-jax orbax checkpoint (upstream keys through
-`param_table.flax_to_upstream`, `metadata/metadata` with the upstream config), then runs each
+`loading.flax_to_upstream`, `metadata/metadata` with the upstream config), then runs each
 converter in its own child process and reads that child's peak RSS (`os.wait4`, ru_maxrss):
 
 1. orbax -> HF Flax (`xlstm-flax convert from-orbax`, one model.safetensors);
@@ -40,7 +40,7 @@ import orbax.checkpoint as ocp
 from flax.traverse_util import unflatten_dict
 from modeling_xlstm_flax import load_preset
 from modeling_xlstm_flax.configuration_xlstm_flax import to_upstream_config
-from modeling_xlstm_flax.param_table import flax_to_upstream
+from modeling_xlstm_flax.loading import flax_to_upstream
 from modeling_xlstm_flax.loading import model_plan as flax_plan
 
 out, blocks = Path(sys.argv[1]), int(sys.argv[2])

@@ -486,7 +486,7 @@ def load_fixture_model(folder: Path, **overrides):
 
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM
     from modeling_xlstm_flax.configuration_xlstm_flax import from_upstream_config
-    from modeling_xlstm_flax.param_table import upstream_to_flax
+    from modeling_xlstm_flax.loading import upstream_to_flax
 
     config = from_upstream_config(json.loads((folder / "config.json").read_text()), **overrides)
     params = upstream_to_flax(load_file(str(folder / "params.safetensors")), config)

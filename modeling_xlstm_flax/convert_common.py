@@ -436,7 +436,7 @@ CONVERSIONS = {
         "a checkpoint_<step> folder, or a run folder with checkpoint_<step> folders (directly or in checkpoints/): "
         "the highest step is used unless --step", "the model directory to create",
         verify_reference="this port's model with the whole params item mapped in memory by "
-                         "param_table.upstream_to_flax",
+                         "loading.upstream_to_flax",
         tokenizer_help="tokenizer to add: a folder (its tokenizer.json, tokenizer_config.json, special_tokens_map.json, "
                        "vocab/merges files are copied), a single file, or a Hub id saved with AutoTokenizer (e.g. "
                        "EleutherAI/gpt-neox-20b for xLSTM-7B)"),

@@ -45,7 +45,8 @@ from .convert_common import (
     verify_rounding,
     write_weights,
 )
-from .param_table import UPSTREAM_SCANNED_BLOCKS, upstream_array_to_flax, upstream_key_to_flax, upstream_to_flax
+from .loading import upstream_to_flax
+from .param_table import UPSTREAM_SCANNED_BLOCKS, upstream_array_to_flax, upstream_key_to_flax
 from .safe_output import check_output_path
 
 _STEP_RE = re.compile(r"^checkpoint_(\d+)$")

@@ -481,3 +481,90 @@ def check_params_to_save(params, plan: dict[str, tuple[int, ...]], what: str) ->
     if bad:
         raise ValueError(f"{what}: {len(bad)} params hold NaN or inf values, which would be saved into a model "
                          "that does not load; nothing was written:" + _fmt_list(bad))
+
+
+# ---------------------------------------------------------------------------------------------- whole upstream trees
+# Upstream xlstm-jax param trees <-> ours, whole trees at a time (the streaming converter, `convert_orbax_to_hf`, uses
+# `param_table`'s per-key functions), e.g. `params/xlstm_block_stack/blocks/0/xlstm_res_block/xlstm/dense_q/Dense_0/kernel`
+# <-> `backbone/blocks/0/mlstm_layer/q/kernel`; `tests/fixtures/README.md` documents upstream's layout.
+def _unstack_upstream_blocks(flat: dict) -> dict:
+    """Upstream scan layout `blocks/block/...` (leading block axis) -> `blocks/<i>/...`."""
+    out = {}
+    for key, value in flat.items():
+        if key.startswith(param_table.UPSTREAM_SCANNED_BLOCKS):
+            rest = key[len(param_table.UPSTREAM_SCANNED_BLOCKS):]
+            for i in range(value.shape[0]):
+                out[f"{param_table.UPSTREAM_BLOCKS}/{i}/{rest}"] = value[i]
+        else:
+            out[key] = value
+    return out
+
+
+def upstream_to_flax(upstream: dict[str, Any], config) -> dict:
+    """Upstream params (flat `/`-joined dict or nested dict, with or without the `params/` root) -> our nested
+    params for `config` (scanned layout when `config.scan_blocks`). Raises ValueError listing unexpected or missing
+    keys and shape mismatches."""
+    from flax.traverse_util import flatten_dict, unflatten_dict  # here: importing this module needs no jax
+    import numpy as np
+
+    flat = upstream if all(isinstance(v, np.ndarray) or hasattr(v, "shape") for v in upstream.values()) else None
+    if flat is None:
+        flat = {"/".join(k): v for k, v in flatten_dict(upstream).items()}
+    flat = {param_table.strip_upstream_key(k): np.asarray(v) for k, v in flat.items()}
+    flat = _unstack_upstream_blocks(flat)
+
+    ours: dict[str, np.ndarray] = {}
+    unexpected = []
+    for key, value in flat.items():
+        mapped = param_table.upstream_key_to_flax(key, config.layer_type)
+        if mapped is None:
+            unexpected.append(f"{key} {tuple(value.shape)}")
+        else:
+            ours[mapped[0]] = param_table.upstream_array_to_flax(value, mapped[1])
+    if unexpected:
+        raise ValueError(f"upstream params have {len(unexpected)} keys with no counterpart: {unexpected[:10]}")
+    params = unflatten_dict({tuple(k.split("/")): v for k, v in ours.items()})
+    check_params_against_config(params_unrolled=params, config=config)
+    if config.scan_blocks:
+        from .xlstm_layers import stack_block_params
+
+        params = stack_block_params(params, config.num_blocks)
+    return params
+
+
+def flax_to_upstream(params: dict, config) -> dict[str, np.ndarray]:
+    """Our params -> upstream flat dict (`params/...` keys, unrolled blocks; stack them for upstream scan)."""
+    from flax.traverse_util import flatten_dict
+    import numpy as np
+
+    from .xlstm_layers import unstack_block_params
+
+    if config.scan_blocks:
+        params = unstack_block_params(params, config.num_blocks)
+    out = {}
+    for key, value in flatten_dict(params, sep="/").items():
+        up_key, kind = param_table.flax_to_upstream_key(key, config.layer_type)
+        out[up_key] = param_table.flax_array_to_upstream(np.asarray(value), kind, config.num_heads)
+    return out
+
+
+def check_params_against_config(params_unrolled: dict, config) -> None:
+    """Raise ValueError naming missing keys, unexpected keys and shape mismatches (first ten of each)."""
+    from flax.traverse_util import flatten_dict
+    import numpy as np
+
+    expected = model_plan(config, scanned=False)
+    got = {k: tuple(np.shape(v)) for k, v in flatten_dict(params_unrolled, sep="/").items()}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    mismatched = [f"{k}: got {got[k]}, config needs {expected[k]}" for k in sorted(set(got) & set(expected))
+                  if got[k] != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {missing[:10]}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)}: {unexpected[:10]}")
+    if mismatched:
+        problems.append(f"shape mismatches {len(mismatched)}: {mismatched[:10]}")
+    if problems:
+        raise ValueError("params do not fit the config: " + "; ".join(problems))

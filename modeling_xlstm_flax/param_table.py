@@ -1,7 +1,7 @@
 """The one param table: for every param module of this port, its name in our tree, in transformers' PyTorch
 `xLSTMForCausalLM` state dict, in upstream xlstm-jax's tree (with the reshape between them) and its logical
-sharding axes. The layout mappings (`pytorch_*`), the upstream mapping (`upstream_to_flax`, `flax_to_upstream`,
-at the end) and the partition rules (`sharding.param_partition_spec`) all read this table; a param module is
+sharding axes. The layout mappings (`pytorch_*`, `upstream_*`; whole upstream trees: `loading.upstream_to_flax`,
+`loading.flax_to_upstream`) and the partition rules (`sharding.param_partition_spec`) all read this table; a param module is
 spelled here once (and in the Flax module that defines it). Names and shapes of a given config come from the model
 itself (`loading.model_plan`), never from here.
 
@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
-
-if TYPE_CHECKING:  # annotations only: importing this module needs no numpy
-    import numpy as np
+from typing import Optional
 
 BACKBONE = "backbone"
 LM_HEAD = "lm_head"
@@ -325,92 +322,3 @@ def sharding_candidates(name: str, ndim: int, layer_type: Optional[str] = None) 
             raise ValueError(f"param {name}: the param table has no sharding for a {ndim}-D {leaf}")
         entry = entry[ndim]
     return list(entry)
-
-
-# ---------------------------------------------------------------------------------------------- whole upstream trees
-# Upstream xlstm-jax param trees <-> ours, whole trees at a time (the streaming converter, `convert_orbax_to_hf`, uses
-# the per-key functions above), e.g. `params/xlstm_block_stack/blocks/0/xlstm_res_block/xlstm/dense_q/Dense_0/kernel`
-# <-> `backbone/blocks/0/mlstm_layer/q/kernel`; `tests/fixtures/README.md` documents upstream's layout.
-def _unstack_upstream_blocks(flat: dict) -> dict:
-    """Upstream scan layout `blocks/block/...` (leading block axis) -> `blocks/<i>/...`."""
-    out = {}
-    for key, value in flat.items():
-        if key.startswith(UPSTREAM_SCANNED_BLOCKS):
-            rest = key[len(UPSTREAM_SCANNED_BLOCKS):]
-            for i in range(value.shape[0]):
-                out[f"{UPSTREAM_BLOCKS}/{i}/{rest}"] = value[i]
-        else:
-            out[key] = value
-    return out
-
-
-def upstream_to_flax(upstream: dict[str, Any], config) -> dict:
-    """Upstream params (flat `/`-joined dict or nested dict, with or without the `params/` root) -> our nested
-    params for `config` (scanned layout when `config.scan_blocks`). Raises ValueError listing unexpected or missing
-    keys and shape mismatches."""
-    from flax.traverse_util import flatten_dict, unflatten_dict  # here: importing this module needs no jax
-    import numpy as np
-
-    flat = upstream if all(isinstance(v, np.ndarray) or hasattr(v, "shape") for v in upstream.values()) else None
-    if flat is None:
-        flat = {"/".join(k): v for k, v in flatten_dict(upstream).items()}
-    flat = {strip_upstream_key(k): np.asarray(v) for k, v in flat.items()}
-    flat = _unstack_upstream_blocks(flat)
-
-    ours: dict[str, np.ndarray] = {}
-    unexpected = []
-    for key, value in flat.items():
-        mapped = upstream_key_to_flax(key, config.layer_type)
-        if mapped is None:
-            unexpected.append(f"{key} {tuple(value.shape)}")
-        else:
-            ours[mapped[0]] = upstream_array_to_flax(value, mapped[1])
-    if unexpected:
-        raise ValueError(f"upstream params have {len(unexpected)} keys with no counterpart: {unexpected[:10]}")
-    params = unflatten_dict({tuple(k.split("/")): v for k, v in ours.items()})
-    check_params_against_config(params_unrolled=params, config=config)
-    if config.scan_blocks:
-        from .xlstm_layers import stack_block_params
-
-        params = stack_block_params(params, config.num_blocks)
-    return params
-
-
-def flax_to_upstream(params: dict, config) -> dict[str, np.ndarray]:
-    """Our params -> upstream flat dict (`params/...` keys, unrolled blocks; stack them for upstream scan)."""
-    from flax.traverse_util import flatten_dict
-    import numpy as np
-
-    from .xlstm_layers import unstack_block_params
-
-    if config.scan_blocks:
-        params = unstack_block_params(params, config.num_blocks)
-    out = {}
-    for key, value in flatten_dict(params, sep="/").items():
-        up_key, kind = flax_to_upstream_key(key, config.layer_type)
-        out[up_key] = flax_array_to_upstream(np.asarray(value), kind, config.num_heads)
-    return out
-
-
-def check_params_against_config(params_unrolled: dict, config) -> None:
-    """Raise ValueError naming missing keys, unexpected keys and shape mismatches (first ten of each)."""
-    from flax.traverse_util import flatten_dict
-    import numpy as np
-
-    from .loading import model_plan
-
-    expected = model_plan(config, scanned=False)
-    got = {k: tuple(np.shape(v)) for k, v in flatten_dict(params_unrolled, sep="/").items()}
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    mismatched = [f"{k}: got {got[k]}, config needs {expected[k]}" for k in sorted(set(got) & set(expected))
-                  if got[k] != expected[k]]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {missing[:10]}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {unexpected[:10]}")
-    if mismatched:
-        problems.append(f"shape mismatches {len(mismatched)}: {mismatched[:10]}")
-    if problems:
-        raise ValueError("params do not fit the config: " + "; ".join(problems))

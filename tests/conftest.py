@@ -59,7 +59,7 @@ def load_fixture(name: str, **overrides):
     from safetensors.numpy import load_file
 
     from modeling_xlstm_flax.configuration_xlstm_flax import from_upstream_config
-    from modeling_xlstm_flax.param_table import upstream_to_flax
+    from modeling_xlstm_flax.loading import upstream_to_flax
 
     folder = FIXTURES / name
     if not folder.is_dir():

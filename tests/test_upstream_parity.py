@@ -39,7 +39,7 @@ def test_translated_config_records_upstream_dims():
 def test_upstream_param_mapping_round_trips():
     from safetensors.numpy import load_file
 
-    from modeling_xlstm_flax.param_table import flax_to_upstream
+    from modeling_xlstm_flax.loading import flax_to_upstream
 
     for name in FIXTURE_MODELS:
         config, params, _, _ = load_fixture(name)
@@ -55,7 +55,7 @@ def test_upstream_param_mapping_round_trips():
 def test_mapping_rejects_unknown_and_misshaped_keys():
     from safetensors.numpy import load_file
 
-    from modeling_xlstm_flax.param_table import upstream_to_flax
+    from modeling_xlstm_flax.loading import upstream_to_flax
 
     config, _, _, _ = load_fixture("v1")
     flat = load_file(str(FIXTURES / "v1" / "params.safetensors"))
