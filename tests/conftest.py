@@ -82,6 +82,22 @@ def load_slstm_fixture(name: str):
     return meta["library_config"], sd, {k: v for k, v in arrays.items() if not k.startswith("sd/")}
 
 
+def slstm_cuda_layout(sd: dict, heads: int) -> dict:
+    """A library state dict's vanilla-layout sLSTM tensors rewritten in the cuda layout (the two layouts are checked
+    against the library itself in test_slstm.py::test_both_storage_layouts_give_identical_params_and_round_trip)."""
+    from modeling_xlstm_flax.library_params import (
+        bias_from_library, bias_to_library, recurrent_kernel_from_library, recurrent_kernel_to_library,
+    )
+
+    out = dict(sd)
+    for key, value in sd.items():
+        if key.endswith("_recurrent_kernel_"):
+            out[key] = recurrent_kernel_to_library(recurrent_kernel_from_library(value, "vanilla", heads), "cuda")
+        elif key.endswith("slstm_cell._bias_"):
+            out[key] = bias_to_library(bias_from_library(value, "vanilla", heads), "cuda")
+    return out
+
+
 def left_padded(prompts, pad_id: int = 1):
     """(ids, mask) (B, max length): the 1-D prompts left-padded with `pad_id`, mask 1 on the prompt tokens."""
     width = max(len(p) for p in prompts)

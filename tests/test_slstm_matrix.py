@@ -26,12 +26,10 @@ import pytest
 from flax.traverse_util import flatten_dict
 from safetensors.numpy import save_file
 
-from conftest import load_slstm_fixture
+from conftest import load_slstm_fixture, slstm_cuda_layout
 
 from modeling_xlstm_flax.library_checkpoint import save_library_folder
 from modeling_xlstm_flax.modeling_flax_xlstm import FlaxXLSTMForCausalLM
-from modeling_xlstm_flax.library_params import bias_from_library, bias_to_library, recurrent_kernel_from_library, \
-    recurrent_kernel_to_library
 
 LIBRARY_TOL = 1e-5  # against the library's frozen logits (float32, logits ~1-3)
 SAME_TOL = 1e-6  # a way out against the way-in model
@@ -63,15 +61,7 @@ def write_folder(folder: Path, config_files: dict, sd: dict) -> Path:
 
 
 def cuda_layout(sd: dict, heads: int) -> dict:
-    """The fixture's vanilla-layout sLSTM tensors rewritten in the cuda layout (the two layouts are checked against
-    the library itself in test_slstm.py::test_both_storage_layouts_give_identical_params_and_round_trip)."""
-    out = dict(sd)
-    for key, value in sd.items():
-        if key.endswith("_recurrent_kernel_"):
-            out[key] = recurrent_kernel_to_library(recurrent_kernel_from_library(value, "vanilla", heads), "cuda")
-        elif key.endswith("slstm_cell._bias_"):
-            out[key] = bias_to_library(bias_from_library(value, "vanilla", heads), "cuda")
-    return out
+    return slstm_cuda_layout(sd, heads)
 
 
 def way_in_folders(root: Path) -> dict:

@@ -16,13 +16,11 @@ import pytest
 from flax.traverse_util import flatten_dict
 from safetensors.numpy import save_file
 
-from conftest import left_padded, load_slstm_fixture
+from conftest import left_padded, load_slstm_fixture, slstm_cuda_layout
 
 from modeling_xlstm_flax.configuration_xlstm_flax import XLSTMFlaxConfig
 from modeling_xlstm_flax.library_checkpoint import config_from_library
 from modeling_xlstm_flax.modeling_flax_xlstm import FlaxXLSTMForCausalLM, FlaxXLSTMModel
-from modeling_xlstm_flax.library_params import bias_from_library, bias_to_library, recurrent_kernel_from_library, \
-    recurrent_kernel_to_library
 
 TOL = 1e-5
 
@@ -53,13 +51,7 @@ def to_cuda_layout(sd: dict, library_config: dict) -> dict:
     """A vanilla-layout state dict rewritten in the cuda layout (the layouts themselves are checked against the
     library in test_slstm.py::test_both_storage_layouts_give_identical_params_and_round_trip)."""
     heads = library_config["slstm_block"]["slstm"]["num_heads"]
-    out = dict(sd)
-    for key, value in sd.items():
-        if key.endswith("_recurrent_kernel_"):
-            out[key] = recurrent_kernel_to_library(recurrent_kernel_from_library(value, "vanilla", heads), "cuda")
-        elif key.endswith("slstm_cell._bias_"):
-            out[key] = bias_to_library(bias_from_library(value, "vanilla", heads), "cuda")
-    return out
+    return slstm_cuda_layout(sd, heads)
 
 
 def stepped_logits(model, idx, prefill: int):
