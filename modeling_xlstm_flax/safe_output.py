@@ -258,8 +258,8 @@ def _test_pause(step: str) -> None:
     spec = os.environ.get("XLSTM_FLAX_TEST_PAUSE", "")
     if spec.split(":")[0] != step:
         return
-    print(f"xlstm-flax: test pause at {step}", file=sys.stderr, flush=True)
-    try:
+    try:  # the announcement inside: a signal that lands right after it is handled like one during the sleep
+        print(f"xlstm-flax: test pause at {step}", file=sys.stderr, flush=True)
         time.sleep(60)
     except KeyboardInterrupt:
         if not spec.endswith(":swallow"):
