@@ -82,6 +82,19 @@ def load_slstm_fixture(name: str):
     return meta["library_config"], sd, {k: v for k, v in arrays.items() if not k.startswith("sd/")}
 
 
+def assert_left_padded_generation_is_per_prompt(model, prompts, max_new_tokens: int, what: str = ""):
+    """Greedy generation of the left-padded batch of `prompts` gives, row by row, the tokens each prompt generates
+    alone (pad id 1). Returns (ids, mask) of the padded batch."""
+    ids, mask = left_padded(prompts)
+    width = ids.shape[1]
+    batch = np.asarray(model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      pad_token_id=1).sequences)
+    for row, p in enumerate(prompts):
+        alone = np.asarray(model.generate(p[None], max_new_tokens=max_new_tokens, pad_token_id=1).sequences)
+        np.testing.assert_array_equal(batch[row, width:], alone[0, len(p):], err_msg=f"{what} row {row}")
+    return ids, mask
+
+
 def slstm_cuda_layout(sd: dict, heads: int) -> dict:
     """A library state dict's vanilla-layout sLSTM tensors rewritten in the cuda layout (the two layouts are checked
     against the library itself in test_slstm.py::test_both_storage_layouts_give_identical_params_and_round_trip)."""

@@ -16,7 +16,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 from safetensors.numpy import save_file
 
-from conftest import left_padded, load_slstm_fixture, slstm_cuda_layout
+from conftest import assert_left_padded_generation_is_per_prompt, load_slstm_fixture, slstm_cuda_layout
 
 from modeling_xlstm_flax.configuration_xlstm_flax import XLSTMFlaxConfig
 from modeling_xlstm_flax.library_checkpoint import config_from_library
@@ -197,12 +197,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, mixed):
 def test_left_padded_batch_generates_like_each_prompt_alone(mixed):
     rng = np.random.RandomState(0)
     prompts = [rng.randint(2, 48, n) for n in (3, 7, 5)]
-    ids, mask = left_padded(prompts)
-    width = ids.shape[1]
-    batch = np.asarray(mixed.generate(ids, attention_mask=mask, max_new_tokens=8, pad_token_id=1).sequences)
-    for row, p in enumerate(prompts):
-        alone = np.asarray(mixed.generate(p[None], max_new_tokens=8, pad_token_id=1).sequences)
-        np.testing.assert_array_equal(batch[row, width:], alone[0, len(p):], err_msg=f"row {row}")
+    assert_left_padded_generation_is_per_prompt(mixed, prompts, max_new_tokens=8)
 
 
 def test_sampling_and_beam_search_run_on_a_mixed_model(mixed):
