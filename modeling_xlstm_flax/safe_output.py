@@ -251,16 +251,24 @@ def _make_sibling(target: Path, kind: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- the swap
+_PAUSED: set = set()
+
+
 def _test_pause(step: str) -> None:
     """For tests: `XLSTM_FLAX_TEST_PAUSE=STEP` ("start": the partial folder exists; "swap": the new folder is
     complete, not yet in place) stops the writer there for up to 60 s, announced on stderr, so a test can signal it
     at that moment; `STEP:swallow` drops the KeyboardInterrupt there, as a finalizer or gc callback would."""
     spec = os.environ.get("XLSTM_FLAX_TEST_PAUSE", "")
-    if spec.split(":")[0] != step:
+    if spec.split(":")[0] != step or step in _PAUSED:
         return
+    _PAUSED.add(step)  # once per process: a nested writer (save_pretrained inside the export) does not pause again
     try:  # the announcement inside: a signal that lands right after it is handled like one during the sleep
         print(f"xlstm-flax: test pause at {step}", file=sys.stderr, flush=True)
-        time.sleep(60)
+        # short sleeps: the kernel may hand the signal to another thread (jax's), which does not wake the main
+        # thread's sleep; Python runs the handler when the main thread next returns to the interpreter
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
     except KeyboardInterrupt:
         if not spec.endswith(":swallow"):
             raise
