@@ -46,13 +46,18 @@ def adamw_gradients() -> dict:
 
         grad = jax.jit(jax.grad(loss_fn))
         optimizer = optax.adamw(1e-2)
+
+        @jax.jit  # one program (op by op, each AdamW op of each param shape was a compile of its own)
+        def update(grads, state, params):
+            updates, state = optimizer.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
         params = jax.tree_util.tree_map(jnp.asarray, model.params)
         state = optimizer.init(params)
         for step in range(STEPS):
             grads = grad(params)
             out[f"{layer_type}-{form}-{step}"] = np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(grads)])
-            updates, state = optimizer.update(grads, state, params)
-            params = optax.apply_updates(params, updates)
+            params, state = update(grads, state, params)
     return out
 
 
