@@ -4,6 +4,7 @@ GPUs) and TPU v5e-8, v6e-8, v5p-8 and v5p-64 (v5p:4x4x2, 32 chips on 8 hosts).
 
     JAX_PLATFORMS=cpu python benchmarks/accelerators.py                         # everything (long: the 7B)
     python benchmarks/accelerators.py --presets 160M --targets h200,v5e-8 --workloads decode-b1,prefill-2k
+    python benchmarks/accelerators.py --presets 160M-sLSTM --targets h200 --workloads decode-b1   # sLSTM blocks
 
 Needs the `aot` extra (`pip install -e .[aot]`). Nothing runs on an accelerator: these are XLA's own figures for
 the compiled program (see benchmarks/README.md, "GPUs and TPUs"), never measurements. Writes
@@ -217,7 +218,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma list of {', '.join(TARGETS)}")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
-    parser.add_argument("--presets", default="160M,7B", help="comma list of 160M, 7B")
+    parser.add_argument("--presets", default="160M,7B",
+                        help=f"comma list of {', '.join(PRESETS)} (160M-sLSTM: the 160M with sLSTM blocks at 1, 3, "
+                             "..., 11; default 160M,7B)")
     parser.add_argument("--skip", default="7B/v5p-64/train-4k",
                         help="comma list of preset/target/workload to leave out (default: the 7B training step on "
                              "v5p-64, ~7 min alone on 2 cores); '' for none")
