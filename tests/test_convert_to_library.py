@@ -139,3 +139,34 @@ def test_refusals_leave_nothing_behind(ours, tmp_path, capsys):
     assert json.loads((old / "config.json").read_text())["xlstm_cfg"]["slstm_block"]["slstm"]["backend"] == "cuda"
     assert main("to-library", [str(source), str(source / "sub")]) == 1  # inside the input: refused
     assert "lies inside the input" in capsys.readouterr().err and not (source / "sub").exists()
+
+
+def test_a_library_folder_and_a_scanned_save_convert_too(ours, tmp_path):
+    """Other inputs: a library folder in the cuda layout (Helibrunna's default) rewritten in the vanilla layout, and
+    our save with stacked blocks (`scan_blocks`), unstacked for the library: both give the file the unrolled save
+    gives (the same tensors, bit for bit)."""
+    import yaml  # PyYAML: a dependency of transformers
+
+    library_cfg, sd, _ = load_slstm_fixture("lm_slstm")
+    reference = tmp_path / "from-ours"
+    assert main("to-library", [str(ours["lm_slstm"]), str(reference)]) == 0
+    want = load_file(str(reference / "model.safetensors"))
+
+    helibrunna = tmp_path / "helibrunna"
+    helibrunna.mkdir()
+    cfg = json.loads(json.dumps(library_cfg))
+    assert cfg["slstm_block"]["slstm"].pop("backend") == "vanilla"  # absent: the library's "cuda"
+    (helibrunna / "config.yaml").write_text(yaml.safe_dump({"model": cfg}))
+    cuda = slstm_cuda_layout(sd, cfg["slstm_block"]["slstm"]["num_heads"])
+    save_file({k: np.ascontiguousarray(v) for k, v in cuda.items()}, str(helibrunna / "model.safetensors"))
+    scanned = tmp_path / "scanned"
+    FlaxXLSTMForCausalLM.from_pretrained(ours["lm_slstm"], scan_blocks=True).save_pretrained(scanned)
+    assert json.loads((scanned / "config.json").read_text())["scan_blocks"] is True
+
+    for source in (helibrunna, scanned):
+        out = tmp_path / f"{source.name}-library"
+        assert main("to-library", [str(source), str(out)]) == 0
+        got = load_file(str(out / "model.safetensors"))
+        assert sorted(got) == sorted(want), source.name
+        for key, value in want.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{source.name} {key}")
