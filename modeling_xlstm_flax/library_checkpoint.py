@@ -152,8 +152,9 @@ def library_config(config: XLSTMFlaxConfig, backend: str = "vanilla") -> dict:
 
 def library_state_dict(params: Mapping, config: XLSTMFlaxConfig, backend: str = "vanilla") -> dict[str, np.ndarray]:
     """Our causal-LM params -> the library's `xLSTMLMModel` state dict (float32 numpy, `backend`'s sLSTM
-    storage layout). With tied embeddings only `token_embedding.weight` is written. Scanned params (`scan_blocks`)
-    are unstacked first: the library has one module per block."""
+    storage layout). With tied embeddings both `token_embedding.weight` and `lm_head.weight` are written (equal), as
+    the library's `state_dict()` holds them: `load_state_dict` (strict) of a tied `xLSTMLMModel` needs both.
+    Scanned params (`scan_blocks`) are unstacked first: the library has one module per block."""
     library_config(config, backend)  # refuses what the library cannot express
     backbone = params["backbone"]
     if "scanned" in backbone["blocks"]:
@@ -161,7 +162,9 @@ def library_state_dict(params: Mapping, config: XLSTMFlaxConfig, backend: str = 
 
         backbone = unstack_block_params({"backbone": backbone}, config.num_blocks)["backbone"]
     sd = {EMBEDDING: np.asarray(backbone["embeddings"]["embedding"], np.float32)}
-    if not config.tie_word_embeddings:
+    if config.tie_word_embeddings:  # both names, as the library's own state_dict(): its strict load needs both
+        sd[HEAD] = np.array(sd[EMBEDDING])
+    else:
         sd[HEAD] = np.ascontiguousarray(np.asarray(params["lm_head"]["kernel"], np.float32).T)
     slstm_at = set(config.slstm_block_indices)
     for i in range(config.num_blocks):
