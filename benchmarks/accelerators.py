@@ -49,12 +49,16 @@ def run_one(target_name: str, workload_name: str, preset: str, dtype: str = "bfl
     import jax.numpy as jnp
 
     from _aot_workloads import PRESETS, build_model, inference_mesh, workload
-    from modeling_xlstm_flax import sharding as shd
+    from modeling_xlstm_flax import load_preset, sharding as shd
 
     target = TARGETS[target_name]
     devices = target_devices(target)
     train = workload_name.startswith("train")
-    overrides = dict(scan_blocks=True, gradient_checkpointing=True) if train else {}
+    # training: stacked blocks (one compiled block) where the stack is homogeneous; a mixed mLSTM/sLSTM stack
+    # cannot be scanned and runs unrolled
+    name, fields = PRESETS[preset]
+    mixed = 0 < len(fields.get("slstm_at", [])) < load_preset(name, **fields).num_blocks
+    overrides = dict(scan_blocks=not mixed, gradient_checkpointing=True) if train else {}
     model, shapes = build_model(PRESETS[preset], dtype=jnp.dtype(dtype), **overrides)
     mesh = shd.make_mesh(fsdp=len(devices), devices=devices) if train else inference_mesh(model.config, devices)
     prog = workload(workload_name, model, shapes, mesh)
