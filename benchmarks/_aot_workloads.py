@@ -10,6 +10,7 @@ tokens it handles and its ideal flops and bytes per device (`ideal_*`, see `idea
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -25,7 +26,14 @@ from modeling_xlstm_flax.modeling_flax_xlstm import FlaxXLSTMForCausalLM
 
 WORKLOADS = ("prefill-2k", "prefill-16k", "prefill-128k", "decode-b1", "decode-b8", "decode-b64", "generate",
              "train-4k", "forward-16k")
-PRESETS = {"7B": "xlstm-7b", "160M": "xlstm-160m"}
+# report name -> (preset file, fields set on it). 160M-sLSTM: the 160M with every other block an sLSTM block (the
+# xLSTM paper's [1:1]-style mix; 4 heads, the library's gated GELU feedforward at proj_factor 1.3)
+PRESETS = {
+    "7B": ("xlstm-7b", {}),
+    "160M": ("xlstm-160m", {}),
+    "160M-sLSTM": ("xlstm-160m", dict(slstm_at=[1, 3, 5, 7, 9, 11], slstm_block={
+        "slstm": {"num_heads": 4}, "feedforward": {"proj_factor": 1.3}})),
+}
 
 
 @dataclass
@@ -42,9 +50,17 @@ class Program:
     notes: list = field(default_factory=list)
 
 
-def build_model(preset: str, dtype=jnp.bfloat16, **overrides):
-    """The model (no weights: `_do_init=False`) and its param shapes. `preset`: a preset name or a config."""
-    config = load_preset(preset, **overrides) if isinstance(preset, str) else preset
+def build_model(preset, dtype=jnp.bfloat16, **overrides):
+    """The model (no weights: `_do_init=False`) and its param shapes. `preset`: a preset name, a `PRESETS` value
+    (preset name, fields) or a config (not changed: a copy gets the overrides); `overrides` apply in every case."""
+    if isinstance(preset, tuple):
+        name, fields = preset
+        config = load_preset(name, **{**fields, **overrides})
+    elif isinstance(preset, str):
+        config = load_preset(preset, **overrides)
+    else:
+        config = copy.deepcopy(preset)
+        config.update(overrides)  # names checked, the result validated
     model = FlaxXLSTMForCausalLM(config, dtype=dtype, _do_init=False,
                                  gradient_checkpointing=overrides.get("gradient_checkpointing"))
     return model, model.params_shape_tree
@@ -73,6 +89,17 @@ def cell_flops_per_token(config, chunk: Optional[int]) -> float:
     NH, DK, DV = config.num_heads, config.qk_head_dim, config.v_head_dim
     intra = 0 if chunk is None else 2 * chunk * (DK + DV)
     return NH * (intra + 4 * DK * DV)
+
+
+def stack_cell_flops_per_token(config, chunk: Optional[int]) -> float:
+    """Cell flops per token of the whole block stack beyond 2 x `matmul_params`: `cell_flops_per_token` for each
+    mLSTM block, 0 for each sLSTM block. An sLSTM block's matrix work is all weights applied once per token, so
+    2 x its params already counts it: the recurrent matmul y.R (4 gates x D x D/NH multiply-adds: 2 x 4 D DH),
+    the four headwise gate projections (4 x NH x DH x DH), the causal conv (K x D) and the feedforward; what its
+    cell adds is elementwise (gates, stabiliser, c/n/h, group norm: tens of flops per channel, < 1% of a 160M
+    block's), left out as the mLSTM cell's elementwise work is."""
+    mlstm_blocks = config.num_blocks - len(config.slstm_block_indices)
+    return mlstm_blocks * cell_flops_per_token(config, chunk)
 
 
 def _param_structs(shapes, config, mesh, dtype):
@@ -117,7 +144,7 @@ def prefill(model, shapes, mesh, batch: int, seq: int) -> Program:
     ids, b_sh = _ids((batch, seq), mesh)
     n = mesh.size
     pm = matmul_params(cfg, shapes) - cfg.embedding_dim * cfg.vocab_size  # the LM head runs on one position
-    flops = (2 * pm + cell_flops_per_token(cfg, cfg.chunk_size) * cfg.num_blocks) * batch * seq \
+    flops = (2 * pm + stack_cell_flops_per_token(cfg, cfg.chunk_size)) * batch * seq \
         + 2 * cfg.embedding_dim * cfg.vocab_size * batch
     ideal_bytes = _weight_bytes(params, batch * seq) + 2 * shard_bytes(cache) + 4 * batch * seq
     return Program(forward_with_cache(model, mesh, 1), (params, ids, cache), (p_sh, b_sh, c_sh),
@@ -149,7 +176,7 @@ def decode_step(model, shapes, mesh, batch: int) -> Program:
     ids, b_sh = _ids((batch, 1), mesh)
     l_sh = NamedSharding(mesh, shd.fit_spec((shd.BATCH_AXES, None, shd.TENSOR), (batch, 1, cfg.vocab_size), mesh))
     logits = jax.ShapeDtypeStruct((batch, 1, cfg.vocab_size), jnp.float32, sharding=l_sh)
-    flops = (2 * matmul_params(cfg, shapes) + cell_flops_per_token(cfg, None) * cfg.num_blocks) * batch
+    flops = (2 * matmul_params(cfg, shapes) + stack_cell_flops_per_token(cfg, None)) * batch
     ideal_bytes = _weight_bytes(params, batch) + 2 * shard_bytes(cache) + shard_bytes(logits)
     return Program(forward_with_cache(model, mesh, 0), (params, ids, cache), (p_sh, b_sh, c_sh),
                    out_shardings=(l_sh, c_sh), donate_argnums=(2,), tokens=batch,
@@ -208,7 +235,7 @@ def train_step(model, shapes, mesh, batch: int, seq: int) -> Program:
 
     pm = matmul_params(cfg, shapes)
     tokens = batch * seq
-    cell = cell_flops_per_token(cfg, cfg.chunk_size) * cfg.num_blocks
+    cell = stack_cell_flops_per_token(cfg, cfg.chunk_size)
     flops = 3 * (2 * pm + cell) * tokens  # forward + backward (twice the forward's flops)
     return Program(step, (params, opt_state, ids), (p_sh, o_sh, b_sh), out_shardings=(p_sh, o_sh, rep),
                    donate_argnums=(0, 1), tokens=tokens, ideal_flops=flops / mesh.size,

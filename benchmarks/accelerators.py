@@ -4,6 +4,7 @@ GPUs) and TPU v5e-8, v6e-8, v5p-8 and v5p-64 (v5p:4x4x2, 32 chips on 8 hosts).
 
     JAX_PLATFORMS=cpu python benchmarks/accelerators.py                         # everything (long: the 7B)
     python benchmarks/accelerators.py --presets 160M --targets h200,v5e-8 --workloads decode-b1,prefill-2k
+    python benchmarks/accelerators.py --presets 160M-sLSTM --targets h200 --workloads decode-b1   # sLSTM blocks
 
 Needs the `aot` extra (`pip install -e .[aot]`). Nothing runs on an accelerator: these are XLA's own figures for
 the compiled program (see benchmarks/README.md, "GPUs and TPUs"), never measurements. Writes
@@ -48,12 +49,16 @@ def run_one(target_name: str, workload_name: str, preset: str, dtype: str = "bfl
     import jax.numpy as jnp
 
     from _aot_workloads import PRESETS, build_model, inference_mesh, workload
-    from modeling_xlstm_flax import sharding as shd
+    from modeling_xlstm_flax import load_preset, sharding as shd
 
     target = TARGETS[target_name]
     devices = target_devices(target)
     train = workload_name.startswith("train")
-    overrides = dict(scan_blocks=True, gradient_checkpointing=True) if train else {}
+    # training: stacked blocks (one compiled block) where the stack is homogeneous; a mixed mLSTM/sLSTM stack
+    # cannot be scanned and runs unrolled
+    name, fields = PRESETS[preset]
+    mixed = 0 < len(fields.get("slstm_at", [])) < load_preset(name, **fields).num_blocks
+    overrides = dict(scan_blocks=not mixed, gradient_checkpointing=True) if train else {}
     model, shapes = build_model(PRESETS[preset], dtype=jnp.dtype(dtype), **overrides)
     mesh = shd.make_mesh(fsdp=len(devices), devices=devices) if train else inference_mesh(model.config, devices)
     prog = workload(workload_name, model, shapes, mesh)
@@ -217,7 +222,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma list of {', '.join(TARGETS)}")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
-    parser.add_argument("--presets", default="160M,7B", help="comma list of 160M, 7B")
+    parser.add_argument("--presets", default="160M,7B",
+                        help=f"comma list of {', '.join(PRESETS)} (160M-sLSTM: the 160M with sLSTM blocks at 1, 3, "
+                             "..., 11; default 160M,7B)")
     parser.add_argument("--skip", default="7B/v5p-64/train-4k",
                         help="comma list of preset/target/workload to leave out (default: the 7B training step on "
                              "v5p-64, ~7 min alone on 2 cores); '' for none")

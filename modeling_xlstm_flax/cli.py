@@ -1,7 +1,8 @@
 """The command line: `xlstm-flax COMMAND ...` and what every command shares (the one place for command code).
 
 * `main(argv)`: the console command `xlstm-flax` with the subcommands `generate` (here), `train` (`training`),
-  `convert {from-orbax, from-pytorch, to-pytorch, from-library}` (`convert_common`, one skeleton for all) and
+  `convert {from-orbax, from-pytorch, to-pytorch, from-library, to-library}` (`convert_common`, one skeleton for
+  all) and
   `export-hub` (`hub`), plus `--version`, `--debug`, `--help`. A subcommand's module is imported only when it runs
   (so `--help` needs neither jax nor transformers);
 * `run_command(prog, body, argv, exit_codes)` runs `body(argv)`: a failure is one line `prog: error: ...` on stderr
@@ -279,7 +280,7 @@ COMMANDS = {
     "generate": ("cli", "generate_main", "generate text with the bundled model or any saved model"),
     "train": ("training", "main", "train a model from scratch or fine-tune one (the 'train' extra)"),
     "convert": ("convert_common", "convert_command",
-                "convert checkpoints: from-orbax, from-pytorch, to-pytorch, from-library"),
+                "convert checkpoints: from-orbax, from-pytorch, to-pytorch, from-library, to-library"),
     "export-hub": ("hub", "main", "write a self-contained Hugging Face Hub folder (and push it)"),
 }
 

@@ -1,6 +1,7 @@
 """The conversions on one skeleton: `CONVERSIONS` (`xlstm-flax convert NAME`; its options are its function's
 keywords), `build_parser(name)`, `main(name, argv)` (the commands' one runner) and the functions
-`convert_pytorch_to_flax`, `convert_flax_to_pytorch`, `convert_library_to_flax` (orbax: `convert_orbax_to_hf`).
+`convert_pytorch_to_flax`, `convert_flax_to_pytorch` (the NX-AI library's: `convert_library`; orbax:
+`convert_orbax_to_hf`).
 
 Every input is a `loading.Source` (tensors under our unrolled names, read one at a time, checked against the
 config's plan before any data is read); `output_tensors` lays it out as "flax" (our names, `.`-joined; stacked
@@ -366,32 +367,6 @@ def convert_flax_to_pytorch(input_dir, output_dir, *, dtype: str = "keep", max_s
     return Path(output_dir)
 
 
-def convert_library_to_flax(input_dir, output_dir, *, dtype: str = "float32", tokenizer: Optional[str] = None,
-                            overwrite: bool = False) -> Path:
-    """Convert; returns the output directory. Raises ConversionError (bad input) or ValueError."""
-    import jax
-    import jax.numpy as jnp
-
-    from .library_checkpoint import read_library_config
-    from .modeling_flax_xlstm import FlaxXLSTMForCausalLM
-
-    check_output_path(output_dir, (input_dir, tokenizer), "output")  # empty or overlapping an input: refused first
-    source, target = Path(input_dir).absolute(), Path(output_dir).absolute()
-    if not source.is_dir():
-        raise ConversionError(f"{input_dir}: no such directory")
-    if read_library_config(source) is None:
-        raise ConversionError(f"{input_dir}: no xlstm library config (config.yaml, or config.json with xlstm_cfg / "
-                              "xlstm_config or a bare xLSTMLMModelConfig)")
-    if dtype not in ("float32", "bfloat16"):
-        raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
-    model = FlaxXLSTMForCausalLM.from_pretrained(source)
-    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.dtype(dtype)), model.params)
-    with converter_output_dir(target, overwrite, (input_dir, tokenizer), "xlstm-flax convert from-library") as tmp:
-        copy_tokenizer(tokenizer, tmp, source_dir=source)
-        model.save_pretrained(tmp, params=params)
-    return target
-
-
 # ---------------------------------------------------------------------------------------------- command lines
 def parse_overrides(items: Optional[list[str]]) -> dict:
     """["field=value", ...] -> {field: value} (`configuration.parse_field_overrides`: JSON values, names checked)."""
@@ -459,11 +434,22 @@ CONVERSIONS = {
         layout="pytorch", verify_reference="this port's FlaxXLSTMForCausalLM; output side: transformers' PyTorch "
                                            "xLSTMForCausalLM, needs torch"),
     "from-library": Conversion(
-        "convert_common:convert_library_to_flax", "NX-AI xlstm library folder (mLSTM + sLSTM) -> Flax model folder",
+        "convert_library:convert_library_to_flax", "NX-AI xlstm library folder (mLSTM + sLSTM) -> Flax model folder",
         "Convert a checkpoint folder of NX-AI's PyTorch xlstm library (xLSTMLMModel with mLSTM and sLSTM blocks: a "
         "Helibrunna config.yaml or a config.json holding the library config under xlstm_cfg / xlstm_config, plus "
         "model.safetensors) into this port's Flax layout. Tokenizer files are copied. Exit status: 0 done, 1 bad "
         "input, 2 usage.", "the library checkpoint folder", dtypes=("float32", "bfloat16"),
+        tokenizer_help="tokenizer to save beside the model (default: the input folder's tokenizer files)"),
+    "to-library": Conversion(
+        "convert_library:convert_flax_to_library", "Flax model folder -> NX-AI xlstm library folder (mLSTM + sLSTM)",
+        "Write a model this port loads (our Flax layout, a library folder, or a Hub id) as a checkpoint folder of "
+        "NX-AI's PyTorch xlstm library: config.json with the xLSTMLMModelConfig under xlstm_cfg, model.safetensors "
+        "with xLSTMLMModel keys in float32 and the sLSTM recurrent kernel and bias in --backend's storage layout. A "
+        "model the library cannot express (an mlstm_v1 layer, rmsnorm, soft caps, a feedforward in mLSTM blocks, "
+        "...) is refused naming the fields, before anything is written. Tokenizer files and generation_config.json "
+        "are copied. Reads the whole model into memory; writes into a temporary folder beside OUTPUT and renames it "
+        "at the end. Exit status: 0 done, 1 bad input, 2 usage.",
+        "our model folder, a library folder or a Hub id", "the library checkpoint folder to create",
         tokenizer_help="tokenizer to save beside the model (default: the input folder's tokenizer files)"),
 }
 
@@ -490,6 +476,11 @@ _OPTIONS = {
         help="file format of sharded Flax output (only with --max-shard-size): safetensors shards with "
              "model.safetensors.index.json (default) or msgpack shards (flax_model.msgpack.index.json, what "
              "transformers' Flax save_pretrained writes); FlaxXLSTMForCausalLM.from_pretrained reads both")),
+    "backend": (("--backend",), lambda c: dict(
+        choices=["vanilla", "cuda"], default="vanilla",
+        help="storage layout of the sLSTM recurrent kernel and bias: the library's vanilla backend (default) or its "
+             "cuda backend (Helibrunna's default); the same model either way, the library reads each with its "
+             "backend")),
     "overrides": (None, None),  # the one --set option (`cli.add_set_option`)
     "verify": (("--verify",), lambda c: dict(
         action="store_true",

@@ -9,9 +9,9 @@ prefix stripped, any float dtype (read as float32). Tied embeddings (`tie_weight
 unexpected or mis-shaped tensors are refused by name.
 
 Back to the library: `library_config(config, backend)` and `library_state_dict(params, config, backend)` (either
-storage layout), `save_library_folder` writes both (config.json with the config under `xlstm_cfg`, as Distil-xLSTM,
-and `model.safetensors` in float32). A config the library cannot express is refused: the written config must
-translate back to the same model config.
+storage layout), `save_library_folder` writes both (`write_library_files`: config.json with the config under
+`xlstm_cfg`, as Distil-xLSTM, and `model.safetensors` in float32; the command: `xlstm-flax convert to-library`).
+A config the library cannot express is refused: the written config must translate back to the same model config.
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ def library_config(config: XLSTMFlaxConfig, backend: str = "vanilla") -> dict:
                                              "tie_word_embeddings", "add_post_blocks_norm", "slstm_at", "slstm_block",
                                              "dropout", "add_embedding_dropout", "norm_eps", "norm_type",
                                              "logits_soft_cap", "lm_head_dtype", "block_norm_eps")]
+    differ.sort(key=lambda k: k != "layer_type")  # the decisive one first: an mlstm_v1 model has no library block
     if differ:
         raise ValueError("the xlstm library cannot express this config: "
                          + ", ".join(f"{k}={ours.get(k)!r} (library: {theirs.get(k)!r})" for k in differ))
@@ -151,8 +152,9 @@ def library_config(config: XLSTMFlaxConfig, backend: str = "vanilla") -> dict:
 
 def library_state_dict(params: Mapping, config: XLSTMFlaxConfig, backend: str = "vanilla") -> dict[str, np.ndarray]:
     """Our causal-LM params -> the library's `xLSTMLMModel` state dict (float32 numpy, `backend`'s sLSTM
-    storage layout). With tied embeddings only `token_embedding.weight` is written. Scanned params (`scan_blocks`)
-    are unstacked first: the library has one module per block."""
+    storage layout). With tied embeddings both `token_embedding.weight` and `lm_head.weight` are written (equal), as
+    the library's `state_dict()` holds them: `load_state_dict` (strict) of a tied `xLSTMLMModel` needs both.
+    Scanned params (`scan_blocks`) are unstacked first: the library has one module per block."""
     library_config(config, backend)  # refuses what the library cannot express
     backbone = params["backbone"]
     if "scanned" in backbone["blocks"]:
@@ -160,7 +162,9 @@ def library_state_dict(params: Mapping, config: XLSTMFlaxConfig, backend: str = 
 
         backbone = unstack_block_params({"backbone": backbone}, config.num_blocks)["backbone"]
     sd = {EMBEDDING: np.asarray(backbone["embeddings"]["embedding"], np.float32)}
-    if not config.tie_word_embeddings:
+    if config.tie_word_embeddings:  # both names, as the library's own state_dict(): its strict load needs both
+        sd[HEAD] = np.array(sd[EMBEDDING])
+    else:
         sd[HEAD] = np.ascontiguousarray(np.asarray(params["lm_head"]["kernel"], np.float32).T)
     slstm_at = set(config.slstm_block_indices)
     for i in range(config.num_blocks):
@@ -178,13 +182,21 @@ def save_library_folder(params: Mapping, config: XLSTMFlaxConfig, folder, backen
     """Write a library checkpoint folder: config.json (`{"xlstm_cfg": library_config}`) and model.safetensors.
     All-or-nothing (`safe_output`): the folder's other files are kept, the old two replaced only once both new ones
     are complete."""
-    from safetensors.numpy import save_file
-
     lm = library_config(config, backend)
-    sd = {k: np.ascontiguousarray(v) for k, v in library_state_dict(params, config, backend).items()}
+    sd = library_state_dict(params, config, backend)
     folder = Path(folder)
     with atomic_output_dir(folder, True, owned=("config.json", "model.safetensors"), keep_others=True,
                            option="save_library_folder: folder") as tmp:
-        (tmp / "config.json").write_text(json.dumps({"xlstm_cfg": lm}, indent=1))
-        save_file(sd, str(tmp / "model.safetensors"))
+        write_library_files(tmp, lm, sd)
     return folder
+
+
+def write_library_files(directory, lm: Mapping, state_dict: Mapping[str, np.ndarray]) -> None:
+    """config.json (`{"xlstm_cfg": lm}`, as Distil-xLSTM) and model.safetensors (`state_dict`, float32) into the
+    existing `directory` (a temporary folder of `safe_output`; `library_config` and `library_state_dict` make the
+    two, refusing what the library cannot express, before any folder is made)."""
+    from safetensors.numpy import save_file
+
+    (Path(directory) / "config.json").write_text(json.dumps({"xlstm_cfg": lm}, indent=1))
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state_dict.items()},
+              str(Path(directory) / "model.safetensors"))

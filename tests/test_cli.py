@@ -13,7 +13,8 @@ from modeling_xlstm_flax import cli
 
 HELP_ARGS = [["--help"], ["generate", "--help"], ["train", "--help"], ["convert", "--help"],
              ["convert", "from-orbax", "--help"], ["convert", "from-pytorch", "--help"],
-             ["convert", "to-pytorch", "--help"], ["convert", "from-library", "--help"], ["export-hub", "--help"]]
+             ["convert", "to-pytorch", "--help"], ["convert", "from-library", "--help"],
+             ["convert", "to-library", "--help"], ["export-hub", "--help"]]
 
 
 def _command(*args):
