@@ -492,6 +492,25 @@ RUNTIME_FIELDS = frozenset({
     "pad_token_id",
 })
 
+# Fields that change what the model computes but neither the names, shapes nor random initial values of its params:
+# models whose configs differ only in these (and in fields that are not ours) share one compiled init program
+# (`modeling_flax_xlstm._compiled_init`). tests/test_model.py checks each of them leaves the init program as it is.
+INIT_FREE_FIELDS = frozenset({
+    "sequence_kernel", "chunk_size", "prefill_segment_size", "context_length", "dropout",
+    "reset_at_document_boundaries", "reset_fgate_value", "weight_decay_on_embedding", "bos_token_id", "eos_token_id",
+    "pad_token_id", "gate_soft_cap", "logits_soft_cap", "cell_eps", "norm_eps", "block_norm_eps", "cell_norm_eps",
+    "compute_dtype", "gate_dtype", "lm_head_dtype",
+})
+
+
+def init_defining_fields(config) -> str:
+    """The config's own fields that may change its random initial params (all but `INIT_FREE_FIELDS`), as one
+    canonical string: equal strings, equal initial params for one seed."""
+    own = _own_fields()
+    return json.dumps({k: v for k, v in config.to_dict().items() if k in own and k not in INIT_FREE_FIELDS},
+                      sort_keys=True, default=repr)
+
+
 # Attributes transformers itself defines, sets or reads on model configs beyond what `PretrainedConfig()` holds:
 # accepted in the constructor and by assignment, and written and read back by save_pretrained / from_pretrained.
 TRANSFORMERS_FIELDS = frozenset({

@@ -52,7 +52,8 @@ AUTO_MAP = {
     "FlaxAutoModelForCausalLM": "modeling_flax_xlstm.FlaxXLSTMForCausalLM",
 }
 # The commands and what only they use: never part of the exported model code.
-COMMAND_MODULES = ("cli", "convert_common", "convert_orbax_to_hf", "hub", "training", "training_io")
+COMMAND_MODULES = ("cli", "convert_common", "convert_library", "convert_orbax_to_hf", "hub", "training",
+                   "training_io")
 LOADER_BLOCK_HEAD = ("# ---- written by the xlstm-flax Hub export: transformers 4's remote-code loader copies, for a local",
                      "# folder, only the modules a file names itself; these lines name the rest of the import closure.",
                      "if False:  # never runs")

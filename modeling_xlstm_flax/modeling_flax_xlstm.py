@@ -28,7 +28,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from .checkpoint_io import param_dtype_of, resolve_model_dir
 from .checkpoint_writer import params_tensors, parse_size, write_checkpoint
 from .safe_output import MODEL_FILES, atomic_output_dir, check_output_path
-from .configuration_xlstm_flax import XLSTMFlaxConfig, from_transformers_config
+from .configuration_xlstm_flax import XLSTMFlaxConfig, from_transformers_config, init_defining_fields
 from .cache import check_cache, init_cache
 from .flax_base import FlaxCausalLMOutput, FlaxPreTrainedModel, forget_compiled, is_traced, jitted, model_key
 from .checks import check_dropout_rng, check_inputs, check_not_donated
@@ -82,9 +82,12 @@ _INIT_FNS: dict = {}  # (module, config values, input shape) -> jitted init; bou
 
 
 def _compiled_init(module, input_shape: tuple):
-    """`module.init` under `jax.jit`, kept per module type, config values, dtype and input shape: initialising
-    op by op (eagerly) compiles hundreds of tiny programs, one program is several times faster."""
-    key = (type(module).__name__, repr(sorted(vars(module.config).items())), str(module.dtype),
+    """`module.init` under `jax.jit`, kept per module type, the config's init-defining fields (not the kernel
+    choice, chunk size, token ids, ...: `configuration_xlstm_flax.INIT_FREE_FIELDS`), dtype and input shape, so that
+    models of configs differing only in how they compute share one program: initialising op by op (eagerly)
+    compiles hundreds of tiny programs, and compiling the init program costs more than a forward pass of a small
+    model. The program kept is the first module's of its key; the others' give the same params."""
+    key = (type(module).__name__, init_defining_fields(module.config), str(module.dtype),
            module.gradient_checkpointing, input_shape)
     fn = _INIT_FNS.get(key)
     if fn is None:

@@ -179,3 +179,64 @@ def test_compiled_programs_shared_per_model_and_never_keep_it_alive():
     del model, first, second, step, every_program
     gc.collect()
     assert ref() is None
+
+
+# one changed value per init-free field (configuration_xlstm_flax.INIT_FREE_FIELDS)
+_INIT_FREE_CHANGES = {
+    "sequence_kernel": "recurrent", "chunk_size": 8, "prefill_segment_size": 5,
+    "context_length": 64, "dropout": 0.1, "reset_at_document_boundaries": True, "reset_fgate_value": -20.0,
+    "weight_decay_on_embedding": True, "bos_token_id": 3, "eos_token_id": 4, "pad_token_id": 5,
+    "gate_soft_cap": 7.0, "logits_soft_cap": 11.0, "cell_eps": 1e-5, "norm_eps": 1e-5, "block_norm_eps": 1e-5,
+    "cell_norm_eps": 1e-5, "compute_dtype": "bfloat16", "gate_dtype": "bfloat16", "lm_head_dtype": "bfloat16",
+}
+
+
+def _init_program(config) -> str:
+    """The init's jaxpr reduced to what computes the params (dead-code elimination drops the forward pass flax runs
+    to create them): equal text, equal random params for every seed."""
+    from jax._src.interpreters import partial_eval as pe
+
+    from modeling_xlstm_flax.xlstm_layers import FlaxXLSTMForCausalLMModule
+
+    module = FlaxXLSTMForCausalLMModule(config, dtype=jnp.float32)
+    closed = jax.make_jaxpr(lambda rng: module.init({"params": rng, "dropout": rng}, jnp.zeros((1, 1), "i4"))
+                            ["params"])(jax.random.PRNGKey(0))
+    jaxpr, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
+    return str(jaxpr)
+
+
+@pytest.mark.parametrize("base,each", [(dict(layer_type="mlstm_v1"), True), (dict(layer_type="mlstm"), True),
+                                       (dict(layer_type="mlstm", slstm_at=[1]), False),
+                                       (dict(layer_type="mlstm_v1", scan_blocks=True), False)])
+def test_init_free_fields_do_not_change_the_init(base, each):
+    """Models whose configs differ only in INIT_FREE_FIELDS share one compiled init (modeling_flax_xlstm.
+    _compiled_init), which is right only if none of these fields reaches the computation of the params: each
+    field changed alone (per layer type), and all together (also with sLSTM blocks and scanned blocks), leaves that
+    computation as it is; an init-defining field (a control) changes it."""
+    from modeling_xlstm_flax.configuration_xlstm_flax import INIT_FREE_FIELDS
+
+    assert set(_INIT_FREE_CHANGES) == INIT_FREE_FIELDS
+    base = dict(base)
+    config = tiny_config(base.pop("layer_type"), **base)
+    reference = _init_program(config)
+    for field, value in _INIT_FREE_CHANGES.items():
+        assert getattr(config, field) != value, field
+        if each:
+            assert _init_program(tiny_config(config.layer_type, **{**base, field: value})) == reference, field
+    assert _init_program(tiny_config(config.layer_type, **base, **_INIT_FREE_CHANGES)) == reference
+    assert _init_program(tiny_config(config.layer_type, **{**base, "bias": True})) != reference  # control
+    assert _init_program(tiny_config(config.layer_type, **{**base, "init_distribution": "uniform"})) != reference
+
+
+def test_models_differing_in_init_free_fields_share_one_init_program():
+    """One init compile for a chunkwise and a recurrent model of one size; same params for one seed."""
+    from test_generation import compiles
+
+    first = FlaxXLSTMForCausalLM(tiny_config("mlstm", num_blocks=1, chunk_size=4, sequence_kernel="chunkwise"),
+                                 seed=3)
+    with compiles() as built:
+        second = FlaxXLSTMForCausalLM(tiny_config("mlstm", num_blocks=1, sequence_kernel="recurrent",
+                                                  logits_soft_cap=5.0), seed=3)
+    assert not [name for name in built if "lambda" in str(name)], built  # only eager host-side ops may compile
+    for a, b in zip(jax.tree_util.tree_leaves(first.params), jax.tree_util.tree_leaves(second.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
