@@ -7,6 +7,7 @@ of 64, float32 kernels (`autocast_kernel_dtype="float32"`).
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, causal_lm_loader, max_abs_diff
+from conftest import FIXTURES, NO_TORCH, causal_lm_loader, max_abs_diff
 
 
 def _torch():
@@ -386,7 +387,7 @@ def test_python_m_entry_point_reports_bad_input(tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "modeling_xlstm_flax.cli", "convert", "from-pytorch", str(tmp_path / "nowhere"), str(out)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=dict(os.environ, **NO_TORCH))
     assert result.returncode == 1, result.stderr[-2000:]
     assert f"error: {tmp_path / 'nowhere'}: no such directory" in result.stderr
     assert _no_leftovers(out)

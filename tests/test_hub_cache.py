@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_params_identical
+from conftest import NO_TORCH, REPO, assert_params_identical
 
 REPO_ID = "test-org/tiny-xlstm"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -144,7 +144,7 @@ def test_hf_hub_offline_and_hf_hub_cache_environment(hub_cache, tmp_path):
     """As a user runs it: `HF_HUB_OFFLINE=1 HF_HUB_CACHE=...` set before the process starts (huggingface_hub reads
     them at import), repos named by id only."""
     cache, snapshots = hub_cache
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+    env = {**os.environ, **NO_TORCH, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     env.pop("HF_HOME", None)
     repos = [f"{REPO_ID}-{layout}" for layout in ("flax_sharded", "pt_sharded")]

@@ -3,6 +3,7 @@ run in order in one fresh process, under whichever transformers major this envir
 command is the one that made the bundled model, and its test command is what .ci/run runs."""
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import NO_TORCH, REPO
 
 README = REPO / "README.md"
 BUNDLED_CARD = REPO / "modeling_xlstm_flax" / "bundled_model" / "README.md"
@@ -21,27 +22,53 @@ def blocks(path: Path, language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(encoding="utf-8"), flags=re.S | re.M)
 
 
-def _run_python(path: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    code = "\n\n".join(blocks(path, "python"))
-    assert code, f"{path} has no python blocks"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+_NEXT_FILE = "----- test_readme: next file -----"
+_RUNNER = f"""
+import json, sys
+for i, (name, code) in enumerate(json.loads(sys.argv[1])):
+    if i:
+        print({_NEXT_FILE!r}, flush=True)
+        print({_NEXT_FILE!r}, file=sys.stderr, flush=True)
+    exec(compile(code, name, "exec"), {{"__name__": "__main__"}})
+"""
 
 
-def test_readme_python_blocks_run_as_written(tmp_path):
-    proc = _run_python(README, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+@pytest.fixture(scope="module")
+def python_blocks(tmp_path_factory):
+    """{file: (stdout, stderr) or None}: the README's python blocks, then the bundled model card's, each file's
+    blocks in order in a namespace of its own, in one fresh process (one start-up for both; the README first, so
+    that its stderr holds what importing the packages prints). A file whose code fails ends the run: it and the
+    files after it get None, the process's stderr is under "error"."""
+    files = [README, BUNDLED_CARD]
+    codes = []
+    for path in files:
+        code = "\n\n".join(blocks(path, "python"))
+        assert code, f"{path} has no python blocks"
+        codes.append((str(path), code))
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(codes)], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path_factory.mktemp("readme"))
+    outs, errs = proc.stdout.split(_NEXT_FILE + "\n"), proc.stderr.split(_NEXT_FILE + "\n")
+    ran = {path: (outs[i], errs[i]) if i < len(outs) else None for i, path in enumerate(files)}
+    if proc.returncode != 0:  # the last file that started is the one that failed
+        ran[files[len(outs) - 1]] = None
+    ran["error"] = proc.stderr[-4000:]
+    return ran
+
+
+def test_readme_python_blocks_run_as_written(python_blocks):
+    assert python_blocks[README] is not None, python_blocks["error"]
+    stdout, stderr = python_blocks[README]
     # the generate block's text, then the pipeline's: each the prompt and its continuation
-    assert proc.stdout.startswith("The with statement") and proc.stdout.count("The with statement") == 2
-    assert len(proc.stdout) > 2 * len("The with statement") + 40
+    assert stdout.startswith("The with statement") and stdout.count("The with statement") == 2
+    assert len(stdout) > 2 * len("The with statement") + 40
     # the noise fixed at its cause: none of these on the README's own path
     for noise in ("PyTorch was not found", "clean_up_tokenization_spaces", "to instantiate a model of type"):
-        assert noise not in proc.stderr, proc.stderr[-3000:]
+        assert noise not in stderr, stderr[-3000:]
 
 
-def test_bundled_model_card_python_block_runs(tmp_path):
-    proc = _run_python(BUNDLED_CARD, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.startswith("The xLSTM")
+def test_bundled_model_card_python_block_runs(python_blocks):
+    assert python_blocks[BUNDLED_CARD] is not None, python_blocks["error"]
+    assert python_blocks[BUNDLED_CARD][0].startswith("The xLSTM")
 
 
 def _train_args(command: str):
@@ -112,6 +139,6 @@ def test_mesh_example_without_rematerialization(tmp_path):
     rematerialise the embedding lookup's output in full (jax 0.10's partitioner warned "[SPMD] Involuntary full
     rematerialization" when the lookup gathered rows of the fsdp-sharded table)."""
     proc = subprocess.run([sys.executable, "-c", _MESH_EXAMPLE], capture_output=True, text=True, timeout=600,
-                          cwd=tmp_path)
+                          cwd=tmp_path, env=dict(os.environ, **NO_TORCH))  # torch: 3.5 s of start-up it never uses
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rematerialization" not in proc.stderr, proc.stderr[-3000:]
