@@ -190,24 +190,25 @@ def collectives(layer_type, mesh_name, gathers_of=None, **overrides):
     text = fn.lower(shapes, ids).compile().as_text()
     if gathers_of is None:
         return hlo_collectives(text)
-    gathered = [re.sub(r"\{[^}]*\}", "", re.search(r"= (\S+) all-gather", line).group(1))  # shape, no layout
-                for line in text.splitlines() if re.search(r"= \S+ all-gather(-start)?\(", line) and gathers_of in line]
+    gathered = [shape for kind, name, shape in hlo_collectives(text, shapes=True)
+                if kind == "all-gather" and gathers_of in name]
     return hlo_collectives(text), gathered
 
 
-def hlo_collectives(text):
-    """The collectives of an optimised HLO text as sorted "kind op_name" (see `collectives`)."""
+def hlo_collectives(text, shapes=False):
+    """The collectives of an optimised HLO text as sorted "kind op_name" (see `collectives`); with `shapes`, as
+    (kind, op_name, result shape without layout) tuples in program order."""
     found = []
     for line in text.splitlines():
-        m = re.search(r"= \S+ (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(-start)?\(", line)
+        m = re.search(r"= (\S+) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(-start)?\(", line)
         if m:
             name = re.search(r'op_name="([^"]+)"', line)
             name = re.sub(r".*XLSTMForCausalLMModule/", "", name.group(1)) if name else "?"
             keys = re.findall(r"\[\\?'([^'\\]+)\\?'\]", name)
             if name.startswith("p[") and keys:  # jax >= 0.12 names a gathered weight by its argument path
                 name = "/".join(keys)
-            found.append(f"{m.group(1)} {name}")
-    return sorted(found)
+            found.append((m.group(2), name, re.sub(r"\{[^}]*\}", "", m.group(1))))
+    return found if shapes else sorted(f"{kind} {name}" for kind, name, _ in found)
 
 
 def run_collectives(results):
