@@ -87,7 +87,7 @@ __all__ = [
     "param_partition_specs", "param_shardings", "shard_params", "init_sharded_params", "batch_spec",
     "batch_sharding", "shard_batch", "cache_partition_specs", "cache_shardings", "shard_cache",
     "init_sharded_cache", "constrain_cache", "residual_spec", "activation_sharding", "load_sharded_params",
-    "from_pretrained_sharded",
+    "from_pretrained_sharded", "vocab_parallel_take",
 ]
 
 
@@ -330,6 +330,27 @@ def residual_spec(shape: Sequence[int], mesh: AxisSizes) -> P:
     return fit_spec((BATCH_AXES, None, None), shape, mesh)
 
 
+def vocab_parallel_take(table: jax.Array, ids: jax.Array, mesh: Mesh) -> jax.Array:
+    """`table[clip(ids, 0, V - 1)]` for a table (V, D) whose vocabulary is split over `tensor` (V divisible by its
+    size), without gathering the table: inside `jax.shard_map` each tensor shard looks up the ids that fall in its
+    own V / tensor rows (zeros for the others) and one `psum` over `tensor` adds the pieces (one nonzero term per
+    element, so the sum is exact in any dtype). ids (...) int -> (..., D) in the table's dtype, ids' dim 0 over
+    (data, fsdp) where it divides (`batch_spec`), replicated on `tensor`. Ids outside [0, V - 1] are clamped first,
+    as the backbone clamps traced ids before its embedding (so the result equals the unsharded lookup)."""
+    vocab = table.shape[0]
+    ids = jnp.clip(ids, 0, vocab - 1)
+    ids_spec = batch_spec(ids.shape, mesh)
+
+    def local(rows, local_ids):  # rows (V / tensor, D): this shard's slice of the vocabulary
+        local_ids = local_ids - jax.lax.axis_index(TENSOR) * rows.shape[0]
+        mine = (local_ids >= 0) & (local_ids < rows.shape[0])
+        found = jnp.take(rows, jnp.where(mine, local_ids, 0), axis=0)
+        return jax.lax.psum(jnp.where(mine[..., None], found, jnp.zeros((), rows.dtype)), TENSOR)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(TENSOR, None), ids_spec),
+                         out_specs=P(*ids_spec, None))(table, ids)
+
+
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh):
     """Within this context (and inside jit), every block's input and output residual stream is pinned to
@@ -337,8 +358,8 @@ def activation_sharding(mesh: Mesh):
     unchanged). Without it XLA's propagation is free to keep activations feature-sharded over fsdp and all-reduce
     them (measured: norms and projections then all-reduce activations); with it, FSDP gathers weights and tensor
     parallelism all-reduces once after out_proj and proj_down - the Megatron/FSDP schedule. Numerics are the same
-    either way. The embedding lookup runs on the table with its fsdp dim gathered (see `embed`). The sharded entry
-    points below use it."""
+    either way. The embedding lookup runs on the table with its fsdp dim gathered; where its vocabulary is split
+    over `tensor`, by `vocab_parallel_take` (no device gathers the table). The sharded entry points below use it."""
     from .slstm import SLSTMBlock
     from .xlstm_layers import FlaxXLSTMBlock
 
@@ -350,10 +371,15 @@ def activation_sharding(mesh: Mesh):
         # table's fsdp dim gathered first, as FSDP gathers every weight where it is used: gathering rows of a
         # feature-sharded table gives feature-sharded activations, which XLA cannot turn into the batch-sharded
         # residual stream without rematerialising them in full ("[SPMD] Involuntary full rematerialization").
+        # With the vocabulary split over tensor, each shard looks up its own rows (`vocab_parallel_take`): left to
+        # XLA, a lookup XLA:GPU turns into a dynamic-slice (batch 1) all-gathers the whole table every step.
         table = module.embedding
-        table = jax.lax.with_sharding_constraint(
-            table, NamedSharding(mesh, fit_spec((TENSOR, None), table.shape, mesh)))
-        return constrain(jnp.take(table.astype(module.dtype or table.dtype), ids, axis=0))
+        spec = fit_spec((TENSOR, None), table.shape, mesh)
+        table = jax.lax.with_sharding_constraint(table, NamedSharding(mesh, spec))
+        table = table.astype(module.dtype or table.dtype)
+        if spec[0] == TENSOR:
+            return constrain(vocab_parallel_take(table, ids, mesh))
+        return constrain(jnp.take(table, ids, axis=0))
 
     def interceptor(next_fun, args, kwargs, context):
         if context.method_name != "__call__" or not args:

@@ -86,15 +86,16 @@ class timed:
         TIMES[self.name] = TIMES.get(self.name, 0.0) + time.process_time() - self.t
 
 
-def run_case(name, layer_type, scan, plan, results, num_heads=8, fsdp_min=0, model_and_params=None):
+def run_case(name, layer_type, scan, plan, results, num_heads=8, fsdp_min=0, model_and_params=None, **overrides):
     """One config; `plan`: {mesh name: set of checks among "grad", "generate", "cache"} (forward always).
-    `model_and_params`: a ready (model, host params) instead of the tiny config of `layer_type`.
+    `model_and_params`: a ready (model, host params) instead of the tiny config of `layer_type` (+ `overrides`).
 
     Single-device references are computed once (jit on the default device), then each mesh's sharded entry
     points are compared with them."""
     if model_and_params is None:
         # prefill_segment_size 4: the 6-token prompts and cached prefills run the segmented (lax.scan) prefill
-        config = tiny_config(layer_type, num_heads=num_heads, scan_blocks=scan, chunk_size=4, prefill_segment_size=4)
+        config = tiny_config(layer_type, num_heads=num_heads, scan_blocks=scan, chunk_size=4, prefill_segment_size=4,
+                             **overrides)
         model, params = tiny_model(config, 0)
     else:
         model, params = model_and_params
@@ -169,10 +170,11 @@ def run_case(name, layer_type, scan, plan, results, num_heads=8, fsdp_min=0, mod
         results[f"{name}/{mesh_name}"] = r
 
 
-def collectives(layer_type, mesh_name, **overrides):
+def collectives(layer_type, mesh_name, gathers_of=None, **overrides):
     """Compile (not run) a 1-block sharded forward (batch 16, 64 tokens, vocab 96 so it divides) and list its
     collectives as "kind op_name" (op_name shortened to the module path, or to the param path where jax names the
-    operand, p['backbone']['blocks'][...] -> backbone/blocks/...)."""
+    operand, p['backbone']['blocks'][...] -> backbone/blocks/...). With `gathers_of` (a part of an op_name), also
+    the result shapes of the all-gathers whose op_name contains it: (list, shapes)."""
     config = tiny_config(layer_type, num_heads=8, num_blocks=1, vocab_size=96, **overrides)
     model = FlaxXLSTMForCausalLM(config, _do_init=False)
     mesh = sh.make_mesh(*MESHES[mesh_name])
@@ -185,17 +187,28 @@ def collectives(layer_type, mesh_name, **overrides):
 
     in_shardings = (sh.param_shardings(shapes, config, mesh, 0), sh.batch_sharding(ids.shape, mesh))
     fn = jax.jit(forward, in_shardings=in_shardings)
+    text = fn.lower(shapes, ids).compile().as_text()
+    if gathers_of is None:
+        return hlo_collectives(text)
+    gathered = [shape for kind, name, shape in hlo_collectives(text, shapes=True)
+                if kind == "all-gather" and gathers_of in name]
+    return hlo_collectives(text), gathered
+
+
+def hlo_collectives(text, shapes=False):
+    """The collectives of an optimised HLO text as sorted "kind op_name" (see `collectives`); with `shapes`, as
+    (kind, op_name, result shape without layout) tuples in program order."""
     found = []
-    for line in fn.lower(shapes, ids).compile().as_text().splitlines():
-        m = re.search(r"= \S+ (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(-start)?\(", line)
+    for line in text.splitlines():
+        m = re.search(r"= (\S+) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(-start)?\(", line)
         if m:
             name = re.search(r'op_name="([^"]+)"', line)
             name = re.sub(r".*XLSTMForCausalLMModule/", "", name.group(1)) if name else "?"
             keys = re.findall(r"\[\\?'([^'\\]+)\\?'\]", name)
             if name.startswith("p[") and keys:  # jax >= 0.12 names a gathered weight by its argument path
                 name = "/".join(keys)
-            found.append(f"{m.group(1)} {name}")
-    return sorted(found)
+            found.append((m.group(2), name, re.sub(r"\{[^}]*\}", "", m.group(1))))
+    return found if shapes else sorted(f"{kind} {name}" for kind, name, _ in found)
 
 
 def run_collectives(results):
@@ -204,8 +217,85 @@ def run_collectives(results):
     results["collectives"] = {
         "mlstm_v1/1x1x8": collectives("mlstm_v1", "1x1x8"),
         "mlstm_headwise_gates/1x1x8": collectives("mlstm", "1x1x8", gate_linear_headwise=True),
-        "mlstm_v1/2x2x2": collectives("mlstm_v1", "2x2x2"),
     }
+    results["collectives"]["mlstm_v1/2x2x2"], results["embedding_gathers_2x2x2"] = collectives(
+        "mlstm_v1", "2x2x2", gathers_of="backbone/embeddings/")
+
+
+
+def run_embedding(results):
+    """The vocabulary-parallel embedding lookup (`sharding.vocab_parallel_take`, used by `activation_sharding` where
+    the vocabulary divides `tensor`):
+
+    * a bare `nn.Embed` (V 96, compute dtype float32 and bfloat16) under `activation_sharding`, jitted (traced
+      ids, so no host-side check refuses them) with ids outside [0, V - 1] among them, on meshes with tensor 8,
+      2 (fsdp 2, data 2) and 4 (fsdp 2): values, dtype and the table's gradient (exact: integer cotangents)
+      against the unsharded `nn.Embed` on the clamped ids (the backbone's clamping);
+    * one batch-1 decode step (1 block, V 96) on 1x1x8, compiled once: its collectives (no all-gather of the
+      table) and, run on out-of-range ids, its logits and cache against the single-device step on clamped ids."""
+    import flax.linen as nn
+
+    V, D = 96, 16
+    out = {}
+    ids = np.array([[0, 5, 95, -1, -7, 96, 1000, 47], [12, 13, 60, 61, 2, 3, 90, 200]] * 4, np.int32)  # (8, 8)
+    table = np.random.RandomState(7).normal(size=(V, D)).astype(np.float32)
+    # small integer weights: every sum in the table's gradient is exact (bfloat16 too), whatever its order
+    weight = np.random.RandomState(8).randint(-3, 4, (8, 8, D)).astype(np.float32)
+    for dtype in ("float32", "bfloat16"):
+        embed = nn.Embed(V, D, dtype=jnp.dtype(dtype))
+
+        def loss(t, i, w):
+            x = embed.apply({"params": {"embedding": t}}, i)
+            return jnp.sum(x.astype(jnp.float32) * w), x
+
+        grad = jax.value_and_grad(loss, has_aux=True)
+        (_, ref_x), ref_g = jax.jit(grad)(table, np.clip(ids, 0, V - 1), weight)
+        for mesh_name in ("1x1x8", "2x2x2", "1x2x4"):
+            mesh = sh.make_mesh(*MESHES[mesh_name])
+
+            def sharded(t, i, w):
+                with sh.activation_sharding(mesh):
+                    return grad(t, i, w)
+
+            t_sh = NamedSharding(mesh, sh.fit_spec((sh.TENSOR, sh.FSDP), table.shape, mesh))  # the rule's layout
+            (_, x), g = jax.jit(sharded, in_shardings=(t_sh, sh.batch_sharding(ids.shape, mesh), None))(
+                table, ids, weight)
+            out[f"{dtype}/{mesh_name}"] = {"diff": max_abs_diff(x, ref_x), "grad_diff": max_abs_diff(g, ref_g),
+                                           "dtype": str(x.dtype), "ref_dtype": str(ref_x.dtype)}
+
+    config = tiny_config("mlstm_v1", num_heads=8, num_blocks=1, vocab_size=V)
+    model, params = tiny_model(config, 9)
+    mesh = sh.make_mesh(*MESHES["1x1x8"])
+
+    def step(p, i, c):
+        with sh.activation_sharding(mesh):
+            o = model(i, params=p, past_key_values=c)
+        return o.logits, o.past_key_values
+
+    cache = model.init_cache(1)
+    shardings = (sh.param_shardings(params, config, mesh, 0), sh.batch_sharding((1, 1), mesh),
+                 sh.cache_shardings(cache, config, mesh))
+    structs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype),
+                                     (params, np.zeros((1, 1), np.int32), cache))
+    compiled = jax.jit(step, in_shardings=shardings).lower(*structs).compile()
+    decode = {"collectives": hlo_collectives(compiled.as_text())}
+
+    def unsharded(p, i, c):
+        o = model(i, params=p, past_key_values=c)
+        return o.logits, o.past_key_values
+
+    reference = jax.jit(unsharded)
+    sparams = sh.shard_params(params, config, mesh, 0)
+    diffs = []
+    for token in (-3, 50, V, 500):  # traced ids: clamped into the vocabulary as the backbone does
+        ids1 = np.array([[token]], np.int32)
+        logits, new_cache = compiled(sparams, jax.device_put(ids1, shardings[1]), sh.shard_cache(cache, config, mesh))
+        ref_logits, ref_cache = reference(params, np.clip(ids1, 0, V - 1), cache)
+        diffs.append(max(max_abs_diff(logits, ref_logits), max(max_abs_diff(a, b) for a, b in zip(
+            jax.tree_util.tree_leaves(jax.device_get(new_cache)), jax.tree_util.tree_leaves(ref_cache)))))
+    decode["diffs"] = diffs
+    out["decode_b1/1x1x8"] = decode
+    results["embedding"] = out
 
 
 def run_train_step(results):
@@ -374,7 +464,9 @@ def main():
     t0 = time.perf_counter()
     results = {"device_count": jax.device_count()}
     full = {"grad", "generate"}
-    run_case("mlstm_v1", "mlstm_v1", False, {"8x1x1": set(), "2x2x2": full | {"cache"}, "1x1x8": {"grad"}}, results)
+    # vocab 96 divides every tensor size: the vocabulary-parallel lookup; the other cases keep 97 (the plain one)
+    run_case("mlstm_v1", "mlstm_v1", False, {"8x1x1": set(), "2x2x2": full | {"cache"}, "1x1x8": {"grad"}}, results,
+             vocab_size=96)
     run_case("mlstm_scan", "mlstm", True, {"2x2x2": {"grad"}, "1x1x8": {"generate", "cache"}}, results)
     run_case("mlstm_v1_scan", "mlstm_v1", True, {"1x4x2": set()}, results)
     # 2 heads on a tensor axis of 8: the layer is replicated on tensor (rules' fallback), feedforward/vocab not
@@ -383,6 +475,8 @@ def main():
         run_slstm(results, tmp)
     with timed("collectives"):
         run_collectives(results)
+    with timed("embedding"):
+        run_embedding(results)
     with timed("train_step"):
         run_train_step(results)
     with timed("loading"):

@@ -39,7 +39,7 @@ def worker(out_dir: str, port: int, process_id: int, num_processes: int, full: b
     from modeling_xlstm_flax import FlaxXLSTMForCausalLM
     from modeling_xlstm_flax import sharded_steps as steps, sharding as sh
 
-    config = tiny_config("mlstm_v1", num_heads=8)
+    config = tiny_config("mlstm_v1", num_heads=8, vocab_size=96)  # divides tensor: the vocabulary-parallel lookup
     config.eos_token_id = None  # no eos: generation runs to max_new_tokens
     model_dir = os.path.join(out_dir, "model")
     if process_id == 0:  # one writer; the others wait at the barrier
@@ -51,7 +51,7 @@ def worker(out_dir: str, port: int, process_id: int, num_processes: int, full: b
 
     mesh = sh.make_mesh(2, 2, 2)
     model, params = sh.from_pretrained_sharded(model_dir, mesh, fsdp_min_weight_size=0)
-    ids = np.random.RandomState(0).randint(3, 97, (8, 10)).astype(np.int32)  # the same global batch everywhere
+    ids = np.random.RandomState(0).randint(3, 96, (8, 10)).astype(np.int32)  # the same global batch everywhere
     logits = steps.sharded_forward(model, mesh, 0)(params, ids)
     result = {
         "process_count": jax.process_count(),

@@ -71,11 +71,17 @@ SCRIPT = textwrap.dedent("""
             a.update(hlo_figures(compiled.as_text(), p.loop_trips_hint))
             a["ideal_bytes"], a["ideal_flops"] = p.ideal_bytes, p.ideal_flops
             out[target + "/" + name] = a
+    # 8 GPUs, tensor parallel: at batch 1 XLA:GPU turns a plain embedding lookup into a dynamic-slice of the
+    # all-gathered table; the vocabulary-parallel lookup (sharding.vocab_parallel_take) gathers nothing
+    mesh = inference_mesh(model.config, target_devices(TARGETS["h200-x8"]))
+    p = decode_step(model, shapes, mesh, 1)
+    compiled = compile_only(p.fn, p.args, p.in_shardings, p.out_shardings, p.donate_argnums)
+    out["h200-x8/decode-b1"] = dict(analyse(compiled), mesh=dict(mesh.shape))
     print("RESULT", json.dumps(out))
 """)
 
 
-# the module fixture compiles 10 programs (~40 s of one idle core): the tests that read it are marked slow
+# the module fixture compiles 11 programs (~45 s of one idle core): the tests that read it are marked slow
 @pytest.fixture(scope="module")
 def figures():
     code = SCRIPT.format(bench=str(REPO / "benchmarks"), repo=str(REPO), small=SMALL)
@@ -106,6 +112,16 @@ def test_decode_step_bytes_near_ideal(figures, target, batch):
     a = figures[f"{target}/decode-b{batch}"]
     ratio = a["hbm_bytes"] / a["ideal_bytes"]
     assert ratio <= 1.3, f"{target} decode b{batch}: {ratio:.2f}x the ideal bytes ({a})"
+
+
+@needs_aot
+@pytest.mark.slow
+def test_tensor_parallel_decode_gathers_no_embedding_table(figures):
+    """A batch-1 decode step on 8 H200s (tensor 8, vocabulary split over it): no all-gather at all (it was the
+    whole embedding table, every step), only the all-reduces of tensor parallelism and of the lookup."""
+    a = figures["h200-x8/decode-b1"]
+    assert a["mesh"]["tensor"] == 8, a
+    assert "all-gather" not in a["collectives"] and a["collectives"].get("all-reduce", 0) >= 3, a
 
 
 @needs_aot

@@ -238,7 +238,8 @@ def multi(tmp_path_factory):
 
 
 CASES = {  # case/mesh -> checks beyond forward (must match sharding_checks.main); every check runs on a mesh with
-    # tensor parallelism (1x1x8 or 2x2x2) for each layout, data parallelism is the forward on 8x1x1
+    # tensor parallelism (1x1x8 or 2x2x2) for each layout, data parallelism is the forward on 8x1x1; mlstm_v1 has
+    # vocab 96 (the vocabulary-parallel embedding lookup), the others 97 (not divisible: the table's rows replicated)
     "mlstm_v1/8x1x1": set(),
     "mlstm_v1/2x2x2": {"grad", "generate", "cache"},
     "mlstm_v1/1x1x8": {"grad"},
@@ -256,6 +257,7 @@ def test_subprocess_had_eight_devices(multi):
     assert multi["device_count"] == 8
     assert {k for k in multi if "/" in k} == set(CASES)
     assert set(multi["collectives"]) == {"mlstm_v1/1x1x8", "mlstm_headwise_gates/1x1x8", "mlstm_v1/2x2x2"}
+    assert "embedding" in multi
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -358,11 +360,36 @@ def test_load_into_mesh_tensor_by_tensor(multi):
 def test_tensor_parallel_keeps_each_heads_cell_local(multi):
     """Compiled 1-block forward on tensor=8 (vocab 96): the only collectives are the row-parallel all-reduces
     after out_proj (and proj_down) and the vocab-parallel embedding lookup - nothing inside the mLSTM cell."""
-    for case, allowed in (("mlstm_v1/1x1x8", {"mlstm_layer/out_proj", "ffn/proj_down", "embeddings"}),
-                          ("mlstm_headwise_gates/1x1x8", {"mlstm_layer/out_proj", "embeddings"})):
+    for case, allowed in (("mlstm_v1/1x1x8", {"mlstm_layer/out_proj", "ffn/proj_down", EMBEDDING_PSUM}),
+                          ("mlstm_headwise_gates/1x1x8", {"mlstm_layer/out_proj", EMBEDDING_PSUM})):
         found = multi["collectives"][case]
         assert "all-reduce backbone/blocks/0/mlstm_layer/out_proj/dot_general" in found, case
         assert all(any(a in f for a in allowed) for f in found), (case, found)
+        assert not [f for f in found if f.startswith("all-gather")], (case, found)
+
+
+# the all-reduce of `sharding.vocab_parallel_take` (its psum inside shard_map: jax names it psum_invariant in 0.10)
+EMBEDDING_PSUM = "all-reduce backbone/embeddings/shard_map/"
+
+
+def test_vocab_parallel_embedding_lookup(multi):
+    """Where the vocabulary divides `tensor`, each shard looks up its own rows and one psum adds them
+    (`sharding.vocab_parallel_take`): a bare `nn.Embed` on tensor 8, 2 and 4 (with data and fsdp) equals the unsharded
+    lookup exactly, in its compute dtype (float32, bfloat16), and so does the table's gradient; ids outside the
+    vocabulary are clamped, as the backbone clamps them (the mlstm_v1 cases above: vocab 96, the whole model through
+    this path). A batch-1 decode step on 1x1x8 all-gathers nothing (XLA:GPU gathered the whole 412 MB table of the 7B
+    there every step: tests/test_aot.py compiles that case for 8 H200s) and, fed out-of-range ids, gives the logits
+    and cache of the single-device step on the clamped ids."""
+    r = multi["embedding"]
+    for dtype in ("float32", "bfloat16"):
+        for mesh in ("1x1x8", "2x2x2", "1x2x4"):
+            e = r[f"{dtype}/{mesh}"]
+            assert e["diff"] == 0.0 and e["grad_diff"] == 0.0, (dtype, mesh, e)
+            assert e["dtype"] == e["ref_dtype"] == dtype, (dtype, mesh, e)
+    decode = r["decode_b1/1x1x8"]
+    assert not [f for f in decode["collectives"] if f.startswith("all-gather")], decode
+    assert [f for f in decode["collectives"] if f.startswith(EMBEDDING_PSUM)], decode
+    assert len(decode["diffs"]) == 4 and max(decode["diffs"]) <= TOL, decode
 
 
 def test_fsdp_gathers_weights_not_activations(multi):
@@ -370,15 +397,19 @@ def test_fsdp_gathers_weights_not_activations(multi):
     the only all-reduces are tensor parallelism's (the two row-parallel projections, and the vocabulary-parallel
     embedding lookup: the table keeps its vocabulary split over `tensor` once its fsdp dim is gathered, so each
     device looks up its own rows and one all-reduce sums them, instead of XLA rematerialising the lookup in full),
-    and no norm has to all-reduce feature-sharded activations."""
+    and no norm has to all-reduce feature-sharded activations. The table is gathered over fsdp only (its
+    vocabulary stays split), as FSDP gathers every weight where it is used."""
     found = multi["collectives"]["mlstm_v1/2x2x2"]
     for name in ("mlstm_layer/q/", "mlstm_layer/out_proj/", "ffn/proj_up/"):
         assert any(f.startswith("all-gather") and name in f for f in found), (name, found)
     assert not [f for f in found if "norm" in f], found
-    assert {f for f in found if f.startswith("all-reduce")} == {
+    reduces = {f for f in found if f.startswith("all-reduce")}
+    embedding = {f for f in reduces if f.startswith(EMBEDDING_PSUM)}
+    assert len(embedding) == 1 and reduces - embedding == {
         "all-reduce backbone/blocks/0/mlstm_layer/out_proj/dot_general",
-        "all-reduce backbone/blocks/0/ffn/proj_down/dot_general",
-        "all-reduce backbone/embeddings/jit(_take)/gather"}
+        "all-reduce backbone/blocks/0/ffn/proj_down/dot_general"}, found
+    # the table (96, 64), stored (tensor, fsdp): FSDP gathers its feature dim, never its vocabulary
+    assert multi["embedding_gathers_2x2x2"] == ["f32[48,64]"], multi["embedding_gathers_2x2x2"]
 
 
 def test_two_processes_with_jax_distributed(multi):
