@@ -31,6 +31,16 @@ CARD_KWARGS = dict(perplexity=12.34, eval_dataset="pydoc_data.topics", base_mode
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
+def run_remote(python: Path, script: str, jobs, cwd: Path, hf_home: Path) -> subprocess.CompletedProcess:
+    """`script` with `json.dumps(jobs)` as its argument, run by `python` (a `remote_code_venv`) in `cwd`: offline,
+    Hub files under `hf_home`, no PYTHON* / VIRTUAL_ENV variables or user site-packages of this process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(hf_home), JAX_PLATFORMS="cpu",
+               PYTHONNOUSERSITE="1")
+    return subprocess.run([str(python), "-c", script, json.dumps(jobs)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
 def remote_code_venv(tmp_path: Path) -> Path:
     """The python of a new venv holding this environment's installed distributions except this package: every
     entry of our site-packages is linked into the new venv's site-packages but `modeling_xlstm_flax`, its
@@ -217,11 +227,7 @@ def test_remote_code_load_in_fresh_venv(exported, models, tokenizer, tmp_path):
                        "prompt": prompt if layer == "mlstm_v1" else None}
     outside = tmp_path / "cwd"
     outside.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), JAX_PLATFORMS="cpu",
-               PYTHONNOUSERSITE="1")
-    proc = subprocess.run([str(python), "-c", REMOTE_SCRIPT, json.dumps(jobs)], cwd=outside, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_remote(python, REMOTE_SCRIPT, jobs, outside, tmp_path / "hf-home")
     assert proc.returncode == 0, proc.stderr[-6000:]
     reports = [line[len("REPORT "):] for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
     assert len(reports) == 1, f"no report from the remote-code run:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

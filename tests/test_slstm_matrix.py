@@ -17,8 +17,6 @@ way-in model also matches the library's frozen logits to 1e-5 (measured ~6e-7).
 """
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +193,7 @@ def test_hub_export_of_every_way_in_loads_without_the_package(matrix, tmp_path):
     """One subprocess in a venv without this package (tests/test_hub.py::remote_code_venv) loads the Hub export of
     every way-in model through transformers' remote code: same params bit for bit, same logits."""
     from modeling_xlstm_flax.hub import export_hub_folder
-    from test_hub import remote_code_venv
+    from test_hub import remote_code_venv, run_remote
 
     jobs = []
     for way in WAYS_IN:
@@ -205,11 +203,7 @@ def test_hub_export_of_every_way_in_loads_without_the_package(matrix, tmp_path):
         jobs.append(dict(way=way, folder=str(folder), ids=str(tmp_path / f"{way}-ids.npy"),
                          params=str(tmp_path / f"{way}-params.npz"), logits=str(tmp_path / f"{way}-logits.npy")))
     python = remote_code_venv(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), JAX_PLATFORMS="cpu",
-               PYTHONNOUSERSITE="1")
-    proc = subprocess.run([str(python), "-c", REMOTE_SCRIPT, json.dumps(jobs)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_remote(python, REMOTE_SCRIPT, jobs, tmp_path, tmp_path / "hf-home")
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert f"REMOTE OK {len(WAYS_IN)}" in proc.stdout
     for job in jobs:
